@@ -265,7 +265,7 @@ def build_prompts(args, tokenizer, vocab_size: int) -> list[list[int]]:
             raise ValueError(f"{args.prompts_file}: no prompts in the file")
     if args.chat:
         texts = [tokenizer.chat_prompt(t) for t in texts]
-    ids = [tokenizer.encode(t, bos=tokenizer.bos_id is not None and not args.chat) for t in texts]
+    ids = [tokenizer.encode(t, bos=tokenizer.add_bos and not args.chat) for t in texts]
     return [ids[i % len(ids)] for i in range(args.batch)]
 
 

@@ -53,6 +53,7 @@ class ModelArgs:
 _L31 = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 _L32 = {**_L31, "factor": 32.0}
 PRESETS = {
+    "tiny": dict(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, ffn_dim=256),  # smoke tests
     "smollm2-135m": dict(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, vocab_size=49152, ffn_dim=1536,
                          rope_theta=100000.0, tie_embeddings=True, max_seq_len=8192),
     "llama-2-7b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, vocab_size=32000, ffn_dim=11008),
@@ -142,11 +143,10 @@ class Attention(nn.Module):
         k_all, v_all = self.kv_cache.update(input_pos, k.transpose(1, 2), v.transpose(1, 2))  # (B, Hkv, S, D)
         # GQA without repeating K/V: the n_rep query heads that share a KV head become extra query
         # rows of that head, so attention reads each cached K/V once.
+        # `mask` (B, 1, rep*T, S) was laid out for these rows once per forward.
         rep = H // Hkv
         q = q.view(B, T, Hkv, rep, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, rep * T, D)
-        S = k_all.shape[2]
-        m = mask.unsqueeze(2).expand(B, 1, rep, T, S).reshape(B, 1, rep * T, S)
-        y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=m)  # (B, Hkv, rep*T, D)
+        y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # (B, Hkv, rep*T, D)
         y = y.view(B, Hkv, rep, T, D).permute(0, 3, 1, 2, 4).reshape(B, T, H * D)
         return self.wo(y)
 
@@ -221,9 +221,13 @@ class Transformer(nn.Module):
         # times a zero attention weight still poisons the real rows in the next layer).
         j = torch.arange(self.max_seq, device=tokens.device)
         c = input_pos[None, :, None]
-        mask = (j <= c) & ((j >= pad[:, None, None]) | (j == c))  # (B, T, S)
-        mask = mask[:, None]  # (B, 1, T, S)
+        visible = (j <= c) & ((j >= pad[:, None, None]) | (j == c))  # (B, T, S)
         x = self.tok_embeddings(tokens)
+        # An additive mask in the activation dtype, repeated for the rep query heads of each KV head
+        # (the GQA layout of Attention.forward): (B, 1, rep*T, S), built once for all layers.
+        rep = self.args.n_heads // self.args.n_kv_heads
+        mask = torch.zeros(visible.shape, dtype=x.dtype, device=x.device).masked_fill(~visible, float("-inf"))
+        mask = mask[:, None, None].expand(B, 1, rep, *visible.shape[1:]).reshape(B, 1, -1, self.max_seq)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, input_pos)
         if last_only:
