@@ -1,0 +1,1 @@
+"""Evaluation scripts and helpers (perplexity, benchmarks), run as `python -m eval.<name>`."""

@@ -1,0 +1,139 @@
+"""Decode throughput across batch sizes and quantization schemes, in one process so the numbers compare.
+
+    python eval/bench.py --model llama-3-8b --batch 1,8,32,64 --quant none,int8-compile,int4-tinygemm,fp8-rowwise
+    python eval/bench.py --smoke          # tiny model on the CPU, seconds (CI runs this)
+
+Every (scheme, batch) cell runs generate.py's Generator: a warm-up call (compiles prefill, records the
+decode CUDA graph), then one timed generation with random weights and synthetic prompts of
+--prompt-len tokens. Writes bench.json, bench.md and bench.png (total tokens/s against batch size).
+"""
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from checkpoint import load_model  # noqa: E402
+from generate import Generator, console, make_report, measured_bandwidth  # noqa: E402
+from quantize import quantize_  # noqa: E402
+
+
+def run_matrix(args) -> list[dict]:
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    compile = device.type == "cuda" and not args.no_compile
+    bandwidth = measured_bandwidth(device)
+    rows = []
+    for scheme in args.quant:
+        model, _, _ = load_model(args.model, device=device, dtype=dtype, random_weights=True, seed=args.seed)
+        if scheme != "none":
+            quantize_(model, scheme, include_output=args.quant_output)
+        gen = Generator(model, compile)
+        for batch in args.batch:
+            g = torch.Generator().manual_seed(args.seed)
+            prompts = torch.randint(0, model.args.vocab_size, (batch, args.prompt_len), generator=g).tolist()
+            cache_len = args.prompt_len + args.max_new_tokens
+            compile_s = gen.warmup(prompts, args.max_new_tokens, set(), 0, cache_len)
+            compile_s = compile_s if compile else None
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            run = gen(prompts, args.max_new_tokens, set(), 0, cache_len, show_progress=False)
+            r = make_report(run, model, bandwidth, compile_s)
+            r.update(quant=scheme, model=args.model, dtype=str(dtype).removeprefix("torch."))
+            rows.append(r)
+            console.print(f"{scheme:>16} batch {batch:>3}: decode {r['decode_tok_s_total']:>9,.1f} tok/s total, "
+                          f"{r['decode_tok_s_per_seq']:>7,.1f} per seq, {r['effective_gb_s']:,.0f} GB/s", highlight=False)
+        del model, gen
+        gc.collect()
+        torch._dynamo.reset()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    batches = sorted({r["batch"] for r in rows})
+    schemes = list(dict.fromkeys(r["quant"] for r in rows))
+    cell = {(r["quant"], r["batch"]): r for r in rows}
+    out = [f"Decode tokens/s, total over the batch (per sequence in brackets), {meta['model']}, random weights, "
+           f"prompt {meta['prompt_len']}, {meta['max_new_tokens']} new tokens; {meta['device']}, torch {meta['torch']}, "
+           f"{meta['date']}.", "",
+           "| scheme | " + " | ".join(f"batch {b}" for b in batches) + " |",
+           "|---|" + "---:|" * len(batches)]
+    for s in schemes:
+        vals = [f"{cell[s, b]['decode_tok_s_total']:,.0f} ({cell[s, b]['decode_tok_s_per_seq']:,.1f})"
+                if (s, b) in cell else "" for b in batches]
+        out.append(f"| {s} | " + " | ".join(vals) + " |")
+    out += ["", "Effective bandwidth (weights + KV cache read per decode step / step time), % of the measured "
+            "copy bandwidth, peak memory:", "",
+            "| scheme | " + " | ".join(f"batch {b}" for b in batches) + " |", "|---|" + "---:|" * len(batches)]
+    for s in schemes:
+        vals = []
+        for b in batches:
+            r = cell.get((s, b))
+            pct = f", {r['pct_bandwidth']:.0f}%" if r and r["pct_bandwidth"] else ""
+            mem = f", {r['peak_memory_gb']:.1f} GB" if r and "peak_memory_gb" in r else ""
+            vals.append(f"{r['effective_gb_s']:,.0f} GB/s{pct}{mem}" if r else "")
+        out.append(f"| {s} | " + " | ".join(vals) + " |")
+    return "\n".join(out) + "\n"
+
+
+def plot(rows: list[dict], path: Path, title: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in dict.fromkeys(r["quant"] for r in rows):
+        pts = sorted((r["batch"], r["decode_tok_s_total"]) for r in rows if r["quant"] == s)
+        ax.plot(*zip(*pts), marker="o", label=s)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("decode tokens/s (total)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="llama-3-8b", help="preset name (random weights)")
+    p.add_argument("--batch", default="1,8,32,64", help="comma-separated batch sizes")
+    p.add_argument("--quant", default="none,int8-compile,int4-tinygemm,fp8-rowwise,int4-marlin",
+                   help="comma-separated schemes from quantize.py")
+    p.add_argument("--quant-output", action="store_true", help="quantize the output head too")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("out/bench"), help="folder for bench.json, .md, .png")
+    p.add_argument("--smoke", action="store_true", help="tiny model, CPU, eager: checks the script runs")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.model, args.device, args.no_compile = "tiny", "cpu", True
+        args.batch, args.quant = "1,3", "none,int8,int4-g64-asym,int4-marlin"
+        args.prompt_len, args.max_new_tokens = 8, 4
+    args.batch = [int(b) for b in args.batch.split(",")]
+    args.quant = args.quant.split(",")
+    rows = run_matrix(args)
+    dev = torch.device(args.device)
+    meta = {"model": args.model, "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    md = markdown(rows, meta)
+    (args.out / "bench.md").write_text(md)
+    plot(rows, args.out / "bench.png", f"{args.model}, prompt {args.prompt_len}, {args.max_new_tokens} new, {meta['device']}")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
