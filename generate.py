@@ -107,6 +107,7 @@ class Generator:
         self.model = model
         self.sampling = (temperature, top_k, top_p)
         self.prefill, self.decode = prefill, decode_step
+        self.compiled = compile
         if compile:
             self.prefill = torch.compile(prefill, dynamic=True, fullgraph=True)
             self.decode = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True)
@@ -117,6 +118,7 @@ class Generator:
         self(prompts, min(max_new_tokens, 8), eos_ids, pad_id, cache_len, show_progress=False)
         return time.perf_counter() - t
 
+    @torch.no_grad()
     def __call__(self, prompts: list[list[int]], max_new_tokens: int, eos_ids, pad_id: int,
                  cache_len: int | None = None, show_progress=True) -> dict:
         model = self.model
@@ -134,24 +136,31 @@ class Generator:
         pad = torch.tensor([T - len(p) for p in prompts], device=device)
         tokens = torch.tensor([[pad_id] * (T - len(p)) + p for p in prompts], device=device)
         eos = torch.tensor(sorted(eos_ids) or [-1], device=device)
-        positions = torch.arange(need, device=device)
         out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
         sync()
         t0 = time.perf_counter()
-        out[:, 0] = self.prefill(model, tokens, positions[:T], pad, *self.sampling)
+        out[:, 0] = self.prefill(model, tokens, torch.arange(T, device=device), pad, *self.sampling)
         done = torch.isin(out[:, 0], eos)
         sync()
         t1 = time.perf_counter()
         steps = 1
+        # The decode step always sees the same input tensors (updated in place between steps): a view
+        # with a new storage offset every step would make the compiler treat the offset as dynamic
+        # and CUDA graphs record a new graph for each value.
+        cur = out[:, :1].clone(memory_format=torch.contiguous_format)  # (B, 1), strides (1, 1) even at B = 1
+        pos = torch.tensor([T], device=device)  # (1,)
         bar = progress() if show_progress else None
         with bar or nullcontext():
             task = bar.add_task("decoding", total=max_new_tokens - 1) if bar else None
             for i in range(1, max_new_tokens):
-                nxt, done = self.decode(model, out[:, i - 1:i], positions[T + i - 1:T + i], pad, done, eos, pad_id,
-                                        *self.sampling)
+                if self.compiled:  # a new step: outputs of earlier replays are dead (copied out below)
+                    torch.compiler.cudagraph_mark_step_begin()
+                nxt, done = self.decode(model, cur, pos, pad, done, eos, pad_id, *self.sampling)
                 out[:, i] = nxt
+                cur.copy_(nxt[:, None])
+                pos += 1
                 done = done.clone()  # the compiled step's outputs are overwritten by its next replay
                 steps += 1
                 if bar:
@@ -332,5 +341,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except (ValueError, FileNotFoundError, NotImplementedError, RuntimeError) as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        print(f"error: {e}", file=sys.stderr)  # one plain line: no wrapping, no traceback
         sys.exit(2)

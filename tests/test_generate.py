@@ -1,0 +1,108 @@
+"""Generation on CPU: batching, recompilation, sampling, the CLI end to end and its errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import generate
+from generate import Generator, decode_step, prefill, sample
+from test_model import tiny_model
+
+ROOT = generate.Path(generate.__file__).resolve().parent
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_timed_run_does_not_recompile_after_warmup(batch):
+    """The warm-up must leave nothing for the timed run to compile: a recompile there would be
+    timed (on CUDA it costs tens of seconds and re-records the CUDA graph)."""
+    torch._dynamo.reset()
+    m = tiny_model()
+    gen = Generator(m, compile=False)
+    gen.prefill = torch.compile(prefill, backend="eager", dynamic=True, fullgraph=True)
+    gen.decode = torch.compile(decode_step, backend="eager", fullgraph=True)
+    prompts = [[1, 2, 3, 4][: 2 + b % 3] for b in range(batch)]
+    gen.warmup(prompts, 20, {5}, 0, cache_len=24)
+    with torch._dynamo.config.patch(error_on_recompile=True), torch.no_grad():
+        gen(prompts, 20, {5}, 0, cache_len=24, show_progress=False)
+
+
+@torch.no_grad()
+def test_batched_greedy_rows_equal_rows_alone():
+    m = tiny_model()
+    gen = Generator(m, compile=False)
+    prompts = [[3, 1, 4], [1, 5, 9, 2, 6, 5, 3], [5]]
+    together = gen(prompts, 12, set(), 0, show_progress=False)["tokens"]
+    for p, row in zip(prompts, together):
+        assert gen([p], 12, set(), 0, show_progress=False)["tokens"][0] == row
+
+
+@torch.no_grad()
+def test_rows_stop_at_eos_and_then_emit_pad():
+    m = tiny_model()
+    gen = Generator(m, compile=False)
+    free = gen([[3, 1, 4]], 10, set(), 0, show_progress=False)["tokens"][0]
+    eos = free[2]
+    stopped = gen([[3, 1, 4]], 10, {eos}, 0, show_progress=False)["tokens"][0]
+    first = free.index(eos)
+    assert stopped[:first + 1] == free[:first + 1] and set(stopped[first + 1:]) <= {0}
+
+
+def test_sampling_respects_top_k_and_top_p():
+    torch.manual_seed(0)
+    logits = torch.tensor([[4.0, 3.0, 2.0, -1.0, -2.0]]).repeat(2000, 1)
+    assert set(sample(logits, 1.0, 2, 1.0).tolist()) == {0, 1}
+    # probabilities ~ .66 .24 .09 ...: top-p 0.8 keeps the first two only
+    assert set(sample(logits, 1.0, 0, 0.8).tolist()) == {0, 1}
+    assert sample(logits, 0.0, 0, 1.0).unique().tolist() == [0]
+    assert len(set(sample(logits, 1.0, 0, 1.0).tolist())) >= 4
+
+
+def test_prompt_longer_than_cache_is_a_clear_error():
+    gen = Generator(tiny_model(), compile=False)
+    with pytest.raises(ValueError, match="needs 13 cache positions, but the cache holds 8"):
+        gen([[1, 2, 3]], 10, set(), 0, cache_len=8)
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run([sys.executable, str(ROOT / "generate.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def test_cli_default_model_generates_text_and_report(tmp_path, smollm2_gguf):
+    out = run_cli("--max-new-tokens", "8", "--json", str(tmp_path / "r.json"))
+    assert out.returncode == 0, out.stderr
+    assert "row 0" in out.stdout and "decode tokens/s per sequence" in out.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["new_tokens"] == 8 and report["bytes_per_step"]["weights"] > 1e8
+
+
+def test_cli_random_preset_with_mixed_prompts(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a\nbb\n")
+    out = run_cli("--model", "tiny", "--random-weights", "--batch", "3", "--prompt-len", "5", "--max-new-tokens", "4")
+    assert out.returncode == 0, out.stderr
+    assert "3 × 5 → 4" in out.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "tiny", "--random-weights", "--prompt-len", "600", "--cache-len", "512"],
+     "needs 664 cache positions, but the cache holds 512"),
+    (["--model", "llama-9", "--random-weights"], "unknown model 'llama-9': neither a preset"),
+    (["--model", "tiny", "--random-weights", "--batch", "0"], "--batch and --max-new-tokens must be at least 1"),
+])
+def test_cli_bad_input_is_one_clear_line(args, message):
+    out = run_cli(*args)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_truncated_checkpoint_is_one_clear_line(tmp_path):
+    from checkpoint import save_checkpoint
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(path, tiny_model(), None, None)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    out = run_cli("--model", str(path))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert str(path) in out.stderr and len(out.stderr.strip().splitlines()) == 1
