@@ -1,4 +1,11 @@
-"""Token-level perplexity of a model on a token sequence (e.g. wiki.test.raw, no BOS).
+"""Token-level perplexity of a model on a token sequence (e.g. wiki.test.raw, no BOS), for several
+quantization schemes in one run:
+
+    python eval/perplexity.py --quant none:float32,none:bfloat16,int8,int4-g64-sym --window 2048
+    python eval/perplexity.py --smoke      # tiny random model, seconds (CI)
+
+Also reports an lm-eval-style WORD perplexity (labelled as such): exp(total NLL of the scored tokens /
+whitespace-separated words of the text those windows cover); it depends on the tokenizer far less.
 
 Two ways to cut the sequence into windows of `window` tokens:
 - stride None: consecutive non-overlapping windows; each predicts its last window-1 tokens from the
@@ -9,12 +16,20 @@ Two ways to cut the sequence into windows of `window` tokens:
   context). With s < window every token after the first is scored once, with at least window - s
   tokens of context outside the first window.
 """
+import argparse
+import copy
+import json
 import math
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 
 
 def _plan(n: int, window: int, stride: int | None) -> list[tuple[int, int]]:
@@ -52,7 +67,12 @@ def token_perplexity(model, ids, window: int, stride: int | None = None, batch: 
     device = model.tok_embeddings.weight.device
     ids = ids.to(device)
     positions = torch.arange(window, device=device)
-    nll, scored, cache_batch, t0 = 0.0, 0, 0, time.perf_counter()
+    nll, scored, cache_batch = 0.0, 0, 0
+    from generate import progress as progress_bar
+    bar = progress_bar() if progress else None
+    task = bar.add_task("perplexity", total=len(plan)) if bar else None
+    if bar:
+        bar.start()
     for first in range(0, len(plan), batch):
         group = plan[first:first + batch]
         if len(group) != cache_batch:  # the first group, and a smaller last one
@@ -65,9 +85,71 @@ def token_perplexity(model, ids, window: int, stride: int | None = None, batch: 
             loss = F.cross_entropy(logits[row, off - 1:-1].float(), tokens[row, off:], reduction="sum")
             nll += loss.double().item()
             scored += window - off
-        if progress:
-            done = first + len(group)
-            print(f"perplexity: window {done}/{len(plan)}, ppl so far {math.exp(nll / scored):.3f}, "
-                  f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        if bar:
+            bar.update(task, advance=len(group), description=f"perplexity {math.exp(nll / scored):.3f}")
+    if bar:
+        bar.stop()
+    covered = plan[-1][0] + window  # ids[:covered] is the text the windows span
     return {"ppl": math.exp(nll / scored), "nll": nll / scored, "tokens": scored, "windows": len(plan),
-            "window": window, "stride": stride}
+            "window": window, "stride": stride, "covered_tokens": covered}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2", help="as generate.py --model (a model with a tokenizer)")
+    p.add_argument("--quant", default="none", help="comma-separated SCHEME[:DTYPE] entries, e.g. none:float32,int8")
+    p.add_argument("--quant-output", action="store_true", help="quantize the output head too")
+    p.add_argument("--corpus", type=Path, default=WIKITEXT)
+    p.add_argument("--window", type=int, default=2048)
+    p.add_argument("--stride", type=int, help="sliding windows (default: non-overlapping)")
+    p.add_argument("--batch", type=int, default=1, help="windows per forward")
+    p.add_argument("--max-tokens", type=int, help="only the first N tokens of the corpus")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", help="default DTYPE of entries: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--json", type=Path, help="write the table as JSON here")
+    p.add_argument("--smoke", action="store_true", help="tiny random model and a made-up corpus (CI)")
+    args = p.parse_args(argv)
+    from checkpoint import load_model
+    from generate import resolve_model_spec
+    from quantize import quantize_
+    device = torch.device(args.device)
+    default_dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    entries = [(e.split(":") + [default_dtype])[:2] for e in args.quant.split(",")]
+    if args.smoke:
+        args.model, args.corpus = "tiny", Path("random-ids")
+        base, tok, info = load_model("tiny", device=device, dtype=torch.float32, random_weights=True)
+        ids = torch.randint(0, base.args.vocab_size, (4 * args.window,), generator=torch.Generator().manual_seed(0))
+        words = len(ids) // 2
+    else:
+        base, tok, info = load_model(resolve_model_spec(args.model), device=device, dtype=torch.float32)
+        if tok is None:
+            raise SystemExit(f"{args.model} has no tokenizer: perplexity needs one")
+        text = args.corpus.read_text(encoding="utf-8")
+        ids = tok.encode(text)[: args.max_tokens]
+    rows = []
+    for scheme, dtype in entries:
+        model = copy.deepcopy(base).to(getattr(torch, dtype))
+        if scheme != "none":
+            quantize_(model, scheme, include_output=args.quant_output)
+        t = time.perf_counter()
+        r = token_perplexity(model, ids, args.window, args.stride, args.batch)
+        if not args.smoke:
+            words = len(tok.decode(ids[: r["covered_tokens"]]).split())
+        r.update(scheme=scheme, dtype=dtype, word_ppl=math.exp(r["nll"] * r["tokens"] / words), words=words,
+                 seconds=time.perf_counter() - t)
+        rows.append(r)
+        print(f"{scheme}:{dtype}: token ppl {r['ppl']:.3f}, word ppl {r['word_ppl']:.2f}", file=sys.stderr)
+        del model
+    stride = "non-overlapping" if args.stride is None else f"stride {args.stride}"
+    print(f"\n{args.model}, {args.corpus.name}, windows of {args.window} ({stride}, no BOS), "
+          f"{rows[0]['windows']} windows, {rows[0]['tokens']:,} scored tokens, {args.device}, torch {torch.__version__}\n")
+    print("| scheme | dtype | token ppl | word ppl (lm-eval style) |\n|---|---|---:|---:|")
+    for r in rows:
+        print(f"| {r['scheme']} | {r['dtype']} | {r['ppl']:.3f} | {r['word_ppl']:.2f} |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"model": args.model, "corpus": str(args.corpus), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

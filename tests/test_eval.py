@@ -1,0 +1,68 @@
+"""Every evaluation script runs in --smoke mode (so none can rot), plus quantized end-to-end checks."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from test_model import tiny_model
+
+
+def run_script(path, *args, timeout=600):
+    out = subprocess.run([sys.executable, str(ROOT / path), *args], capture_output=True, text=True,
+                         timeout=timeout, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_bench_smoke(tmp_path):
+    out = run_script("eval/bench.py", "--smoke", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert {r["quant"] for r in rows} == {"none", "int8", "int4-g64-asym", "int4-marlin"}
+    assert (tmp_path / "bench.png").stat().st_size > 1000 and "| scheme |" in out.stdout
+
+
+def test_perplexity_smoke(tmp_path):
+    run_script("eval/perplexity.py", "--smoke", "--window", "16", "--quant", "none,int8,int4-g32-asym",
+               "--json", str(tmp_path / "p.json"))
+    rows = json.loads((tmp_path / "p.json").read_text())["rows"]
+    assert [r["scheme"] for r in rows] == ["none", "int8", "int4-g32-asym"]
+    assert all(r["ppl"] > 1 for r in rows)
+
+
+@torch.no_grad()
+def test_quantize_save_load_generate_gives_identical_tokens(tmp_path):
+    from checkpoint import load_model, save_checkpoint
+    from generate import Generator
+    from quantize import quant_config, quantize_
+    m = tiny_model()
+    quantize_(m, "int4-g32-asym", include_output=True)
+    prompts = [[3, 1, 4, 1, 5], [9, 2]]
+    before = Generator(m, compile=False)(prompts, 12, set(), 0, show_progress=False)["tokens"]
+    save_checkpoint(tmp_path / "q.pt", m, None, quant_config(m))
+    loaded, _, info = load_model(str(tmp_path / "q.pt"), device="cpu", dtype=torch.float32)
+    assert info["quant"]["scheme"] == "int4-g32-asym"
+    assert Generator(loaded, compile=False)(prompts, 12, set(), 0, show_progress=False)["tokens"] == before
+
+
+@torch.no_grad()
+def test_smollm2_int4_g32_float_zero_reproduces_float_perplexity(smollm2_gguf, wikitext):
+    """SmolLM2's linears are GGUF Q4_1 (groups of 32, float minimum): re-quantizing them with
+    int4-g32-asym is exact, so this row of the perplexity table is a correctness check."""
+    import copy
+
+    from checkpoint import load_model
+    from eval.perplexity import token_perplexity
+    from quantize import quantize_
+    model, tok, _ = load_model(str(smollm2_gguf), device="cpu", dtype=torch.float32)
+    ids = tok.encode(wikitext[:4000])[:512]
+    ref = token_perplexity(model, ids, 256, progress=False)
+    q = copy.deepcopy(model)
+    quantize_(q, "int4-g32-asym")
+    got = token_perplexity(q, ids, 256, progress=False)
+    assert got["ppl"] == pytest.approx(ref["ppl"], rel=1e-5)
+    sym = copy.deepcopy(model)
+    quantize_(sym, "int4-g64-sym")
+    assert token_perplexity(sym, ids, 256, progress=False)["ppl"] > ref["ppl"] * 1.01
