@@ -1,0 +1,288 @@
+"""Microbenchmark of the int4 weight-only GEMM against cuBLAS bf16 and tinygemm, per linear and per M.
+
+    python eval/kernels.py                         # Llama-3-8B's four linears, g128, M = 1..1024 (GPU)
+    python eval/kernels.py --preset llama-2-7b --ms 1,16,64 --bandwidth
+    python eval/kernels.py --smoke                 # CPU, tiny shapes, reference paths only, seconds (CI)
+
+Method (kernels/NOTES.md): each scheme's weights are replicated into enough copies that one pass over
+them exceeds 2x the L2 (>= 200 MB), one CUDA graph calls the op once per copy, and the graph is replayed;
+time per call = median replay time / copies.  Before timing, every scheme's output is checked against the
+float reference on fresh random inputs.  The bandwidth bound of a call is its minimal bytes (int4 weights,
+scales (+zeros), x read once, y written once) over the D2D copy rate (--bandwidth measures it: bytes read
++ bytes written over time; default 3.0e12 B/s, the H100 figure).  Writes <out>/kernels_bench.json and
+<out>/kernels_bench.md; prints a short table last.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import kernels  # noqa: E402
+
+PRESETS = {  # (name, N, K) of the fused linears of one decoder layer
+    "llama-3-8b": [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336)],
+    "llama-2-7b": [("qkv", 12288, 4096), ("o", 4096, 4096), ("gate_up", 22016, 4096), ("down", 4096, 11008)],
+    "smollm2-135m": [("qkv", 960, 576), ("o", 576, 576), ("gate_up", 3072, 576), ("down", 576, 1536)],
+}
+DEFAULT_MS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024]
+ROTATE_BYTES = 200e6  # > 2 x the H100's 50 MB L2
+
+
+def measure_bandwidth(device) -> float:
+    """D2D copy of 1 GiB: (bytes read + bytes written) / median time."""
+    n = 1 << 29  # bf16 elements = 1 GiB
+    a = torch.empty(n, dtype=torch.bfloat16, device=device).normal_()
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    times = []
+    for _ in range(10):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        b.copy_(a)
+        e1.record()
+        e1.synchronize()
+        times.append(e0.elapsed_time(e1) * 1e-3)
+    del a, b
+    return 2 * n * 2 / statistics.median(times)
+
+
+def make_quant(N, K, gs, device, seed):
+    g = torch.Generator(device=device).manual_seed(seed)
+    q = torch.randint(0, 16, (N, K), generator=g, device=device, dtype=torch.uint8)
+    s = (torch.rand(N, K // gs, generator=g, device=device) * 0.02 + 0.005).to(torch.bfloat16)
+    m = (-(torch.rand(N, K // gs, generator=g, device=device) * 8 + 4) * s.float()).to(torch.bfloat16)
+    return q, s, m
+
+
+def tinygemm_pack(q, s, m, gs):
+    """aten tinygemm packing.  Its dequant is w = (q - 8) * scale + zero, so zero = m + 8 s.
+
+    torch >= 2.5 (2.11, 2.14): _convert_weight_to_int4pack takes uint8 (N, K/2), two nibbles per byte,
+    even k in the high nibble; older releases took int32 (N, K).
+    """
+    try:
+        w = torch.ops.aten._convert_weight_to_int4pack((q[:, ::2] << 4 | q[:, 1::2]).contiguous(), 8)
+    except RuntimeError:
+        w = torch.ops.aten._convert_weight_to_int4pack(q.to(torch.int32).contiguous(), 8)
+    sz = torch.stack([s.float(), m.float() + 8 * s.float()], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+    return w, sz
+
+
+def time_graph(fn_per_copy, copies, reps, device):
+    """Median seconds per call: one graph calls fn_per_copy(c) for every copy, replayed `reps` times."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for c in range(copies):  # warm-up (module load, workspace, cuBLAS handles) outside capture
+            fn_per_copy(c)
+    torch.cuda.current_stream(device).wait_stream(stream)
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = [fn_per_copy(c) for c in range(copies)]
+    graph.replay()
+    torch.cuda.synchronize(device)
+    times = []
+    for _ in range(reps):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        graph.replay()
+        e1.record()
+        e1.synchronize()
+        times.append(e0.elapsed_time(e1) * 1e-3 / copies)
+    del outs, graph
+    return statistics.median(times)
+
+
+def rel_err(y, ref):
+    return (y.float() - ref.float()).norm().item() / max(ref.float().norm().item(), 1e-30)
+
+
+def bench_linear(name, N, K, gs, ms, schemes, bw, reps, device, seed):
+    """All schemes x all M for one (N, K); returns result rows."""
+    rows = []
+    q, s, m = make_quant(N, K, gs, device, seed)
+    w_sym = kernels.dequantize(q, s, None, gs, dtype=torch.bfloat16)
+    w_asym = kernels.dequantize(q, s, m, gs, dtype=torch.bfloat16)
+    packed = {"sym": kernels.pack_w4(q, s, None, gs), "asym": kernels.pack_w4(q, s, m, gs)}
+    ext = kernels.load_extension()
+    int4_bytes = N * K // 2 + (K // gs) * N * 2
+    own_weight_bytes = {
+        "cublas": N * K * 2,
+        "tinygemm": N * K // 2 + (K // gs) * N * 4,
+        "ours_sym": int4_bytes,
+        "ours_asym": int4_bytes + (K // gs) * N * 2,
+    }
+    weights = {}
+    if "tinygemm" in schemes:
+        try:
+            weights["tinygemm"] = tinygemm_pack(q, s, m, gs)
+        except RuntimeError as e:  # e.g. K not a multiple of 1024 for innerKTiles=8
+            print(f"  tinygemm unavailable for {name} ({N}x{K}): {str(e).splitlines()[0]}")
+    for scheme in schemes:
+        if scheme == "tinygemm" and "tinygemm" not in weights:
+            continue
+        wbytes = own_weight_bytes[scheme.split("[")[0]]
+        copies = max(2, math.ceil(ROTATE_BYTES / wbytes))
+        if scheme == "cublas":
+            base, ref_w = w_sym, w_sym
+            copy_list = [base.clone() for _ in range(copies)]
+        elif scheme == "tinygemm":
+            base, ref_w = weights["tinygemm"], w_asym
+            copy_list = [tuple(t.clone() for t in base) for _ in range(copies)]
+        else:
+            kind = "sym" if "sym" == scheme.split("_")[1].split("[")[0] else "asym"
+            base, ref_w = packed[kind], (w_sym if kind == "sym" else w_asym)
+            copy_list = [tuple(None if t is None else t.clone() for t in base) for _ in range(copies)]
+        for M in ms:
+            x = torch.randn(M, K, device=device, dtype=torch.bfloat16)
+            path = -1
+            if scheme.endswith("[mma]"):
+                path = 0
+            elif scheme.endswith("[dq]"):
+                path = 1
+            if scheme == "cublas":
+                fn = lambda c: F.linear(x, copy_list[c])  # noqa: E731
+            elif scheme == "tinygemm":
+                fn = lambda c: torch.ops.aten._weight_int4pack_mm(x, copy_list[c][0], gs, copy_list[c][1])  # noqa: E731
+            else:
+                fn = lambda c: ext.gemm_path(x, *copy_list[c], gs, path)  # noqa: E731
+            ref = x.float() @ ref_w.float().t()
+            err = rel_err(fn(0), ref)
+            ok = err < 1e-2
+            t = time_graph(fn, copies, reps, device)
+            bytes_total = wbytes + M * K * 2 + M * N * 2
+            bound_int4 = (int4_bytes + M * K * 2 + M * N * 2) / bw
+            rows.append(dict(linear=name, N=N, K=K, M=M, scheme=scheme, us=t * 1e6, rel_err=err, check=ok,
+                             copies=copies, bytes=bytes_total, GBps=bytes_total / t / 1e9,
+                             pct_own_bound=100 * bytes_total / bw / t, bound_int4_us=bound_int4 * 1e6,
+                             pct_int4_bound=100 * bound_int4 / t,
+                             path=(kernels.choose_path(M, N, K) if path < 0 and scheme.startswith("ours")
+                                   else {0: "mma", 1: "dequant_cublas"}.get(path, "-"))))
+            r = rows[-1]
+            print(f"  {name:8s} M={M:5d} {scheme:16s} {r['us']:9.2f} us  {r['GBps']:7.0f} GB/s  "
+                  f"{r['pct_int4_bound']:6.1f}% int4 bound  err={err:.1e}{'' if ok else '  CHECK FAILED'}",
+                  flush=True)
+        copy_list = []  # free this scheme's weight copies before the next one
+        torch.cuda.empty_cache()
+    return rows
+
+
+def summarize(rows, ms, schemes):
+    """Sum over the linears per (scheme, M)."""
+    out = []
+    for scheme in schemes:
+        for M in ms:
+            sel = [r for r in rows if r["scheme"] == scheme and r["M"] == M]
+            if not sel:
+                continue
+            us = sum(r["us"] for r in sel)
+            bound = sum(r["bound_int4_us"] for r in sel)
+            out.append(dict(scheme=scheme, M=M, us=us, bound_int4_us=bound, pct_int4_bound=100 * bound / us,
+                            linears=len(sel)))
+    return out
+
+
+def markdown(rows, summary, meta):
+    lines = [f"# w4a16 microbenchmark: {meta['preset']} g{meta['group_size']}", "",
+             f"device: {meta['device']}; torch {meta['torch']}; bandwidth {meta['bandwidth'] / 1e12:.2f} TB/s "
+             f"({meta['bandwidth_source']}); median of {meta['reps']} graph replays, weights rotated over "
+             f">= {ROTATE_BYTES / 1e6:.0f} MB.", "",
+             "## Sum over the linears (us; % of the int4 sym bandwidth bound)", ""]
+    schemes = list(dict.fromkeys(r["scheme"] for r in summary))
+    ms = sorted({r["M"] for r in summary})
+    lines.append("| M | bound us | " + " | ".join(schemes) + " |")
+    lines.append("|---|---|" + "---|" * len(schemes))
+    for M in ms:
+        cells = []
+        bound = next(r["bound_int4_us"] for r in summary if r["M"] == M)
+        for s in schemes:
+            r = next((r for r in summary if r["M"] == M and r["scheme"] == s), None)
+            cells.append("-" if r is None else f"{r['us']:.1f} ({r['pct_int4_bound']:.0f}%)")
+        lines.append(f"| {M} | {bound:.1f} | " + " | ".join(cells) + " |")
+    lines += ["", "## Per linear", "", "| linear | M | scheme | path | us | GB/s | % own bound | % int4 bound | rel err |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['linear']} ({r['N']}x{r['K']}) | {r['M']} | {r['scheme']} | {r['path']} | {r['us']:.2f} | "
+                     f"{r['GBps']:.0f} | {r['pct_own_bound']:.1f} | {r['pct_int4_bound']:.1f} | {r['rel_err']:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+def smoke(args):
+    """CPU: tiny shapes through the reference op; checks the plumbing, times nothing meaningful."""
+    rows = []
+    for name, N, K in [("a", 128, 256), ("b", 256, 128)]:
+        q, s, m = make_quant(N, K, 64, "cpu", 0)
+        for kind, z in (("sym", None), ("asym", m)):
+            pw, sp, zp = kernels.pack_w4(q, s, z, 64)
+            w = kernels.dequantize(q, s, z, 64, dtype=torch.bfloat16)
+            for M in (1, 4):
+                x = torch.randn(M, K, dtype=torch.bfloat16)
+                t0 = time.perf_counter()
+                y = kernels.w4a16_gemm(x, pw, sp, zp, 64)
+                t = time.perf_counter() - t0
+                err = rel_err(y, x.float() @ w.float().t())
+                assert err < 1e-2, err
+                rows.append(dict(linear=name, N=N, K=K, M=M, scheme=f"reference_{kind}", us=t * 1e6, rel_err=err))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kernels_bench_smoke.json").write_text(json.dumps(rows, indent=1))
+    print("| linear | M | scheme | us (CPU) | rel err |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['linear']} ({r['N']}x{r['K']}) | {r['M']} | {r['scheme']} | {r['us']:.0f} | {r['rel_err']:.1e} |")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="llama-3-8b", choices=list(PRESETS))
+    ap.add_argument("--group-size", type=int, default=128)
+    ap.add_argument("--ms", default=",".join(map(str, DEFAULT_MS)))
+    ap.add_argument("--schemes", default="cublas,tinygemm,ours_sym,ours_asym",
+                    help="also: ours_sym[mma], ours_sym[dq] (force the fused kernel / dequantize+cuBLAS)")
+    ap.add_argument("--bandwidth", action="store_true", help="measure the D2D copy bandwidth first")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--out", default=os.environ.get("OUT", "out"))
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--tag", default="", help="suffix of the output file names")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.smoke:
+        return smoke(args)
+    if not torch.cuda.is_available():
+        sys.exit("eval/kernels.py needs a CUDA GPU (use --smoke on CPU)")
+    device = torch.device("cuda")
+    ms = [int(v) for v in args.ms.split(",")]
+    schemes = args.schemes.split(",")
+    t0 = time.perf_counter()
+    kernels.load_extension()
+    print(f"extension ready in {time.perf_counter() - t0:.1f}s", flush=True)
+    bw, src = (measure_bandwidth(device), "measured D2D copy, read+write") if args.bandwidth else (3.0e12, "assumed")
+    print(f"bandwidth {bw / 1e12:.2f} TB/s ({src})", flush=True)
+    rows = []
+    for i, (name, N, K) in enumerate(PRESETS[args.preset]):
+        rows += bench_linear(name, N, K, args.group_size, ms, schemes, bw, args.reps, device, args.seed + i)
+    summary = summarize(rows, ms, schemes)
+    meta = dict(preset=args.preset, group_size=args.group_size, device=torch.cuda.get_device_name(),
+                torch=torch.__version__, bandwidth=bw, bandwidth_source=src, reps=args.reps)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"kernels_bench{args.tag}.json").write_text(json.dumps(dict(meta=meta, rows=rows, summary=summary), indent=1))
+    md = markdown(rows, summary, meta)
+    (out / f"kernels_bench{args.tag}.md").write_text(md)
+    print()
+    print(md.split("## Per linear")[0])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""lowbit kernels: int4 weight-only (w4a16) GEMM.
+
+    y = w4a16_gemm(x, packed_w, scales, zeros, group_size)      # x (M, K) bf16/fp16 -> y (M, N)
+    packed_w, scales_p, zeros_p = pack_w4(q, scales, zeros, group_size)
+
+Operator torch.ops.lowbit.w4a16_gemm:
+  * schema, CPU implementation (the pure-PyTorch reference) and fake/meta
+    implementation are registered here, in Python, so the op exists, traces
+    under torch.compile(fullgraph=True) and runs on CPU on machines where the
+    CUDA extension is never built (CI).  Defining the schema in the C++
+    extension instead would make the op unavailable wherever it cannot load.
+  * the CUDA implementation is registered by the C++ extension
+    (TORCH_LIBRARY_IMPL in csrc/ops.cpp), built/loaded by load_extension().
+    The Python wrapper loads it on first CUDA use in eager mode, and the fake
+    implementation loads it when torch.compile traces the op for a CUDA device,
+    so compiled graphs always find the kernel at run time.
+"""
+from __future__ import annotations
+
+import torch
+
+from .build import find_cuda_home, load_extension as _load_extension
+from .reference import check_inputs, dequantize, pack_w4, reference_w4a16_gemm, unpack_w4
+
+__all__ = [
+    "w4a16_gemm", "pack_w4", "unpack_w4", "reference_w4a16_gemm", "dequantize",
+    "load_extension", "extension_available", "choose_path",
+]
+
+_SCHEMA = "w4a16_gemm(Tensor x, Tensor packed_w, Tensor scales, Tensor? zeros, int group_size) -> Tensor"
+
+_lib = torch.library.Library("lowbit", "FRAGMENT")
+_lib.define(_SCHEMA)
+
+
+def _cpu_impl(x, packed_w, scales, zeros, group_size):
+    return reference_w4a16_gemm(x, packed_w, scales, zeros, group_size)
+
+
+_lib.impl("w4a16_gemm", _cpu_impl, "CPU")
+
+
+@torch.library.register_fake("lowbit::w4a16_gemm")
+def _fake(x, packed_w, scales, zeros, group_size):
+    M, N, K = check_inputs(x, packed_w, scales, zeros, group_size)
+    if x.device.type == "cuda":
+        load_extension()  # the compiled graph will call the CUDA kernel at run time
+    return x.new_empty((M, N))
+
+
+def load_extension(verbose: bool = False):
+    """Build (first call: minutes) and load the CUDA extension; registers the CUDA kernel."""
+    return _load_extension(verbose=verbose)
+
+
+_available: bool | None = None
+
+
+def extension_available() -> bool:
+    """True when a CUDA GPU is present and the extension builds/loads (may compile on first call)."""
+    global _available
+    if _available is None:
+        try:
+            _available = torch.cuda.is_available() and find_cuda_home() is not None and load_extension() is not None
+        except Exception:  # noqa: BLE001 - any build/load failure means "not available"
+            _available = False
+    return _available
+
+
+def choose_path(M: int, N: int, K: int) -> str:
+    """Which CUDA path the op takes for this shape: 'mma' (fused kernel) or 'dequant_cublas'.
+
+    The heuristic itself lives in csrc/ops.cpp (choose_path) next to the
+    dispatch that uses it; this only asks it.
+    """
+    return ("mma", "dequant_cublas")[load_extension().choose_path(M, N, K)]
+
+
+def w4a16_gemm(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor,
+               zeros: torch.Tensor | None, group_size: int) -> torch.Tensor:
+    """y (M, N) = x (M, K) @ dequant(packed_w)^T with fp32 accumulation, in x.dtype.
+
+    In eager mode the inputs are validated here, in Python, before dispatch: on the
+    H100 machine (torch 2.11) an argument error thrown as a C++ exception from the
+    CUDA kernel's TORCH_CHECKs crashed the process on the 2nd such error
+    (kernels/NOTES.md, "open issues"); the C++ checks remain as a last line of
+    defence for direct torch.ops calls.  Under torch.compile the fake
+    implementation validates at trace time instead.
+    """
+    if not torch.compiler.is_compiling():
+        check_inputs(x, packed_w, scales, zeros, group_size)
+        if x.is_cuda:
+            for name, t in (("x", x), ("packed_w", packed_w), ("scales", scales), ("zeros", zeros)):
+                if t is not None and t.data_ptr() % 16:
+                    raise ValueError(f"w4a16_gemm: {name} must be 16-byte aligned (the kernel uses 16-byte loads)")
+            load_extension()
+    return torch.ops.lowbit.w4a16_gemm(x, packed_w, scales, zeros, group_size)

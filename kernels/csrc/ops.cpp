@@ -1,0 +1,194 @@
+// Host glue for lowbit::w4a16_gemm: argument checks, path choice, split-K
+// sizing, workspace/counter management and the CUDA dispatcher registration.
+//
+// The op's schema is defined from Python (kernels/__init__.py), not here:
+// the CPU (reference) and fake implementations must exist on machines where
+// this extension is never built, and a schema that lived only in this library
+// would vanish there.  This file registers the CUDA kernel for that schema
+// with TORCH_LIBRARY_IMPL, so torch.compile sees an ordinary dispatcher op and
+// CUDA graphs capture the single kernel launch it makes.
+
+#include <torch/extension.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <mutex>
+#include <vector>
+
+#include "w4a16.h"
+
+namespace lowbit {
+namespace {
+
+constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that may split K
+
+// Path heuristic: the ONE place that decides mma kernel vs dequantize+cuBLAS.
+// 0 = fused mma.sync kernel, 1 = dequantize to a 16-bit temporary + cuBLAS.
+// Threshold from eval/kernels.py on an H100, Llama-3-8B's four linears, g128
+// (kernels/NOTES.md, "path threshold"), sum in us, fused vs dequant+cuBLAS:
+// M=64 191 vs 569, M=128 342 vs 581, M=256 611 vs 609, M=1024 2303 vs 964.
+// The fused kernel re-reads the int4 weights once per 64 rows and runs on
+// mma.sync; past ~256 rows cuBLAS on a dequantized copy wins despite writing
+// and re-reading 2 bytes per weight.  At M=256 the per-linear winner differs
+// (qkv: dequant 70 vs 93 us; down: fused 155 vs 175 us) but the sums tie, so
+// one M threshold is kept.
+constexpr int64_t kDequantMinM = 256;
+int64_t choose_path(int64_t M, int64_t N, int64_t K) {
+  (void)N;
+  (void)K;
+  return M >= kDequantMinM ? 1 : 0;
+}
+
+struct DeviceInfo {
+  int sms = 0;
+  int major = 0, minor = 0;
+};
+
+const DeviceInfo& device_info(int dev) {
+  static std::mutex mu;
+  static std::vector<DeviceInfo> infos;
+  std::lock_guard<std::mutex> lock(mu);
+  if ((int)infos.size() <= dev) infos.resize(dev + 1);
+  DeviceInfo& d = infos[dev];
+  if (d.sms == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, dev));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.minor, cudaDevAttrComputeCapabilityMinor, dev));
+  }
+  return d;
+}
+
+// Split-K arrival counters: allocated zeroed once per device and kept; every
+// launch leaves them at zero again (the last CTA of a tile resets its
+// counter).  Launches on one stream are ordered, so reuse is safe; two
+// concurrent launches on different streams of one device are NOT supported.
+at::Tensor& counters_for(const at::Tensor& like) {
+  static std::mutex mu;
+  static std::vector<at::Tensor> per_dev;
+  std::lock_guard<std::mutex> lock(mu);
+  const int dev = like.get_device();
+  if ((int)per_dev.size() <= dev) per_dev.resize(dev + 1);
+  if (!per_dev[dev].defined())
+    per_dev[dev] = at::zeros({kCounterCapacity}, like.options().dtype(at::kInt));
+  return per_dev[dev];
+}
+
+void check_inputs(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
+                  const std::optional<at::Tensor>& z, int64_t gs) {
+  TORCH_CHECK(x.is_cuda(), "w4a16_gemm: x must be a CUDA tensor, got device ", x.device());
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
+              "w4a16_gemm: x must be bfloat16 or float16, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 2, "w4a16_gemm: x must be 2-D (M, K), got ", x.dim(), " dims");
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kInt,
+              "w4a16_gemm: packed_w must be a 2-D int32 tensor (N, K/8) from pack_w4, got ", w.scalar_type(),
+              " with ", w.dim(), " dims");
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  TORCH_CHECK(M >= 1, "w4a16_gemm: M must be >= 1, got ", M);
+  TORCH_CHECK(w.size(1) * 8 == K, "w4a16_gemm: K mismatch: x has K=", K, " but packed_w (", N, ", ", w.size(1),
+              ") holds K=", w.size(1) * 8);
+  TORCH_CHECK(N % 64 == 0, "w4a16_gemm: N must be a multiple of 64, got N=", N);
+  TORCH_CHECK(K % 64 == 0, "w4a16_gemm: K must be a multiple of 64, got K=", K);
+  TORCH_CHECK(gs == 32 || gs == 64 || gs == 128 || gs == K,
+              "w4a16_gemm: group_size must be 32, 64, 128 or K (=", K, "), got ", gs);
+  TORCH_CHECK(K % gs == 0, "w4a16_gemm: K=", K, " is not a multiple of group_size=", gs);
+  const int64_t G = K / gs;
+  TORCH_CHECK(s.dim() == 2 && s.size(0) == G && s.size(1) == N, "w4a16_gemm: scales must have shape (K/group_size, N) = (",
+              G, ", ", N, ") as returned by pack_w4, got ", s.sizes());
+  TORCH_CHECK(s.scalar_type() == x.scalar_type(), "w4a16_gemm: scales dtype ", s.scalar_type(),
+              " must match x dtype ", x.scalar_type());
+  std::vector<const at::Tensor*> all = {&x, &w, &s};
+  if (z.has_value()) {
+    TORCH_CHECK(z->dim() == 2 && z->size(0) == G && z->size(1) == N,
+                "w4a16_gemm: zeros must have shape (K/group_size, N) = (", G, ", ", N, "), got ", z->sizes());
+    TORCH_CHECK(z->scalar_type() == x.scalar_type(), "w4a16_gemm: zeros dtype ", z->scalar_type(),
+                " must match x dtype ", x.scalar_type());
+    all.push_back(&*z);
+  }
+  const char* names[] = {"x", "packed_w", "scales", "zeros"};
+  for (size_t i = 0; i < all.size(); ++i) {
+    TORCH_CHECK(all[i]->device() == x.device(), "w4a16_gemm: ", names[i], " is on ", all[i]->device(),
+                " but x is on ", x.device());
+    TORCH_CHECK(all[i]->is_contiguous(), "w4a16_gemm: ", names[i], " must be contiguous (strides ",
+                all[i]->strides(), ")");
+    TORCH_CHECK(reinterpret_cast<uintptr_t>(all[i]->data_ptr()) % 16 == 0, "w4a16_gemm: ", names[i],
+                " must be 16-byte aligned (the kernel uses 16-byte loads)");
+  }
+  const DeviceInfo& d = device_info(x.get_device());
+  TORCH_CHECK(d.major >= 8, "w4a16_gemm: unsupported GPU with compute capability ", d.major, ".", d.minor,
+              " (needs >= 8.0 for bf16 mma.sync and cp.async)");
+}
+
+// path: -1 = heuristic, 0 = fused mma kernel, 1 = dequantize + cuBLAS.
+at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
+                     const std::optional<at::Tensor>& z, int64_t gs, int64_t path) {
+  check_inputs(x, w, s, z, gs);
+  c10::cuda::CUDAGuard guard(x.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  const bool fp16 = x.scalar_type() == at::kHalf;
+  const bool has_z = z.has_value();
+  if (path < 0) path = choose_path(M, N, K);
+
+  if (path == 1) {
+    at::Tensor w16 = at::empty({N, K}, x.options());
+    DequantParams dp{w.data_ptr(), s.data_ptr(), has_z ? z->data_ptr() : nullptr, w16.data_ptr(),
+                     (int)N, (int)K, (int)gs};
+    C10_CUDA_CHECK(launch_dequant(dp, fp16, has_z, stream));
+    return at::mm(x, w16.t());
+  }
+
+  at::Tensor y = at::empty({M, N}, x.options());
+  const int mt = mma_m_tiles((int)M);
+  const int64_t m_blocks = (M + 16 * mt - 1) / (16 * mt);
+  const int64_t n_blocks = (N + kMmaNBlock - 1) / kMmaNBlock;
+  const int64_t kb_total = (K + kMmaKBlock - 1) / kMmaKBlock;
+  TORCH_CHECK(M <= INT32_MAX && N * K <= ((int64_t)1 << 40), "w4a16_gemm: problem too large: M=", M, " N=", N,
+              " K=", K);
+
+  // Split K until one wave of resident CTAs is (nearly) full: memory-bound
+  // decode needs every SM streaming weights.  Never more splits than k-blocks.
+  const DeviceInfo& d = device_info(x.get_device());
+  const int64_t slots = (int64_t)d.sms * mma_occupancy(fp16, has_z, mt);
+  const int64_t ctas = m_blocks * n_blocks;
+  int64_t splits = 1;
+  if (ctas < slots && ctas <= kCounterCapacity) splits = std::min<int64_t>(kb_total, slots / ctas);
+  const int64_t kb_per_split = (kb_total + splits - 1) / splits;
+  splits = (kb_total + kb_per_split - 1) / kb_per_split;  // no empty splits
+
+  at::Tensor ws;
+  if (splits > 1) ws = at::empty({splits, M, N}, x.options().dtype(at::kFloat));
+  GemmParams p{};
+  p.x = x.data_ptr();
+  p.w = w.data_ptr();
+  p.s = s.data_ptr();
+  p.z = has_z ? z->data_ptr() : nullptr;
+  p.y = y.data_ptr();
+  p.workspace = splits > 1 ? ws.data_ptr<float>() : nullptr;
+  p.counters = splits > 1 ? counters_for(x).data_ptr<int>() : nullptr;
+  p.M = (int)M;
+  p.N = (int)N;
+  p.K = (int)K;
+  p.group_size = (int)gs;
+  p.k_splits = (int)splits;
+  p.kb_per_split = (int)kb_per_split;
+  C10_CUDA_CHECK(launch_mma(p, fp16, has_z, mt, (int)m_blocks, (int)n_blocks, stream));
+  return y;
+}
+
+at::Tensor w4a16_gemm_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
+                           const std::optional<at::Tensor>& z, int64_t gs) {
+  return gemm_path(x, w, s, z, gs, -1);
+}
+
+}  // namespace
+}  // namespace lowbit
+
+TORCH_LIBRARY_IMPL(lowbit, CUDA, m) { m.impl("w4a16_gemm", &lowbit::w4a16_gemm_cuda); }
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("gemm_path", &lowbit::gemm_path, "w4a16 GEMM with a forced path (-1 auto, 0 mma, 1 dequant+cuBLAS)",
+        py::arg("x"), py::arg("packed_w"), py::arg("scales"), py::arg("zeros"), py::arg("group_size"),
+        py::arg("path"));
+  m.def("choose_path", &lowbit::choose_path, "0 = fused mma kernel, 1 = dequantize + cuBLAS", py::arg("M"),
+        py::arg("N"), py::arg("K"));
+}

@@ -1,0 +1,37 @@
+// Shared declarations between ops.cpp (host glue, compiled by the host
+// compiler) and w4a16_kernel.cu (device code, compiled by nvcc).
+#pragma once
+#include <cuda_runtime.h>
+
+namespace lowbit {
+
+struct GemmParams {
+  const void* x;      // (M, K) activations, row-major
+  const void* w;      // packed int4 weights, see w4a16_kernel.cu
+  const void* s;      // (G, N) permuted scales
+  const void* z;      // (G, N) permuted zeros, or nullptr (symmetric)
+  void* y;            // (M, N) output
+  float* workspace;   // (k_splits, M, N) fp32 partials, only when k_splits > 1
+  int* counters;      // one zero-initialised int per (m-block, n-block)
+  int M, N, K, group_size;
+  int k_splits, kb_per_split;  // split-K: k-blocks of 128 per CTA
+};
+
+struct DequantParams {
+  const void* w;
+  const void* s;
+  const void* z;
+  void* out;          // (N, K) dequantized weights, row-major
+  int N, K, group_size;
+};
+
+constexpr int kMmaNBlock = 128;  // output channels per CTA
+constexpr int kMmaKBlock = 128;  // k per pipeline stage (split-K granule)
+
+int mma_m_tiles(int M);                           // m16 tiles per CTA for this M
+int mma_occupancy(bool fp16, bool has_z, int mt); // CTAs per SM
+cudaError_t launch_mma(const GemmParams& p, bool fp16, bool has_z, int mt, int m_blocks, int n_blocks,
+                       cudaStream_t stream);
+cudaError_t launch_dequant(const DequantParams& p, bool fp16, bool has_z, cudaStream_t stream);
+
+}  // namespace lowbit

@@ -1,0 +1,530 @@
+// lowbit int4-weight / 16-bit-activation GEMM:  y[M,N] = x[M,K] · W[N,K]^T
+//
+//   W[n,k] = s[n,g]·q[n,k] + m[n,g]   (g = k / group_size, q in 0..15)
+//   symmetric (no zeros tensor): m = -8·s, never loaded.
+//
+// One focused kernel file (layout, dequantization, pipeline, split-K reduction),
+// plus a dequantize kernel used by the large-M (prefill) path.  ops.cpp holds the
+// argument checks, the op registration and the path heuristic's caller.
+//
+// ---------------------------------------------------------------------------
+// Packed weight layout (produced offline by kernels.reference.pack_w4)
+// ---------------------------------------------------------------------------
+// The matrix is cut into tiles of 64 output channels (n) x 16 reduction steps
+// (k): exactly the B operands of eight mma.m16n8k16 instructions.  A tile is
+// 512 bytes = 32 lanes x 16 bytes; lane l owns the 32 nibbles that its eight
+// B fragments need, so one 16-byte load per lane per tile feeds the tensor core
+// with no shuffles.  Tiles are stored n-tile major, k-tile minor, so a CTA that
+// walks K for a fixed n-tile reads one contiguous stream.
+//
+// Inside lane l's four 32-bit words: word w holds n8 sub-tiles j = 2w, 2w+1.
+// Nibble pair p (bits 4p..4p+3 = low half, bits 16+4p.. = high half) is
+//   p=0: sub-tile 2w,   k = 2(l%4) + {0,1}      (mma register b0/b1)
+//   p=1: sub-tile 2w,   k = 2(l%4) + 8 + {0,1}  (mma register b2/b3)
+//   p=2,3: the same for sub-tile 2w+1
+// with n = 64·tile + 8j + l/4.  So (word >> 4p) & 0x000F000F puts the two
+// nibbles of one bf16x2/half2 B register into the low bits of each half.
+//
+// Scales (and zeros) are stored as [G][N] in the activation dtype, permuted
+// inside each block of 64 columns: column 64t + 8i + j holds channel
+// 64t + 8j + i.  Lane l then reads its eight per-sub-tile scales (i = l/4,
+// j = 0..7) as one 16-byte vector.
+//
+// ---------------------------------------------------------------------------
+// Dequantization (in registers, after the shared-memory load)
+// ---------------------------------------------------------------------------
+// bf16: OR-ing a nibble into the mantissa of 0x4300 (=128.0, ulp 1) gives the
+// exact value 128+q; fp16 uses 0x6400 (=1024.0, ulp 1).  Subtracting the magic
+// (or magic+8 in the symmetric case) is exact, then ONE fma with s and m (or
+// one multiply by s) rounds once to the 16-bit weight.  We deliberately do not
+// fold m - 128·s into a single 16-bit constant: that constant would be rounded
+// and the error would be shared by every weight of the group.
+//
+// ---------------------------------------------------------------------------
+// CTA organisation
+// ---------------------------------------------------------------------------
+// 256 threads = 8 warps; a CTA owns 128 output channels (2 n-tiles) x 16·MT
+// rows of x, and a contiguous range of 128-wide k-blocks (split-K).  Warp
+// (wn, wk) = (w % 2, w / 2) computes n-tile wn over the k-tiles 2wk, 2wk+1 of
+// every k-block, so all 8 warps share each staged x tile and each weight byte is
+// read by exactly one warp.  The four k-partial accumulators of one n-tile are
+// summed through shared memory in a fixed order at the end.
+//
+// Pipeline: STAGES-deep cp.async ring of (weights 8 KB, x 4·MT KB, scales,
+// zeros); one __syncthreads per k-block.  Weight copies carry an L2
+// evict_first policy (each weight byte is used once per m-block), activations
+// and scales use the default policy (they are re-read by every n-block).
+//
+// Parallelism at batch 1: N/128 CTAs are too few for 132 SMs (o_proj: 32), so
+// K is split over gridDim.z CTAs.  Each writes fp32 partials to a workspace,
+// then bumps a per-tile counter; the last CTA to arrive sums the partials in
+// split order 0..S-1 (deterministic, independent of arrival order), writes y
+// and resets the counter to 0 for the next launch.  One kernel per linear, no
+// float atomics, no memset launches.
+//
+// Grid order: blockIdx.x = m-block (fastest), so CTAs that share a weight
+// slice run together and the second m-block's weight reads hit L2.
+
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "w4a16.h"
+
+namespace lowbit {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kNBlk = kMmaNBlock;    // output channels per CTA
+constexpr int kKBlk = kMmaKBlock;    // reduction depth per pipeline stage
+constexpr int kStages = 4;           // cp.async ring depth
+constexpr int kMaxGroupsPerBlk = kKBlk / 32;  // smallest group size is 32
+constexpr int kWBytes = (kNBlk / 64) * (kKBlk / 16) * 512;  // 8 KB
+constexpr int kSBytes = kMaxGroupsPerBlk * kNBlk * 2;        // 1 KB
+
+// ---- dtype traits ---------------------------------------------------------
+template <typename T> struct Traits;
+template <> struct Traits<__nv_bfloat16> {
+  using T2 = __nv_bfloat162;
+  static constexpr uint32_t kMagic = 0x43004300u;  // 128.0 in both halves
+  static __device__ __forceinline__ T2 magic_sym() {  // 136 = 128 + 8
+    return __floats2bfloat162_rn(136.f, 136.f);
+  }
+  static __device__ __forceinline__ T2 magic() { return __floats2bfloat162_rn(128.f, 128.f); }
+  static __device__ __forceinline__ T2 from_floats(float a, float b) { return __floats2bfloat162_rn(a, b); }
+  static __device__ __forceinline__ void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+template <> struct Traits<__half> {
+  using T2 = __half2;
+  static constexpr uint32_t kMagic = 0x64006400u;  // 1024.0 in both halves
+  static __device__ __forceinline__ T2 magic_sym() { return __floats2half2_rn(1032.f, 1032.f); }
+  static __device__ __forceinline__ T2 magic() { return __floats2half2_rn(1024.f, 1024.f); }
+  static __device__ __forceinline__ T2 from_floats(float a, float b) { return __floats2half2_rn(a, b); }
+  static __device__ __forceinline__ void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+template <typename T2> __device__ __forceinline__ uint32_t as_u32(T2 v) {
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+template <typename T2> __device__ __forceinline__ T2 as_t2(uint32_t v) {
+  return *reinterpret_cast<T2*>(&v);
+}
+
+// ---- cp.async helpers -----------------------------------------------------
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16-byte async copy; when !pred the destination is zero-filled and global
+// memory is not read (src-size 0), the pointer is still a valid address.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool pred) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(pred ? 16 : 0));
+}
+// Weights: streamed once, so mark them evict_first in L2 to keep x and the
+// scales (re-read by every n-block) resident.
+__device__ __forceinline__ void cp_async16_evict_first(void* dst, const void* src, uint64_t policy) {
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)),
+               "l"(src), "l"(policy));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+// ---- the GEMM kernel ------------------------------------------------------
+// MT: number of m16 tiles per CTA (1, 2 or 4 -> 16, 32, 64 rows).
+template <typename T, int MT, bool HAS_Z>
+struct Smem {
+  static constexpr int kXBytes = MT * 16 * kKBlk * 2;
+  static constexpr int kStage = kWBytes + kXBytes + kSBytes + (HAS_Z ? kSBytes : 0);
+  static constexpr int kPipe = kStages * kStage;
+  // k-partial reduction buffer: 2 slots x 2 n-tiles x (MT*8 sub-tiles x 4 regs) x 32 lanes.
+  static constexpr int kRed = 2 * 2 * MT * 32 * 32 * 4;
+  static constexpr int kTotal = kPipe > kRed ? kPipe : kRed;
+};
+
+template <typename T, int MT, bool HAS_Z>
+__global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
+    w4a16_mma_kernel(GemmParams p) {
+  using Tr = Traits<T>;
+  using T2 = typename Tr::T2;
+  using S = Smem<T, MT, HAS_Z>;
+  extern __shared__ __align__(128) uint8_t smem[];
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int wn = warp & 1;   // n-tile inside the CTA
+  const int wk = warp >> 1;  // k-tile pair inside each k-block
+  const int mb = blockIdx.x, nb = blockIdx.y, split = blockIdx.z;
+  const int K = p.K, N = p.N, M = p.M, gs = p.group_size;
+  const int k_tiles = K >> 4;
+  const int n_tiles = N >> 6;
+  const int kb_total = (K + kKBlk - 1) / kKBlk;
+  const int kb_begin = split * p.kb_per_split;
+  const int kb_end = min(kb_begin + p.kb_per_split, kb_total);
+  const int nkb = kb_end - kb_begin;
+  const int row0 = mb * MT * 16;
+  const bool ntile_ok = (nb * 2 + wn) < n_tiles;  // N % 128 == 64: last CTA has one n-tile
+
+  const int4* __restrict__ wq = reinterpret_cast<const int4*>(p.w);
+  const T* __restrict__ xg = reinterpret_cast<const T*>(p.x);
+  const T* __restrict__ sg = reinterpret_cast<const T*>(p.s);
+  const T* __restrict__ zg = reinterpret_cast<const T*>(p.z);
+
+  uint64_t evict_first;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(evict_first));
+
+  auto stage_ptr = [&](int st) { return smem + st * S::kStage; };
+
+  // Issue the copies of k-block kb into ring slot st.
+  auto load_stage = [&](int st, int kb) {
+    uint8_t* base = stage_ptr(st);
+    // weights: 2 n-tiles x 8 k-tiles x 32 chunks = 512 chunks, 2 per thread;
+    // each n-tile's 8 k-tiles are 4 KB contiguous in global memory.
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int c = tid + i * kThreads;
+      const int nt = c >> 8, rem = c & 255;
+      const int gnt = nb * 2 + nt, gkt = kb * 8 + (rem >> 5);
+      if (gnt < n_tiles && gkt < k_tiles)
+        cp_async16_evict_first(base + c * 16, wq + ((size_t)gnt * k_tiles + kb * 8) * 32 + rem, evict_first);
+    }
+    // activations: 16·MT rows x 16 chunks; chunk index XOR-swizzled by row so
+    // the 8 row addresses of every ldmatrix phase fall in distinct banks.
+    uint8_t* xs = base + kWBytes;
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+      const int c = tid + i * kThreads;
+      const int r = c >> 4, ch = c & 15;
+      const int gr = row0 + r, gk = kb * kKBlk + ch * 8;
+      const bool ok = gr < M && gk < K;
+      const T* src = ok ? xg + (size_t)gr * K + gk : xg;
+      cp_async16(xs + r * (kKBlk * 2) + ((ch ^ (r & 7)) << 4), src, ok);
+    }
+    // scales (and zeros): the groups that this k-block touches, 16 chunks each.
+    const int k0 = kb * kKBlk;
+    const int g0 = k0 / gs;
+    const int ng = (min(k0 + kKBlk, K) - 1) / gs - g0 + 1;
+    if (tid < kMaxGroupsPerBlk * 16) {
+      const int gi = tid >> 4, ch = tid & 15;
+      const int col = nb * kNBlk + ch * 8;
+      if (gi < ng && col < N)
+        cp_async16(base + kWBytes + S::kXBytes + tid * 16, sg + (size_t)(g0 + gi) * N + col, true);
+    } else if (HAS_Z && tid < 2 * kMaxGroupsPerBlk * 16) {
+      const int t = tid - kMaxGroupsPerBlk * 16;
+      const int gi = t >> 4, ch = t & 15;
+      const int col = nb * kNBlk + ch * 8;
+      if (gi < ng && col < N)
+        cp_async16(base + kWBytes + S::kXBytes + kSBytes + t * 16, zg + (size_t)(g0 + gi) * N + col, true);
+    }
+  };
+
+  float acc[MT][8][4];
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+
+  const T2 magic = HAS_Z ? Tr::magic() : Tr::magic_sym();
+
+  auto compute_stage = [&](int st, int kb) {
+    const uint8_t* base = stage_ptr(st);
+    const uint8_t* xs = base + kWBytes;
+    const uint8_t* ss = xs + S::kXBytes;
+    const int g0 = (kb * kKBlk) / gs;
+#pragma unroll
+    for (int kk = 0; kk < 2; ++kk) {
+      const int kt = wk * 2 + kk;
+      const int k = kb * kKBlk + kt * 16;
+      if (k >= K) break;  // partial last k-block (K % 128 == 64); warp-uniform
+      const int4 wv = *reinterpret_cast<const int4*>(base + ((wn * 8 + kt) * 32 + lane) * 16);
+      const int gi = k / gs - g0;
+      const int4 sv = *reinterpret_cast<const int4*>(ss + (gi * kNBlk + wn * 64 + (lane >> 2) * 8) * 2);
+      int4 zv;
+      if (HAS_Z) zv = *reinterpret_cast<const int4*>(ss + kSBytes + (gi * kNBlk + wn * 64 + (lane >> 2) * 8) * 2);
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int i = 0; i < MT; ++i) {
+        const int r = i * 16 + (lane & 15);
+        const int ch = kt * 2 + (lane >> 4);
+        ldmatrix_x4(a[i], xs + r * (kKBlk * 2) + ((ch ^ (r & 7)) << 4));
+      }
+      const uint32_t words[4] = {(uint32_t)wv.x, (uint32_t)wv.y, (uint32_t)wv.z, (uint32_t)wv.w};
+      const uint32_t svals[4] = {(uint32_t)sv.x, (uint32_t)sv.y, (uint32_t)sv.z, (uint32_t)sv.w};
+      uint32_t zvals[4];
+      if (HAS_Z) {
+        zvals[0] = zv.x; zvals[1] = zv.y; zvals[2] = zv.z; zvals[3] = zv.w;
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        // broadcast the scale of sub-tile j (element j of the 8 loaded) to both halves
+        const uint32_t sh = (svals[j >> 1] >> ((j & 1) * 16)) & 0xFFFFu;
+        const T2 s2 = as_t2<T2>(sh | (sh << 16));
+        T2 z2;
+        if (HAS_Z) {
+          const uint32_t zh = (zvals[j >> 1] >> ((j & 1) * 16)) & 0xFFFFu;
+          z2 = as_t2<T2>(zh | (zh << 16));
+        }
+        uint32_t b[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int pr = (j & 1) * 2 + h;
+          const uint32_t v = ((words[j >> 1] >> (4 * pr)) & 0x000F000Fu) | Tr::kMagic;  // 128+q exactly
+          const T2 t = __hsub2(as_t2<T2>(v), magic);                                   // q (or q-8), exact
+          b[h] = HAS_Z ? as_u32(__hfma2(t, s2, z2)) : as_u32(__hmul2(t, s2));          // one rounding
+        }
+#pragma unroll
+        for (int i = 0; i < MT; ++i) Tr::mma(acc[i][j], a[i], b[0], b[1]);
+      }
+    }
+  };
+
+  // ---- main pipeline ------------------------------------------------------
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < nkb) load_stage(s, kb_begin + s);
+    cp_async_commit();
+  }
+  for (int i = 0; i < nkb; ++i) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();  // stage i visible to all; slot (i-1)%S no longer read by anyone
+    const int nxt = i + kStages - 1;
+    if (nxt < nkb) load_stage(nxt % kStages, kb_begin + nxt);
+    cp_async_commit();
+    if (ntile_ok) compute_stage(i % kStages, kb_begin + i);
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // ---- sum the four k-partials of each n-tile: (w0 + w2) + (w1 + w3) -------
+  float* red = reinterpret_cast<float*>(smem);
+  constexpr int kRegs = MT * 32;
+  auto red_at = [&](int slot, int r) { return red + ((slot * 2 + wn) * kRegs + r) * 32 + lane; };
+  if (wk >= 2) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) *red_at(wk - 2, (i * 8 + j) * 4 + r) = acc[i][j][r];
+  }
+  __syncthreads();
+  if (wk < 2) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[i][j][r] += *red_at(wk, (i * 8 + j) * 4 + r);
+  }
+  __syncthreads();
+  if (wk == 1) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) *red_at(0, (i * 8 + j) * 4 + r) = acc[i][j][r];
+  }
+  __syncthreads();
+
+  // ---- epilogue -----------------------------------------------------------
+  // C fragment: c0,c1 -> (row lane/4, cols 2(lane%4)+{0,1}); c2,c3 -> row + 8.
+  const bool single = p.k_splits == 1;
+  T* yg = reinterpret_cast<T*>(p.y);
+  if (wk == 0 && ntile_ok) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        float c[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) c[r] = acc[i][j][r] + *red_at(0, (i * 8 + j) * 4 + r);
+        const int col = nb * kNBlk + wn * 64 + j * 8 + (lane & 3) * 2;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = row0 + i * 16 + (lane >> 2) + h * 8;
+          if (row >= M) continue;
+          if (single) {
+            *reinterpret_cast<T2*>(yg + (size_t)row * N + col) = Tr::from_floats(c[2 * h], c[2 * h + 1]);
+          } else {
+            *reinterpret_cast<float2*>(p.workspace + ((size_t)split * M + row) * N + col) =
+                make_float2(c[2 * h], c[2 * h + 1]);
+          }
+        }
+      }
+  }
+  if (single) return;
+
+  // ---- split-K: the last CTA of this (m-block, n-block) reduces in fixed order
+  __shared__ int s_last;
+  __threadfence();  // make this CTA's partials visible device-wide before counting
+  __syncthreads();
+  int* counter = p.counters + (size_t)mb * gridDim.y + nb;
+  if (tid == 0) s_last = atomicAdd(counter, 1) == p.k_splits - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();  // acquire side: order the partial reads after the counter
+  const int rows = min(MT * 16, M - row0);
+  const int cols = min(kNBlk, N - nb * kNBlk);
+  for (int e = tid; e < rows * (kNBlk / 4); e += kThreads) {
+    const int r = e / (kNBlk / 4), c4 = (e % (kNBlk / 4)) * 4;
+    if (c4 >= cols) continue;
+    const size_t off = (size_t)(row0 + r) * N + nb * kNBlk + c4;
+    float4 sum = __ldcg(reinterpret_cast<const float4*>(p.workspace + off));
+    for (int s = 1; s < p.k_splits; ++s) {
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(p.workspace + (size_t)s * M * N + off));
+      sum.x += v.x; sum.y += v.y; sum.z += v.z; sum.w += v.w;
+    }
+    T2* dst = reinterpret_cast<T2*>(yg + off);
+    dst[0] = Tr::from_floats(sum.x, sum.y);
+    dst[1] = Tr::from_floats(sum.z, sum.w);
+  }
+  if (tid == 0) *counter = 0;  // ready for the next launch on this stream
+}
+
+// ---- dequantize kernel (large-M path: W16 = dequant(W4), then cuBLAS) --------
+// One thread per (tile, lane): reads its 16-byte fragment and writes the 32
+// values as 16 two-element stores.  Memory bound: 0.5 B read + 2 B written per
+// weight.
+template <typename T, bool HAS_Z>
+__global__ void __launch_bounds__(256) w4_dequant_kernel(DequantParams p) {
+  using Tr = Traits<T>;
+  using T2 = typename Tr::T2;
+  const int K = p.K, N = p.N;
+  const int k_tiles = K >> 4;
+  const size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= (size_t)(N >> 6) * k_tiles * 32) return;
+  const int lane = t & 31;
+  const size_t tile = t >> 5;
+  const int nt = tile / k_tiles, kt = tile % k_tiles;
+  const int4 wv = reinterpret_cast<const int4*>(p.w)[t];
+  const int g = (kt * 16) / p.group_size;
+  const size_t soff = (size_t)g * N + nt * 64 + (lane >> 2) * 8;  // this lane's 8 permuted scales
+  const int4 sv = *reinterpret_cast<const int4*>(reinterpret_cast<const T*>(p.s) + soff);
+  int4 zv = make_int4(0, 0, 0, 0);
+  if (HAS_Z) zv = *reinterpret_cast<const int4*>(reinterpret_cast<const T*>(p.z) + soff);
+  const uint32_t words[4] = {(uint32_t)wv.x, (uint32_t)wv.y, (uint32_t)wv.z, (uint32_t)wv.w};
+  const uint32_t svals[4] = {(uint32_t)sv.x, (uint32_t)sv.y, (uint32_t)sv.z, (uint32_t)sv.w};
+  const uint32_t zvals[4] = {(uint32_t)zv.x, (uint32_t)zv.y, (uint32_t)zv.z, (uint32_t)zv.w};
+  const T2 magic = HAS_Z ? Tr::magic() : Tr::magic_sym();
+  T* out = reinterpret_cast<T*>(p.out);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const uint32_t sh = (svals[j >> 1] >> ((j & 1) * 16)) & 0xFFFFu;
+    const uint32_t zh = (zvals[j >> 1] >> ((j & 1) * 16)) & 0xFFFFu;
+    const T2 s2 = as_t2<T2>(sh | (sh << 16)), z2 = as_t2<T2>(zh | (zh << 16));
+    const int n = nt * 64 + j * 8 + (lane >> 2);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int pr = (j & 1) * 2 + h;
+      const uint32_t v = ((words[j >> 1] >> (4 * pr)) & 0x000F000Fu) | Tr::kMagic;
+      const T2 tq = __hsub2(as_t2<T2>(v), magic);
+      const T2 w = HAS_Z ? __hfma2(tq, s2, z2) : __hmul2(tq, s2);
+      const int k = kt * 16 + (lane & 3) * 2 + h * 8;
+      *reinterpret_cast<T2*>(out + (size_t)n * K + k) = w;
+    }
+  }
+}
+
+template <typename T, int MT, bool HAS_Z>
+cudaError_t launch_mma_t(const GemmParams& p, int m_blocks, int n_blocks, cudaStream_t stream) {
+  using S = Smem<T, MT, HAS_Z>;
+  auto kern = w4a16_mma_kernel<T, MT, HAS_Z>;
+  // Raising the dynamic shared-memory limit is a host-side attribute of the
+  // current device: cheap and capture-safe, so set it on every launch.
+  cudaError_t attr = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kTotal);
+  if (attr != cudaSuccess) return attr;
+  dim3 grid(m_blocks, n_blocks, p.k_splits);
+  kern<<<grid, kThreads, S::kTotal, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T, int MT, bool HAS_Z>
+int occupancy_t() {
+  using S = Smem<T, MT, HAS_Z>;
+  auto kern = w4a16_mma_kernel<T, MT, HAS_Z>;
+  cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kTotal);
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, kThreads, S::kTotal) != cudaSuccess) return 1;
+  return n > 0 ? n : 1;
+}
+
+template <typename T, bool HAS_Z>
+cudaError_t dispatch_mt(const GemmParams& p, int mt, int m_blocks, int n_blocks, cudaStream_t stream) {
+  switch (mt) {
+    case 1: return launch_mma_t<T, 1, HAS_Z>(p, m_blocks, n_blocks, stream);
+    case 2: return launch_mma_t<T, 2, HAS_Z>(p, m_blocks, n_blocks, stream);
+    default: return launch_mma_t<T, 4, HAS_Z>(p, m_blocks, n_blocks, stream);
+  }
+}
+
+template <typename T, bool HAS_Z>
+int occupancy_mt(int mt) {
+  switch (mt) {
+    case 1: return occupancy_t<T, 1, HAS_Z>();
+    case 2: return occupancy_t<T, 2, HAS_Z>();
+    default: return occupancy_t<T, 4, HAS_Z>();
+  }
+}
+
+}  // namespace
+
+int mma_m_tiles(int M) { return M <= 16 ? 1 : (M <= 32 ? 2 : 4); }
+
+int mma_occupancy(bool fp16, bool has_z, int mt) {
+  // cached per (dtype, zeros, MT): 12 entries
+  static int cache[2][2][5] = {};
+  int& c = cache[fp16][has_z][mt];
+  if (c == 0) {
+    if (fp16) c = has_z ? occupancy_mt<__half, true>(mt) : occupancy_mt<__half, false>(mt);
+    else c = has_z ? occupancy_mt<__nv_bfloat16, true>(mt) : occupancy_mt<__nv_bfloat16, false>(mt);
+  }
+  return c;
+}
+
+cudaError_t launch_mma(const GemmParams& p, bool fp16, bool has_z, int mt, int m_blocks, int n_blocks,
+                       cudaStream_t stream) {
+  if (fp16)
+    return has_z ? dispatch_mt<__half, true>(p, mt, m_blocks, n_blocks, stream)
+                 : dispatch_mt<__half, false>(p, mt, m_blocks, n_blocks, stream);
+  return has_z ? dispatch_mt<__nv_bfloat16, true>(p, mt, m_blocks, n_blocks, stream)
+               : dispatch_mt<__nv_bfloat16, false>(p, mt, m_blocks, n_blocks, stream);
+}
+
+cudaError_t launch_dequant(const DequantParams& p, bool fp16, bool has_z, cudaStream_t stream) {
+  const size_t threads = (size_t)(p.N / 64) * (p.K / 16) * 32;
+  const unsigned blocks = (unsigned)((threads + 255) / 256);
+  if (fp16) {
+    if (has_z) w4_dequant_kernel<__half, true><<<blocks, 256, 0, stream>>>(p);
+    else w4_dequant_kernel<__half, false><<<blocks, 256, 0, stream>>>(p);
+  } else {
+    if (has_z) w4_dequant_kernel<__nv_bfloat16, true><<<blocks, 256, 0, stream>>>(p);
+    else w4_dequant_kernel<__nv_bfloat16, false><<<blocks, 256, 0, stream>>>(p);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace lowbit

@@ -1,0 +1,302 @@
+"""Tests for kernels/ (lowbit::w4a16_gemm).
+
+CPU tests run everywhere (CI).  GPU tests skip without CUDA; run them with
+    TORCH_EXTENSIONS_DIR=.torch_extensions python -m pytest -q tests/test_kernels.py
+
+Error bound used against the float64 oracle (derivation).  The kernel's 16-bit
+weights are exactly the reference's (one rounding of s*q+m, both sides), so the
+only differences are (1) fp32 accumulation in another order and (2) the final
+rounding of y to bf16/fp16.  (2) is at most half an ulp <= eps/2 * |ref|, with
+eps = 2^-7 (bf16) or 2^-10 (fp16), the spacing of numbers in [1, 2).  (1) is,
+for any summation order, statistically ~ K * u32 * rms(p) with u32 = 2^-24
+and p_k = x_k * w_k; since sqrt(K) * u32 <= eps for every K < 2^28, that is at
+most eps * sqrt(K) * rms(p) = eps * sqrt(sum_k p_k^2).  Hence, elementwise,
+    |y - ref| <= eps * (|ref| + sqrt(sum_k x_k^2 w_k^2))
+(factor 2 of margin on the rounding term; the second term also covers outputs
+near zero, where a relative bound means nothing).
+"""
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+import kernels
+from kernels import build as kbuild
+from kernels.reference import dequantize
+
+EPS = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
+GROUPS = (32, 64, 128, "K")
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA GPU on this machine")
+
+
+def make_problem(M, N, K, gs, sym, dtype, device, seed):
+    """Fresh random inputs (never zeros): q uniform in 0..15, scales ~ 1e-2, float zero offsets."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    G = K // gs
+    q = torch.randint(0, 16, (N, K), generator=g, device=device, dtype=torch.uint8)
+    s = (torch.rand(N, G, generator=g, device=device) * 0.02 + 0.005).to(dtype)
+    z = None if sym else (-(torch.rand(N, G, generator=g, device=device) * 8 + 4) * s.float()).to(dtype)
+    x = torch.randn(M, K, generator=g, device=device).to(dtype)
+    return x, q, s, z
+
+
+def oracle(x, q, s, z, gs):
+    """float64 product with the weights rounded to x.dtype exactly as the kernel does; plus the bound's scale."""
+    w = dequantize(q, s, z, gs, dtype=x.dtype).double()
+    xd = x.double()
+    ref = xd @ w.t()
+    spread = ((xd * xd) @ (w * w).t()).sqrt()
+    return ref, spread
+
+
+def assert_close(y, x, q, s, z, gs, what=""):
+    ref, spread = oracle(x, q, s, z, gs)
+    assert y.shape == ref.shape and y.dtype == x.dtype, what
+    yd = y.double()
+    assert torch.isfinite(yd).all(), f"{what}: non-finite output (unwritten or overflow)"
+    err = (yd - ref).abs()
+    tol = EPS[x.dtype] * (ref.abs() + spread)
+    bad = err > tol
+    if bad.any():
+        i = int(bad.flatten().nonzero()[0])
+        raise AssertionError(
+            f"{what}: {int(bad.sum())}/{bad.numel()} elements out of bound; first at flat index {i}: "
+            f"y={yd.flatten()[i].item():.6g} ref={ref.flatten()[i].item():.6g} tol={tol.flatten()[i].item():.3g}"
+        )
+
+
+# ----------------------------------------------------------------------------- CPU
+@pytest.mark.parametrize("N,K", [(64, 64), (192, 320), (128, 576), (256, 1024)])
+@pytest.mark.parametrize("gs", GROUPS)
+@pytest.mark.parametrize("sym", [True, False])
+def test_pack_unpack_roundtrip(N, K, gs, sym):
+    gs = K if gs == "K" else gs
+    if K % gs:
+        pytest.skip(f"K={K} not a multiple of {gs}")
+    _, q, s, z = make_problem(1, N, K, gs, sym, torch.bfloat16, "cpu", seed=N + K + gs)
+    pw, sp, zp = kernels.pack_w4(q, s, z, gs)
+    assert pw.dtype == torch.int32 and pw.shape == (N, K // 8)
+    assert sp.shape == (K // gs, N) and (zp is None) == sym
+    q2, s2, z2 = kernels.unpack_w4(pw, sp, zp, gs)
+    assert torch.equal(q2, q) and torch.equal(s2, s)
+    assert sym or torch.equal(z2, z)
+
+
+def test_pack_layout_matches_fragment_formula():
+    """Spot-check the documented layout formula for single nibbles."""
+    N, K = 128, 64
+    for n, k in [(0, 0), (1, 0), (8, 0), (0, 1), (0, 8), (64 + 19, 16 + 13), (127, 63), (37, 42)]:
+        q = torch.zeros(N, K, dtype=torch.uint8)
+        q[n, k] = 7
+        pw, _, _ = kernels.pack_w4(q, torch.ones(N, 1, dtype=torch.bfloat16), None, K)
+        words = pw.flatten().to(torch.int64) & 0xFFFFFFFF
+        nt, r = divmod(n, 64)
+        j, i = divmod(r, 8)
+        w, jj = divmod(j, 2)
+        kt, rk = divmod(k, 16)
+        h, rk = divmod(rk, 8)
+        lq, e = divmod(rk, 2)
+        lane = 4 * i + lq
+        idx = ((nt * (K // 16) + kt) * 32 + lane) * 4 + w
+        slot = e * 4 + jj * 2 + h
+        assert int(words[idx]) == 7 << (4 * slot), (n, k)
+        assert int((words != 0).sum()) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("sym", [True, False])
+@pytest.mark.parametrize("gs", GROUPS)
+def test_reference_matches_float64(dtype, sym, gs):
+    M, N, K = 5, 192, 640 if gs == 128 else 576
+    gs = K if gs == "K" else gs
+    x, q, s, z = make_problem(M, N, K, gs, sym, dtype, "cpu", seed=3)
+    pw, sp, zp = kernels.pack_w4(q, s, z, gs)
+    y = kernels.reference_w4a16_gemm(x, pw, sp, zp, gs)
+    assert_close(y, x, q, s, z, gs, "reference")
+    # the registered CPU implementation is the reference
+    assert torch.equal(torch.ops.lowbit.w4a16_gemm(x, pw, sp, zp, gs), y)
+    assert torch.equal(kernels.w4a16_gemm(x, pw, sp, zp, gs), y)
+
+
+def test_dequantize_semantics():
+    """Symmetric means m = -8 s; asymmetric uses the float offset m directly."""
+    q = torch.tensor([[0, 15, 8, 3]], dtype=torch.uint8)
+    s = torch.tensor([[0.5, 2.0]], dtype=torch.bfloat16)
+    m = torch.tensor([[1.0, -3.0]], dtype=torch.bfloat16)
+    assert dequantize(q, s, None, 2, None).tolist() == [[-4.0, 3.5, 0.0, -10.0]]
+    assert dequantize(q, s, m, 2, None).tolist() == [[1.0, 8.5, 13.0, 3.0]]
+
+
+def test_fake_impl_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        for dtype in (torch.bfloat16, torch.float16):
+            x = torch.empty(7, 576, dtype=dtype)
+            pw = torch.empty(960, 72, dtype=torch.int32)
+            s = torch.empty(576 // 64, 960, dtype=dtype)
+            y = torch.ops.lowbit.w4a16_gemm(x, pw, s, s, 64)
+            assert y.shape == (7, 960) and y.dtype == dtype
+            y = torch.ops.lowbit.w4a16_gemm(x, pw, torch.empty(1, 960, dtype=dtype), None, 576)
+            assert y.shape == (7, 960)
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_opcheck_cpu(sym):
+    x, q, s, z = make_problem(3, 128, 256, 64, sym, torch.bfloat16, "cpu", seed=11)
+    pw, sp, zp = kernels.pack_w4(q, s, z, 64)
+    torch.library.opcheck(torch.ops.lowbit.w4a16_gemm.default, (x, pw, sp, zp, 64))
+
+
+def test_torch_compile_fullgraph_cpu():
+    x, q, s, z = make_problem(4, 128, 256, 128, False, torch.bfloat16, "cpu", seed=5)
+    pw, sp, zp = kernels.pack_w4(q, s, z, 128)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(x):
+        return kernels.w4a16_gemm(x, pw, sp, zp, 128) * 2
+
+    assert torch.equal(f(x), kernels.reference_w4a16_gemm(x, pw, sp, zp, 128) * 2)
+
+
+def _bad_cases(device):
+    """(description, args, message fragment) for invalid inputs."""
+    dt = torch.bfloat16
+    x, q, s, z = make_problem(2, 128, 256, 64, False, dt, device, seed=1)
+    pw, sp, zp = kernels.pack_w4(q, s, z, 64)
+    other = "cpu" if device != "cpu" else "meta"
+    return [
+        ("float32 x", (x.float(), pw, sp, zp, 64), "bfloat16 or float16"),
+        ("K mismatch", (x[:, :192].contiguous(), pw, sp, zp, 64), "K=192"),
+        ("N % 64", (x, torch.zeros(96, 32, dtype=torch.int32, device=device), sp[:, :96].contiguous(), None, 64), "N=96"),
+        ("K % 64", (torch.randn(2, 96, device=device).to(dt), torch.zeros(64, 12, dtype=torch.int32, device=device),
+                    torch.ones(3, 64, device=device, dtype=dt), None, 32), "K=96"),
+        ("K % group", (torch.randn(2, 192, device=device).to(dt), torch.zeros(64, 24, dtype=torch.int32, device=device),
+                       torch.ones(1, 64, device=device, dtype=dt), None, 128), "K=192"),
+        ("bad group", (x, pw, sp, zp, 48), "got 48"),
+        ("scales shape", (x, pw, sp[:2].contiguous(), zp, 64), "(4, 128)"),
+        ("scales dtype", (x, pw, sp.half(), None, 64), "dtype"),
+        ("non-contiguous x", (torch.randn(256, 2, device=device).to(dt).t(), pw, sp, zp, 64), "contiguous"),
+        ("device", (x, pw, sp.to(other), zp, 64), "is on"),
+        ("int8 weights", (x, pw.to(torch.int8), sp, zp, 64), "int32"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(11))
+def test_bad_inputs_cpu(case):
+    name, args, msg = _bad_cases("cpu")[case]
+    if name == "device":
+        pytest.skip("a meta tensor among CPU tensors is rejected by the dispatcher before our check")
+    with pytest.raises((ValueError, TypeError, RuntimeError), match=msg.replace("(", r"\(").replace(")", r"\)")):
+        kernels.w4a16_gemm(*args)
+
+
+@pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
+def test_extension_compiles():
+    """Compile-only check (works without a GPU; builds for $TORCH_CUDA_ARCH_LIST or 9.0). May take minutes."""
+    mod = kernels.load_extension()
+    assert hasattr(mod, "gemm_path") and mod.choose_path(1, 4096, 4096) == 0
+
+
+# ----------------------------------------------------------------------------- GPU
+M_SWEEP = (1, 2, 3, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 255, 256, 1000)
+SHAPES = {
+    "llama3-8b": [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)],
+    "llama2-7b": [(12288, 4096), (4096, 4096), (22016, 4096), (4096, 11008)],
+    "smollm2-135m": [(960, 576), (576, 576), (3072, 576), (576, 1536)],
+    "odd": [(64, 64), (192, 320), (320, 192), (64, 1088)],
+}
+
+
+def run_poisoned(fn, x, N):
+    """Fill the allocator block the output will reuse with NaN, then run."""
+    torch.empty(x.shape[0], N, dtype=x.dtype, device=x.device).fill_(float("nan"))
+    return fn()
+
+
+def check_gpu(M, N, K, gs, sym, dtype, seed, path=-1):
+    x, q, s, z = make_problem(M, N, K, gs, sym, dtype, "cuda", seed)
+    pw, sp, zp = kernels.pack_w4(q, s, z, gs)
+    ext = kernels.load_extension()
+    what = f"M={M} N={N} K={K} gs={gs} {'sym' if sym else 'asym'} {dtype} path={path}"
+    y1 = run_poisoned(lambda: ext.gemm_path(x, pw, sp, zp, gs, path), x, N)
+    y2 = run_poisoned(lambda: ext.gemm_path(x, pw, sp, zp, gs, path), x, N)
+    torch.cuda.synchronize()
+    assert_close(y1, x, q, s, z, gs, what)
+    assert torch.equal(y1, y2), f"{what}: results differ between two identical runs"
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("sym", [True, False])
+@pytest.mark.parametrize("N,K", [(4096, 4096), (192, 320)])
+def test_gpu_m_sweep(N, K, sym, dtype):
+    for i, M in enumerate(M_SWEEP):
+        check_gpu(M, N, K, 64 if K % 128 else 128, sym, dtype, seed=1000 + i)
+
+
+@needs_cuda
+@pytest.mark.parametrize("preset", list(SHAPES))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_model_shapes(preset, dtype):
+    seed = 0
+    for N, K in SHAPES[preset]:
+        for gs in GROUPS:
+            gs = K if gs == "K" else gs
+            if K % gs:
+                continue
+            for sym in (True, False):
+                for M in (1, 16, 33, 300):
+                    seed += 1
+                    check_gpu(M, N, K, gs, sym, dtype, seed)
+
+
+@needs_cuda
+@pytest.mark.parametrize("path", [0, 1])
+def test_gpu_both_paths(path):
+    """The fused kernel and the dequantize+cuBLAS path, each forced, across the M range."""
+    for i, M in enumerate((1, 16, 64, 128, 256, 1000)):
+        check_gpu(M, 4096, 4096, 128, i % 2 == 0, torch.bfloat16, seed=77 + i, path=path)
+
+
+@needs_cuda
+@pytest.mark.parametrize("sym", [True, False])
+def test_opcheck_cuda(sym):
+    x, q, s, z = make_problem(5, 256, 512, 128, sym, torch.bfloat16, "cuda", seed=9)
+    pw, sp, zp = kernels.pack_w4(q, s, z, 128)
+    kernels.load_extension()
+    torch.library.opcheck(torch.ops.lowbit.w4a16_gemm.default, (x, pw, sp, zp, 128))
+
+
+@needs_cuda
+def test_cuda_graph_replay_and_compile():
+    """Split-K counters must reset between replays; compiled fullgraph must call the kernel."""
+    M, N, K, gs = 4, 4096, 4096, 128
+    x, q, s, z = make_problem(M, N, K, gs, False, torch.bfloat16, "cuda", seed=21)
+    pw, sp, zp = kernels.pack_w4(q, s, z, gs)
+    kernels.w4a16_gemm(x, pw, sp, zp, gs)  # warm-up outside capture
+    static_x = x.clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = kernels.w4a16_gemm(static_x, pw, sp, zp, gs)
+    for it in range(3):
+        xi = torch.randn(M, K, device="cuda").to(torch.bfloat16)
+        static_x.copy_(xi)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_close(static_y, xi, q, s, z, gs, f"graph replay {it}")
+        assert torch.equal(static_y, kernels.w4a16_gemm(xi, pw, sp, zp, gs))
+
+    f = torch.compile(lambda t: kernels.w4a16_gemm(t, pw, sp, zp, gs), fullgraph=True)
+    assert torch.equal(f(x), kernels.w4a16_gemm(x, pw, sp, zp, gs))
+
+
+@needs_cuda
+@pytest.mark.parametrize("case", range(11))
+def test_bad_inputs_cuda(case):
+    name, args, msg = _bad_cases("cuda")[case]
+    with pytest.raises((ValueError, TypeError, RuntimeError), match=msg.replace("(", r"\(").replace(")", r"\)")):
+        kernels.w4a16_gemm(*args)
+        torch.cuda.synchronize()
