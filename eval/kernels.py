@@ -28,33 +28,18 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import kernels  # noqa: E402
+from generate import measured_bandwidth  # noqa: E402
+from model import PRESETS, ModelArgs  # noqa: E402
 
-PRESETS = {  # (name, N, K) of the fused linears of one decoder layer
-    "llama-3-8b": [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336)],
-    "llama-2-7b": [("qkv", 12288, 4096), ("o", 4096, 4096), ("gate_up", 22016, 4096), ("down", 4096, 11008)],
-    "smollm2-135m": [("qkv", 960, 576), ("o", 576, 576), ("gate_up", 3072, 576), ("down", 576, 1536)],
-}
+def layer_linears(preset: str) -> list[tuple[str, int, int]]:
+    """(name, N, K) of one decoder layer's fused linears, from model.py's preset."""
+    a = ModelArgs.from_name(preset)
+    return [("qkv", (a.n_heads + 2 * a.n_kv_heads) * a.head_dim, a.dim), ("o", a.dim, a.n_heads * a.head_dim),
+            ("gate_up", 2 * a.ffn_dim, a.dim), ("down", a.dim, a.ffn_dim)]
+
+
 DEFAULT_MS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024]
 ROTATE_BYTES = 200e6  # > 2 x the H100's 50 MB L2
-
-
-def measure_bandwidth(device) -> float:
-    """D2D copy of 1 GiB: (bytes read + bytes written) / median time."""
-    n = 1 << 29  # bf16 elements = 1 GiB
-    a = torch.empty(n, dtype=torch.bfloat16, device=device).normal_()
-    b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    times = []
-    for _ in range(10):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        b.copy_(a)
-        e1.record()
-        e1.synchronize()
-        times.append(e0.elapsed_time(e1) * 1e-3)
-    del a, b
-    return 2 * n * 2 / statistics.median(times)
 
 
 def make_quant(N, K, gs, device, seed):
@@ -267,10 +252,10 @@ def main():
     t0 = time.perf_counter()
     kernels.load_extension()
     print(f"extension ready in {time.perf_counter() - t0:.1f}s", flush=True)
-    bw, src = (measure_bandwidth(device), "measured D2D copy, read+write") if args.bandwidth else (3.0e12, "assumed")
+    bw, src = (measured_bandwidth(device), "measured D2D copy, read+write") if args.bandwidth else (3.0e12, "assumed")
     print(f"bandwidth {bw / 1e12:.2f} TB/s ({src})", flush=True)
     rows = []
-    for i, (name, N, K) in enumerate(PRESETS[args.preset]):
+    for i, (name, N, K) in enumerate(layer_linears(args.preset)):
         rows += bench_linear(name, N, K, args.group_size, ms, schemes, bw, args.reps, device, args.seed + i)
     summary = summarize(rows, ms, schemes)
     meta = dict(preset=args.preset, group_size=args.group_size, device=torch.cuda.get_device_name(),

@@ -66,3 +66,8 @@ def test_smollm2_int4_g32_float_zero_reproduces_float_perplexity(smollm2_gguf, w
     sym = copy.deepcopy(model)
     quantize_(sym, "int4-g64-sym")
     assert token_perplexity(sym, ids, 256, progress=False)["ppl"] > ref["ppl"] * 1.01
+
+
+def test_kernel_microbenchmark_smoke(tmp_path):
+    out = run_script("eval/kernels.py", "--smoke", "--out", str(tmp_path))
+    assert "reference_asym" in out.stdout and list(tmp_path.glob("*.json"))
