@@ -59,8 +59,12 @@ def smollm2_gguf_path(dest: Path = CHECKPOINTS) -> Path:
 
 
 def load_model(spec: str, *, device, dtype: torch.dtype, random_weights: bool = False,
-               seed: int = 0) -> tuple[Transformer, "object | None", dict]:
+               seed: int = 0, shard=None) -> tuple[Transformer, "object | None", dict]:
     """(model in eval mode without grads, tokenizer or None, info).
+
+    shard: optional callable that cuts the model to this rank's share (tensor parallelism). Random
+    weights are sharded before they exist, so no rank ever holds the whole model; loaded weights are
+    read whole, then sharded.
 
     info: {"source", "kind": "preset"|"gguf"|"hf"|"checkpoint", "quant": dict|None, "tokenizer_file": str|None};
     tokenizer_file is what `save_checkpoint` needs to embed the tokenizer.
@@ -70,7 +74,7 @@ def load_model(spec: str, *, device, dtype: torch.dtype, random_weights: bool = 
     if spec in PRESETS:
         if not random_weights:
             raise ValueError(f"preset {spec} has no weights here; pass --random-weights or a checkpoint path")
-        model, tokenizer, tok_file = _random_model(ModelArgs.from_name(spec), device, dtype, seed), None, None
+        model, tokenizer, tok_file = _random_model(ModelArgs.from_name(spec), device, dtype, seed, shard), None, None
         kind, quant = "preset", None
     elif not path.exists():
         raise ValueError(f"unknown model {spec!r}: neither a preset ({', '.join(PRESETS)}) "
@@ -84,6 +88,8 @@ def load_model(spec: str, *, device, dtype: torch.dtype, random_weights: bool = 
     else:
         model, tokenizer, tok_file, quant = _load_checkpoint(path, device, dtype)
         kind = "checkpoint"
+    if shard is not None and kind != "preset":
+        shard(model)
     model.eval().requires_grad_(False)
     info = {"source": spec, "kind": kind, "quant": quant, "tokenizer_file": str(tok_file) if tok_file else None}
     return model, tokenizer, info
@@ -103,10 +109,13 @@ def _finish(model: Transformer, device) -> Transformer:
     return model
 
 
-def _random_model(args: ModelArgs, device, dtype, seed: int) -> Transformer:
+def _random_model(args: ModelArgs, device, dtype, seed: int, shard=None) -> Transformer:
     """Random weights created directly on `device` (no CPU copy): normal(0, 0.02) for linears and the
     embedding, ones for the norms."""
-    model = _meta_model(args, dtype).to_empty(device=device)
+    model = _meta_model(args, dtype)
+    if shard is not None:
+        shard(model)
+    model = model.to_empty(device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():

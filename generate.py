@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from model import KVCache, Transformer
+from tp import all_reduce_seconds, check_groups, init_distributed, shard_model
 
 console = Console(stderr=True)
 EOS_CHECK_EVERY = 32  # decode steps between host checks for "all rows finished"
@@ -220,6 +221,10 @@ def print_report(r: dict, title: str):
         ("peak memory", fmt(r.get("peak_memory_gb"), ".2f") + " GB" if "peak_memory_gb" in r else "n/a (CPU)"),
         ("compile + warm-up", "off" if r["compile_s"] is None else f"{r['compile_s']:.1f} s"),
     ]
+    if r.get("world_size", 1) > 1:  # bytes and bandwidth above are per GPU (this rank's shard)
+        ar = r.get("all_reduce_s_per_step")
+        rows.append(("tensor parallel: ranks, all-reduce per step",
+                     f"{r['world_size']}, " + ("n/a" if ar is None else f"{ar * 1e3:.3f} ms")))
     for k, v in rows:
         t.add_row(k, v)
     Console().print(t)
@@ -292,14 +297,21 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but no CUDA GPU is visible")
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    rank, world = init_distributed(device.type)  # (0, 1) unless started by torchrun
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    console.quiet = rank != 0  # every rank computes the same tokens: only rank 0 reports
     torch.manual_seed(args.seed)
 
     from checkpoint import load_model
     spec = resolve_model_spec(args.model)
+    shard = (lambda m: shard_model(m, rank, world)) if world > 1 else None
     with console.status(f"loading {spec} ..."):
-        model, tokenizer, info = load_model(spec, device=device, dtype=dtype, random_weights=args.random_weights)
+        model, tokenizer, info = load_model(spec, device=device, dtype=dtype, random_weights=args.random_weights,
+                                            shard=shard)
     if args.quant != "none":
-        from quantize import quantize_
+        from quantize import parse_scheme, quantize_
+        check_groups(model, parse_scheme(args.quant)[1].get("group_size"))
         quantize_(model, args.quant, include_output=args.quant_output)
     quant = (info.get("quant") or {}).get("scheme") if args.quant == "none" else args.quant
 
@@ -319,6 +331,8 @@ def main(argv=None) -> int:
         torch.cuda.reset_peak_memory_stats()
     run = gen(prompts, args.max_new_tokens, eos_ids, pad_id, cache_len)
 
+    if rank != 0:
+        return 0
     for b in range(min(args.show, run["batch"])):
         new = trim_at_eos(run["tokens"][b], eos_ids)
         text = tokenizer.decode(new) if tokenizer is not None else " ".join(map(str, new[:32]))
@@ -329,7 +343,10 @@ def main(argv=None) -> int:
     report = make_report(run, model, bandwidth, compile_s)
     report.update(model=args.model, quant=quant or "none", dtype=str(dtype).removeprefix("torch."),
                   device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                  torch=torch.__version__)
+                  torch=torch.__version__, world_size=world)
+    if world > 1 and device.type == "cuda":
+        report["all_reduce_s_per_step"] = all_reduce_seconds(run["batch"], model.args.dim, dtype, device,
+                                                             2 * model.args.n_layers)
     print_report(report, f"{args.model} · {report['quant']} · {report['dtype']} · {report['device']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

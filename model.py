@@ -198,9 +198,9 @@ class Transformer(nn.Module):
         if max_seq > self.args.max_seq_len:
             raise ValueError(f"a cache of {max_seq} positions exceeds the model's context of {self.args.max_seq_len}")
         emb = self.tok_embeddings.weight
-        a = self.args
         for layer in self.layers:
-            layer.attention.kv_cache = KVCache(max_batch, a.n_kv_heads, max_seq, a.head_dim, emb.dtype, emb.device)
+            att = layer.attention  # its head counts are this rank's under tensor parallelism
+            att.kv_cache = KVCache(max_batch, att.n_kv_heads, max_seq, att.head_dim, emb.dtype, emb.device)
         self.max_batch, self.max_seq = max_batch, max_seq
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, pad: torch.Tensor,
@@ -225,7 +225,7 @@ class Transformer(nn.Module):
         x = self.tok_embeddings(tokens)
         # An additive mask in the activation dtype, repeated for the rep query heads of each KV head
         # (the GQA layout of Attention.forward): (B, 1, rep*T, S), built once for all layers.
-        rep = self.args.n_heads // self.args.n_kv_heads
+        rep = self.layers[0].attention.n_heads // self.layers[0].attention.n_kv_heads
         mask = torch.zeros(visible.shape, dtype=x.dtype, device=x.device).masked_fill(~visible, float("-inf"))
         mask = mask[:, None, None].expand(B, 1, rep, *visible.shape[1:]).reshape(B, 1, -1, self.max_seq)
         for layer in self.layers:

@@ -1,0 +1,98 @@
+"""Tensor parallelism on CPU: 2 ranks over gloo give the single-process logits and greedy tokens."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from generate import Generator
+from test_model import tiny_model
+from tp import check_groups, init_distributed, shard_model
+
+PROMPTS = [[3, 1, 4, 1, 5], [9, 2, 6]]
+CASES = {  # name: (model overrides, dtype, quantization scheme)
+    "float32": ({"ffn_dim": 128}, torch.float32, None),
+    "bfloat16": ({"ffn_dim": 128}, torch.bfloat16, None),
+    "gqa-replicated-kv": ({"ffn_dim": 128, "n_kv_heads": 1}, torch.float32, None),
+    "int4-g32-asym": ({"ffn_dim": 128}, torch.float32, "int4-g32-asym"),
+}
+
+
+def build(case, rank=0, world=1):
+    over, dtype, scheme = CASES[case]
+    m = tiny_model(**over).to(dtype)
+    if world > 1:
+        shard_model(m, rank, world)
+    if scheme:
+        from quantize import quantize_
+        check_groups(m, 32)
+        quantize_(m, scheme)
+    return m
+
+
+@torch.no_grad()
+def logits_and_tokens(m):
+    m.setup_caches(1, 16)
+    logits = m(torch.tensor([PROMPTS[0]]), torch.arange(5), torch.zeros(1, dtype=torch.long))
+    tokens = Generator(m, compile=False)(PROMPTS, 8, set(), 0, show_progress=False)["tokens"]
+    return logits, tokens
+
+
+def _worker(rank, world, port, case, out_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    assert init_distributed("cpu") == (rank, world)
+    logits, tokens = logits_and_tokens(build(case, rank, world))
+    if rank == 0:
+        torch.save({"logits": logits, "tokens": tokens}, out_path)
+    dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_ranks_match_one_process(case, tmp_path):
+    ref_logits, ref_tokens = logits_and_tokens(build(case))
+    mp.spawn(_worker, args=(2, free_port(), case, tmp_path / "r0.pt"), nprocs=2, join=True)
+    got = torch.load(tmp_path / "r0.pt")
+    tol = 2e-2 if CASES[case][1] == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(got["logits"], ref_logits, rtol=tol, atol=tol)
+    if CASES[case][1] == torch.float32:
+        assert got["tokens"] == ref_tokens
+
+
+def test_split_that_cuts_a_group_is_refused():
+    m = shard_model(tiny_model(ffn_dim=96), 0, 2, reduce=False)  # w2: K = 48 per rank
+    with pytest.raises(ValueError, match="w2 with K = 48 per rank, not a multiple of the quantization group 32"):
+        check_groups(m, 32)
+
+
+def test_uneven_heads_are_refused():
+    with pytest.raises(ValueError, match="n_heads = 4 is not divisible by 3"):
+        shard_model(tiny_model(), 0, 3, reduce=False)
+
+
+def test_torchrun_generate_matches_single_process(tmp_path):
+    """The CLI under torchrun (2 CPU ranks, gloo): same greedy rows as one process, reported once."""
+    import subprocess
+    import sys
+
+    from checkpoint import save_checkpoint
+    from conftest import ROOT
+    save_checkpoint(tmp_path / "tiny.pt", tiny_model(ffn_dim=128), None, None)
+    flags = ["--model", str(tmp_path / "tiny.pt"), "--batch", "2", "--prompt-len", "6", "--max-new-tokens", "6",
+             "--quant", "int4-g32-asym"]
+    one = subprocess.run([sys.executable, "generate.py", *flags], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "generate.py", *flags], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    rows = lambda out: [line for line in out.splitlines() if line.startswith("row ")]  # noqa: E731
+    assert rows(two.stdout) == rows(one.stdout) and len(rows(one.stdout)) == 2
+    assert "tensor parallel: ranks" in two.stdout and two.stdout.count("decode tokens/s total") == 1
