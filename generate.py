@@ -104,14 +104,16 @@ def measured_bandwidth(device: torch.device) -> float | None:
 class Generator:
     """Owns the compiled prefill/decode functions for one model and runs batched generation."""
 
-    def __init__(self, model: Transformer, compile: bool, temperature=0.0, top_k=0, top_p=1.0):
+    def __init__(self, model: Transformer, compile: bool, temperature=0.0, top_k=0, top_p=1.0,
+                 compile_prefill: bool = True):
         self.model = model
         self.sampling = (temperature, top_k, top_p)
         self.prefill, self.decode = prefill, decode_step
         self.compiled = compile
         if compile:
-            self.prefill = torch.compile(prefill, dynamic=True, fullgraph=True)
             self.decode = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True)
+            if compile_prefill:  # about half the compile time; eval/bench.py measures decode only
+                self.prefill = torch.compile(prefill, dynamic=True, fullgraph=True)
 
     def warmup(self, prompts, max_new_tokens, eos_ids, pad_id, cache_len) -> float:
         """A short untimed run with the timed run's cache shape (so nothing recompiles later); returns seconds."""
