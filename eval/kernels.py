@@ -39,6 +39,9 @@ def layer_linears(preset: str) -> list[tuple[str, int, int]]:
 
 
 DEFAULT_MS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024]
+# scheme suffix -> the op's forced path (ops.cpp gemm_path); no suffix = the heuristic (choose_path)
+FORCED_PATHS = {"[mma]": 0, "[dq]": 1, "[stream]": 2}
+PATH_NAMES = {0: "mma", 1: "dequant_cublas", 2: "stream"}
 ROTATE_BYTES = 200e6  # > 2 x the H100's 50 MB L2
 
 
@@ -132,11 +135,7 @@ def bench_linear(name, N, K, gs, ms, schemes, bw, reps, device, seed):
             copy_list = [tuple(None if t is None else t.clone() for t in base) for _ in range(copies)]
         for M in ms:
             x = torch.randn(M, K, device=device, dtype=torch.bfloat16)
-            path = -1
-            if scheme.endswith("[mma]"):
-                path = 0
-            elif scheme.endswith("[dq]"):
-                path = 1
+            path = FORCED_PATHS.get(scheme[scheme.find("["):], -1) if "[" in scheme else -1
             if scheme == "cublas":
                 fn = lambda c: F.linear(x, copy_list[c])  # noqa: E731
             elif scheme == "tinygemm":
@@ -154,7 +153,7 @@ def bench_linear(name, N, K, gs, ms, schemes, bw, reps, device, seed):
                              pct_own_bound=100 * bytes_total / bw / t, bound_int4_us=bound_int4 * 1e6,
                              pct_int4_bound=100 * bound_int4 / t,
                              path=(kernels.choose_path(M, N, K) if path < 0 and scheme.startswith("ours")
-                                   else {0: "mma", 1: "dequant_cublas"}.get(path, "-"))))
+                                   else PATH_NAMES.get(path, "-"))))
             r = rows[-1]
             print(f"  {name:8s} M={M:5d} {scheme:16s} {r['us']:9.2f} us  {r['GBps']:7.0f} GB/s  "
                   f"{r['pct_int4_bound']:6.1f}% int4 bound  err={err:.1e}{'' if ok else '  CHECK FAILED'}",
@@ -234,7 +233,8 @@ def main():
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--ms", default=",".join(map(str, DEFAULT_MS)))
     ap.add_argument("--schemes", default="cublas,tinygemm,ours_sym,ours_asym",
-                    help="also: ours_sym[mma], ours_sym[dq] (force the fused kernel / dequantize+cuBLAS)")
+                    help="also: ours_sym[mma], ours_sym[dq], ours_sym[stream] (force the mma kernel / "
+                         "dequantize+cuBLAS / the streaming kernel); likewise ours_asym[...]")
     ap.add_argument("--bandwidth", action="store_true", help="measure the D2D copy bandwidth first")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", default=os.environ.get("OUT", "out"))

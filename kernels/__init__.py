@@ -68,12 +68,12 @@ def extension_available() -> bool:
 
 
 def choose_path(M: int, N: int, K: int) -> str:
-    """Which CUDA path the op takes for this shape: 'mma' (fused kernel) or 'dequant_cublas'.
+    """Which CUDA path the op takes for this shape: 'mma', 'dequant_cublas' or 'stream'.
 
     The heuristic itself lives in csrc/ops.cpp (choose_path) next to the
     dispatch that uses it; this only asks it.
     """
-    return ("mma", "dequant_cublas")[load_extension().choose_path(M, N, K)]
+    return ("mma", "dequant_cublas", "stream")[load_extension().choose_path(M, N, K)]
 
 
 def w4a16_gemm(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor,

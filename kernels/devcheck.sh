@@ -16,9 +16,25 @@ t() { # name, timeout, pytest -k expression
   echo "tests[$1] rc=$? $(tail -1 "$OUT/t_$1.log")"; grep -E "^E  |FAILED|Fatal" "$OUT/t_$1.log" | head -8
 }
 t bad 60 "bad_inputs_cuda"
-t core 150 "m_sweep or both_paths or opcheck_cuda or graph"
-timeout 200 python eval/kernels.py --bandwidth --out "$OUT" > "$OUT/bench.log" 2>&1; echo "bench rc=$?"
-timeout 60 python eval/kernels.py --ms 64,128,256,1024 --schemes "ours_sym[mma],ours_sym[dq]" --reps 10 --tag _paths \
+t core 150 "m_sweep or forced_paths or opcheck_cuda or graph"
+t stream 240 "stream_kernel"
+# compute-sanitizer: a few shapes through the mma and streaming kernels (split-K, odd M, every group)
+san() {
+  timeout 300 compute-sanitizer --tool "$1" --error-exitcode 9 python -c "
+import sys, torch; sys.path.insert(0, 'tests')
+from test_kernels import check_gpu
+for path in (0, 2):
+    for M, N, K, gs, sym in ((1, 256, 512, 128, True), (17, 192, 320, 64, False), (33, 128, 4096, 32, False)):
+        check_gpu(M, N, K, gs, sym, torch.bfloat16, 5, path)
+" > "$OUT/san_$1.log" 2>&1
+  echo "sanitizer[$1] rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/san_$1.log" | tail -1)"
+}
+san memcheck
+san racecheck
+timeout 240 python eval/kernels.py --bandwidth --out "$OUT" \
+  --schemes "cublas,tinygemm,ours_sym,ours_asym,ours_sym[stream],ours_asym[stream]" > "$OUT/bench.log" 2>&1
+echo "bench rc=$?"
+timeout 90 python eval/kernels.py --ms 64,128,256,1024 --schemes "ours_sym[mma],ours_sym[dq],ours_sym[stream]" --reps 10 --tag _paths \
   --out "$OUT" > "$OUT/bench_paths.log" 2>&1; echo "paths rc=$?"
 [ "$MODE" = full ] && t models 300 "model_shapes"
 echo "elapsed $(( $(date +%s) - T0 ))s"

@@ -200,6 +200,44 @@ def test_extension_compiles():
     assert hasattr(mod, "gemm_path") and mod.choose_path(1, 4096, 4096) == 0
 
 
+@pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
+@pytest.mark.parametrize("has_z", [False, True])
+def test_stream_kernel_plan(has_z):
+    """Host-side launch plan of the streaming kernel (runs without a GPU, for an H100's numbers: 132 SMs,
+    228 KB shared memory per SM, 227 KB per CTA): whole runs of 4 k-tiles, every k-tile covered once,
+    staging that fits, scales of every group the CTA touches, no more splits than needed."""
+    mod = kernels.load_extension()
+    sms, per_sm, per_block = 132, 233472, 232448
+    for shapes in SHAPES.values():
+        for N, K in shapes:
+            for gs in GROUPS:
+                gs = K if gs == "K" else gs
+                if K % gs:
+                    continue
+                for M in (1, 3, 16, 17, 33, 64, 1000):
+                    mt = 1 if M <= 16 else (2 if M <= 32 else 4)
+                    occ = 2 if mt <= 2 else 1
+                    ctas = -(-M // (16 * mt)) * -(-N // 128)
+                    splits, tw, ngroups, s_off, z_off, smem = mod.plan_stream(M, K, gs, has_z, mt, ctas, occ, sms,
+                                                                              per_sm, per_block)
+                    what = f"M={M} N={N} K={K} gs={gs}: plan {splits, tw, ngroups, s_off, z_off, smem}"
+                    k_tiles = K // 16
+                    assert tw % 4 == 0 and tw >= 4, what
+                    assert (splits - 1) * 4 * tw < k_tiles <= splits * 4 * tw, what  # no empty split, all covered
+                    assert (4 * tw * 16) % min(gs, 256) == 0 or gs == K, what  # CTAs start on group boundaries
+                    assert ngroups == (1 if gs == K else -(-64 * tw // gs)), what
+                    rows = min(M, 16) if mt == 1 else 16 * mt
+                    assert s_off == rows * tw * 128 and z_off == s_off + ngroups * 256, what
+                    assert smem >= max(z_off + (ngroups * 256 if has_z else 0), mt * 16384), what
+                    assert smem <= min(per_block - 128, per_sm // occ - 1024 - 128) or tw == 4, what
+                    # Split K to fill one wave of resident CTAs, and further only when longer runs would not fit.
+                    want = max(1, sms * occ // ctas) if ctas < sms * occ else 1
+                    if splits > want:  # then one split fewer needs longer runs, whose staging does not fit
+                        longer = -(-(-(-k_tiles // (4 * (splits - 1)))) // 4) * 4
+                        staging = rows * longer * 128 + (2 if has_z else 1) * 256 * (1 if gs == K else -(-64 * longer // gs))
+                        assert staging > min(per_block - 128, per_sm // occ - 1024 - 128), what
+
+
 # ----------------------------------------------------------------------------- GPU
 M_SWEEP = (1, 2, 3, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 255, 256, 1000)
 SHAPES = {
@@ -254,11 +292,32 @@ def test_gpu_model_shapes(preset, dtype):
 
 
 @needs_cuda
-@pytest.mark.parametrize("path", [0, 1])
-def test_gpu_both_paths(path):
-    """The fused kernel and the dequantize+cuBLAS path, each forced, across the M range."""
+@pytest.mark.parametrize("path", [0, 1, 2])
+def test_gpu_forced_paths(path):
+    """The mma kernel, dequantize+cuBLAS and the streaming kernel, each forced, across the M range."""
     for i, M in enumerate((1, 16, 64, 128, 256, 1000)):
         check_gpu(M, 4096, 4096, 128, i % 2 == 0, torch.bfloat16, seed=77 + i, path=path)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("sym", [True, False])
+def test_gpu_stream_kernel(sym, dtype):
+    """The streaming kernel (path 2) on its own: every M of the sweep on a square and an odd shape, then
+    every model shape x group size at the M values that pick each m-tile count (1, 2 and 4 m16 tiles)."""
+    for i, M in enumerate(M_SWEEP):
+        for N, K in ((4096, 4096), (192, 320)):
+            check_gpu(M, N, K, 64 if K % 128 else 128, sym, dtype, seed=3000 + i, path=2)
+    seed = 4000
+    for shapes in SHAPES.values():
+        for N, K in shapes:
+            for gs in GROUPS:
+                gs = K if gs == "K" else gs
+                if K % gs:
+                    continue
+                for M in (1, 5, 16, 17, 33):
+                    seed += 1
+                    check_gpu(M, N, K, gs, sym, dtype, seed, path=2)
 
 
 @needs_cuda
@@ -291,6 +350,26 @@ def test_cuda_graph_replay_and_compile():
 
     f = torch.compile(lambda t: kernels.w4a16_gemm(t, pw, sp, zp, gs), fullgraph=True)
     assert torch.equal(f(x), kernels.w4a16_gemm(x, pw, sp, zp, gs))
+
+
+@needs_cuda
+def test_stream_kernel_graph_replay():
+    """The streaming kernel's split-K counters reset between CUDA-graph replays too."""
+    M, N, K, gs = 3, 4096, 4096, 128
+    x, q, s, z = make_problem(M, N, K, gs, False, torch.bfloat16, "cuda", seed=22)
+    pw, sp, zp = kernels.pack_w4(q, s, z, gs)
+    ext = kernels.load_extension()
+    ext.gemm_path(x, pw, sp, zp, gs, 2)  # warm-up outside capture
+    static_x = x.clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = ext.gemm_path(static_x, pw, sp, zp, gs, 2)
+    for it in range(3):
+        xi = torch.randn(M, K, device="cuda").to(torch.bfloat16)
+        static_x.copy_(xi)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_close(static_y, xi, q, s, z, gs, f"stream graph replay {it}")
 
 
 @needs_cuda

@@ -22,8 +22,12 @@ namespace {
 
 constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that may split K
 
-// Path heuristic: the ONE place that decides mma kernel vs dequantize+cuBLAS.
-// 0 = fused mma.sync kernel, 1 = dequantize to a 16-bit temporary + cuBLAS.
+// Path heuristic: the ONE place that decides which kernel runs.
+// 0 = fused mma.sync kernel, 1 = dequantize to a 16-bit temporary + cuBLAS,
+// 2 = the streaming kernel (w4a16_kernel.cu): written 2026-11-29 without a
+// GPU, compile-checked and SASS-inspected only, so it is reachable through
+// gemm_path (tests, eval/kernels.py "[stream]") but not chosen here until
+// eval/kernels.py has timed it against path 0.
 // Threshold from eval/kernels.py on an H100, Llama-3-8B's four linears, g128
 // (kernels/NOTES.md, "path threshold"), sum in us, fused vs dequant+cuBLAS:
 // M=64 191 vs 569, M=128 342 vs 581, M=256 611 vs 609, M=1024 2303 vs 964.
@@ -42,6 +46,7 @@ int64_t choose_path(int64_t M, int64_t N, int64_t K) {
 struct DeviceInfo {
   int sms = 0;
   int major = 0, minor = 0;
+  int smem_per_sm = 0, smem_per_block = 0;  // bytes: per SM, and the opt-in maximum per CTA
 };
 
 const DeviceInfo& device_info(int dev) {
@@ -54,6 +59,8 @@ const DeviceInfo& device_info(int dev) {
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, dev));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.minor, cudaDevAttrComputeCapabilityMinor, dev));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   }
   return d;
 }
@@ -118,7 +125,46 @@ void check_inputs(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
               " (needs >= 8.0 for bf16 mma.sync and cp.async)");
 }
 
-// path: -1 = heuristic, 0 = fused mma kernel, 1 = dequantize + cuBLAS.
+// Streaming kernel launch plan: split K until one wave of resident CTAs is
+// (nearly) full, like the mma path, with two extra constraints: a warp's run
+// is a multiple of 4 k-tiles (the kernel's unroll step), and the CTA's staged
+// x rows + scales/zeros must fit in shared memory without lowering the
+// register-limited occupancy.
+struct StreamPlan {
+  int64_t splits, kt_per_warp, groups_per_cta, s_off, z_off, smem;
+};
+
+StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, int64_t ctas, int occupancy,
+                       const DeviceInfo& d) {
+  const int64_t k_tiles = K / 16;
+  const int64_t rows = mt == 1 ? std::min<int64_t>(M, 16) : 16 * mt;  // staged x rows (see the kernel)
+  const int64_t red = 2 * 2 * mt * 32 * 32 * 4;                          // k-partial reduction buffer
+  // Per CTA the SM also holds 1 KB reserved by the driver and the kernel's 128 bytes of static shared
+  // memory (s_last, padded to the 128-byte alignment of the dynamic array).
+  const int64_t smem_cap = std::min<int64_t>(d.smem_per_block - 128, d.smem_per_sm / occupancy - 1024 - 128);
+  const int64_t slots = (int64_t)d.sms * occupancy;
+  int64_t want = 1;
+  if (ctas < slots && ctas <= kCounterCapacity) want = std::max<int64_t>(1, slots / ctas);
+  for (int64_t splits = want;; ++splits) {
+    const int64_t tw = ((k_tiles + 4 * splits - 1) / (4 * splits) + 3) / 4 * 4;
+    StreamPlan pl{};
+    pl.kt_per_warp = tw;
+    pl.splits = (k_tiles + 4 * tw - 1) / (4 * tw);  // no empty splits
+    pl.groups_per_cta = gs == K ? 1 : (64 * tw + gs - 1) / gs;
+    pl.s_off = rows * tw * 128;
+    pl.z_off = pl.s_off + pl.groups_per_cta * 256;
+    pl.smem = std::max(pl.z_off + (has_z ? pl.groups_per_cta * 256 : 0), red);
+    if (pl.smem <= smem_cap || tw == 4) {
+      TORCH_CHECK(pl.smem <= d.smem_per_block - 128, "w4a16_gemm: the streaming kernel needs ", pl.smem,
+                  " bytes of shared memory for M=", M, ", K=", K, "; this GPU allows ", d.smem_per_block);
+      TORCH_CHECK(pl.splits == 1 || ctas <= kCounterCapacity, "w4a16_gemm: M=", M,
+                  " is too large for split-K in the streaming kernel");
+      return pl;
+    }
+  }
+}
+
+// path: -1 = heuristic, 0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming kernel.
 at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
                      const std::optional<at::Tensor>& z, int64_t gs, int64_t path) {
   check_inputs(x, w, s, z, gs);
@@ -137,6 +183,7 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
     return at::mm(x, w16.t());
   }
 
+  TORCH_CHECK(path >= 0 && path <= 2, "w4a16_gemm: path must be -1 (heuristic), 0, 1 or 2, got ", path);
   at::Tensor y = at::empty({M, N}, x.options());
   const int mt = mma_m_tiles((int)M);
   const int64_t m_blocks = (M + 16 * mt - 1) / (16 * mt);
@@ -145,15 +192,21 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   TORCH_CHECK(M <= INT32_MAX && N * K <= ((int64_t)1 << 40), "w4a16_gemm: problem too large: M=", M, " N=", N,
               " K=", K);
 
-  // Split K until one wave of resident CTAs is (nearly) full: memory-bound
-  // decode needs every SM streaming weights.  Never more splits than k-blocks.
   const DeviceInfo& d = device_info(x.get_device());
-  const int64_t slots = (int64_t)d.sms * mma_occupancy(fp16, has_z, mt);
   const int64_t ctas = m_blocks * n_blocks;
-  int64_t splits = 1;
-  if (ctas < slots && ctas <= kCounterCapacity) splits = std::min<int64_t>(kb_total, slots / ctas);
-  const int64_t kb_per_split = (kb_total + splits - 1) / splits;
-  splits = (kb_total + kb_per_split - 1) / kb_per_split;  // no empty splits
+  int64_t splits = 1, kb_per_split = kb_total;
+  StreamPlan plan{};
+  if (path == 2) {
+    plan = plan_stream(M, K, gs, has_z, mt, ctas, stream_occupancy(fp16, has_z, mt), d);
+    splits = plan.splits;
+  } else {
+    // Split K until one wave of resident CTAs is (nearly) full: memory-bound
+    // decode needs every SM streaming weights.  Never more splits than k-blocks.
+    const int64_t slots = (int64_t)d.sms * mma_occupancy(fp16, has_z, mt);
+    if (ctas < slots && ctas <= kCounterCapacity) splits = std::min<int64_t>(kb_total, slots / ctas);
+    kb_per_split = (kb_total + splits - 1) / splits;
+    splits = (kb_total + kb_per_split - 1) / kb_per_split;  // no empty splits
+  }
 
   at::Tensor ws;
   if (splits > 1) ws = at::empty({splits, M, N}, x.options().dtype(at::kFloat));
@@ -171,7 +224,17 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   p.group_size = (int)gs;
   p.k_splits = (int)splits;
   p.kb_per_split = (int)kb_per_split;
-  C10_CUDA_CHECK(launch_mma(p, fp16, has_z, mt, (int)m_blocks, (int)n_blocks, stream));
+  if (path == 2) {
+    p.kt_per_warp = (int)plan.kt_per_warp;
+    p.group_shift = gs == K ? 31 : __builtin_ctzll((unsigned long long)gs);  // gs in {32, 64, 128}
+    p.groups = (int)(K / gs);
+    p.groups_per_cta = (int)plan.groups_per_cta;
+    p.s_off = (int)plan.s_off;
+    p.z_off = (int)plan.z_off;
+    C10_CUDA_CHECK(launch_stream(p, fp16, has_z, mt, (int)m_blocks, (int)n_blocks, (int)plan.smem, stream));
+  } else {
+    C10_CUDA_CHECK(launch_mma(p, fp16, has_z, mt, (int)m_blocks, (int)n_blocks, stream));
+  }
   return y;
 }
 
@@ -186,9 +249,24 @@ at::Tensor w4a16_gemm_cuda(const at::Tensor& x, const at::Tensor& w, const at::T
 TORCH_LIBRARY_IMPL(lowbit, CUDA, m) { m.impl("w4a16_gemm", &lowbit::w4a16_gemm_cuda); }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("gemm_path", &lowbit::gemm_path, "w4a16 GEMM with a forced path (-1 auto, 0 mma, 1 dequant+cuBLAS)",
+  m.def("gemm_path", &lowbit::gemm_path, "w4a16 GEMM with a forced path (-1 auto, 0 mma, 1 dequant+cuBLAS, 2 streaming)",
         py::arg("x"), py::arg("packed_w"), py::arg("scales"), py::arg("zeros"), py::arg("group_size"),
         py::arg("path"));
-  m.def("choose_path", &lowbit::choose_path, "0 = fused mma kernel, 1 = dequantize + cuBLAS", py::arg("M"),
+  m.def(
+      "plan_stream",
+      [](int64_t M, int64_t K, int64_t gs, bool has_z, int mt, int64_t ctas, int occupancy, int sms,
+         int smem_per_sm, int smem_per_block) {
+        lowbit::DeviceInfo d;
+        d.sms = sms;
+        d.smem_per_sm = smem_per_sm;
+        d.smem_per_block = smem_per_block;
+        const lowbit::StreamPlan pl = lowbit::plan_stream(M, K, gs, has_z, mt, ctas, occupancy, d);
+        return std::vector<int64_t>{pl.splits, pl.kt_per_warp, pl.groups_per_cta, pl.s_off, pl.z_off, pl.smem};
+      },
+      "the streaming kernel's launch plan for a device description (tests): [splits, kt_per_warp, "
+      "groups_per_cta, s_off, z_off, smem]",
+      py::arg("M"), py::arg("K"), py::arg("group_size"), py::arg("has_zeros"), py::arg("m_tiles"), py::arg("ctas"),
+      py::arg("occupancy"), py::arg("sms"), py::arg("smem_per_sm"), py::arg("smem_per_block"));
+  m.def("choose_path", &lowbit::choose_path, "0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming", py::arg("M"),
         py::arg("N"), py::arg("K"));
 }

@@ -14,7 +14,11 @@ struct GemmParams {
   float* workspace;   // (k_splits, M, N) fp32 partials, only when k_splits > 1
   int* counters;      // one zero-initialised int per (m-block, n-block)
   int M, N, K, group_size;
-  int k_splits, kb_per_split;  // split-K: k-blocks of 128 per CTA
+  int k_splits, kb_per_split;  // split-K: k-blocks of 128 per CTA (mma kernel)
+  // streaming kernel only (see w4a16_kernel.cu): k-tiles of 16 per warp (a multiple of 4; a CTA
+  // covers 4x that), log2(group_size) (31 for one group per channel), K / group_size, groups staged
+  // per CTA, and the byte offsets of the staged scales and zeros in dynamic shared memory.
+  int kt_per_warp, group_shift, groups, groups_per_cta, s_off, z_off;
 };
 
 struct DequantParams {
@@ -32,6 +36,9 @@ int mma_m_tiles(int M);                           // m16 tiles per CTA for this 
 int mma_occupancy(bool fp16, bool has_z, int mt); // CTAs per SM
 cudaError_t launch_mma(const GemmParams& p, bool fp16, bool has_z, int mt, int m_blocks, int n_blocks,
                        cudaStream_t stream);
+int stream_occupancy(bool fp16, bool has_z, int mt);  // CTAs per SM, limited by registers only
+cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, int m_blocks, int n_blocks,
+                          int smem_bytes, cudaStream_t stream);
 cudaError_t launch_dequant(const DequantParams& p, bool fp16, bool has_z, cudaStream_t stream);
 
 }  // namespace lowbit

@@ -144,10 +144,111 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
-__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, uint32_t saddr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
+               : "r"(saddr));
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) { ldmatrix_x4(r, smem_addr(p)); }
+
+// ---- k-partial reduction, epilogue and split-K finish (both GEMM kernels) ----
+// A CTA owns 128 output channels (2 n-tiles, warp wn) and four k-partials per
+// n-tile (warp wk).  The partials are summed through shared memory in a fixed
+// order, (w0 + w2) + (w1 + w3); then y is written (one split) or fp32 partials
+// go to the workspace and the last CTA to arrive sums the splits in order
+// 0..S-1, so the result does not depend on the order CTAs finish in.  `smem`
+// must hold 2·2·MT·32·32 floats and no longer be in use by the main loop.
+template <typename T, int MT>
+__device__ __forceinline__ void reduce_and_store(float (&acc)[MT][8][4], uint8_t* smem, const GemmParams& p,
+                                                 int tid, int lane, int wn, int wk, int mb, int nb, int split,
+                                                 int row0, bool ntile_ok) {
+  using Tr = Traits<T>;
+  using T2 = typename Tr::T2;
+  const int M = p.M, N = p.N;
+  float* red = reinterpret_cast<float*>(smem);
+  constexpr int kRegs = MT * 32;
+  auto red_at = [&](int slot, int r) { return red + ((slot * 2 + wn) * kRegs + r) * 32 + lane; };
+  if (wk >= 2) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) *red_at(wk - 2, (i * 8 + j) * 4 + r) = acc[i][j][r];
+  }
+  __syncthreads();
+  if (wk < 2) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[i][j][r] += *red_at(wk, (i * 8 + j) * 4 + r);
+  }
+  __syncthreads();
+  if (wk == 1) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) *red_at(0, (i * 8 + j) * 4 + r) = acc[i][j][r];
+  }
+  __syncthreads();
+
+  // ---- epilogue -----------------------------------------------------------
+  // C fragment: c0,c1 -> (row lane/4, cols 2(lane%4)+{0,1}); c2,c3 -> row + 8.
+  const bool single = p.k_splits == 1;
+  T* yg = reinterpret_cast<T*>(p.y);
+  if (wk == 0 && ntile_ok) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        float c[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) c[r] = acc[i][j][r] + *red_at(0, (i * 8 + j) * 4 + r);
+        const int col = nb * kNBlk + wn * 64 + j * 8 + (lane & 3) * 2;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = row0 + i * 16 + (lane >> 2) + h * 8;
+          if (row >= M) continue;
+          if (single) {
+            *reinterpret_cast<T2*>(yg + (size_t)row * N + col) = Tr::from_floats(c[2 * h], c[2 * h + 1]);
+          } else {
+            *reinterpret_cast<float2*>(p.workspace + ((size_t)split * M + row) * N + col) =
+                make_float2(c[2 * h], c[2 * h + 1]);
+          }
+        }
+      }
+  }
+  if (single) return;
+
+  // ---- split-K: the last CTA of this (m-block, n-block) reduces in fixed order
+  __shared__ int s_last;
+  __threadfence();  // make this CTA's partials visible device-wide before counting
+  __syncthreads();
+  int* counter = p.counters + (size_t)mb * gridDim.y + nb;
+  if (tid == 0) s_last = atomicAdd(counter, 1) == p.k_splits - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();  // acquire side: order the partial reads after the counter
+  const int rows = min(MT * 16, M - row0);
+  const int cols = min(kNBlk, N - nb * kNBlk);
+  for (int e = tid; e < rows * (kNBlk / 4); e += kThreads) {
+    const int r = e / (kNBlk / 4), c4 = (e % (kNBlk / 4)) * 4;
+    if (c4 >= cols) continue;
+    const size_t off = (size_t)(row0 + r) * N + nb * kNBlk + c4;
+    float4 sum = __ldcg(reinterpret_cast<const float4*>(p.workspace + off));
+    for (int s = 1; s < p.k_splits; ++s) {
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(p.workspace + (size_t)s * M * N + off));
+      sum.x += v.x; sum.y += v.y; sum.z += v.z; sum.w += v.w;
+    }
+    T2* dst = reinterpret_cast<T2*>(yg + off);
+    dst[0] = Tr::from_floats(sum.x, sum.y);
+    dst[1] = Tr::from_floats(sum.z, sum.w);
+  }
+  if (tid == 0) *counter = 0;  // ready for the next launch on this stream
 }
 
 // ---- the GEMM kernel ------------------------------------------------------
@@ -318,91 +419,202 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
   cp_async_wait<0>();
   __syncthreads();
 
-  // ---- sum the four k-partials of each n-tile: (w0 + w2) + (w1 + w3) -------
-  float* red = reinterpret_cast<float*>(smem);
-  constexpr int kRegs = MT * 32;
-  auto red_at = [&](int slot, int r) { return red + ((slot * 2 + wn) * kRegs + r) * 32 + lane; };
-  if (wk >= 2) {
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) *red_at(wk - 2, (i * 8 + j) * 4 + r) = acc[i][j][r];
-  }
-  __syncthreads();
-  if (wk < 2) {
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) acc[i][j][r] += *red_at(wk, (i * 8 + j) * 4 + r);
-  }
-  __syncthreads();
-  if (wk == 1) {
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) *red_at(0, (i * 8 + j) * 4 + r) = acc[i][j][r];
-  }
-  __syncthreads();
+  // every warp is done with the pipeline's shared memory: reuse it for the reduction
+  reduce_and_store<T, MT>(acc, smem, p, tid, lane, wn, wk, mb, nb, split, row0, ntile_ok);
+}
 
-  // ---- epilogue -----------------------------------------------------------
-  // C fragment: c0,c1 -> (row lane/4, cols 2(lane%4)+{0,1}); c2,c3 -> row + 8.
-  const bool single = p.k_splits == 1;
-  T* yg = reinterpret_cast<T*>(p.y);
-  if (wk == 0 && ntile_ok) {
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        float c[4];
-#pragma unroll
-        for (int r = 0; r < 4; ++r) c[r] = acc[i][j][r] + *red_at(0, (i * 8 + j) * 4 + r);
-        const int col = nb * kNBlk + wn * 64 + j * 8 + (lane & 3) * 2;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int row = row0 + i * 16 + (lane >> 2) + h * 8;
-          if (row >= M) continue;
-          if (single) {
-            *reinterpret_cast<T2*>(yg + (size_t)row * N + col) = Tr::from_floats(c[2 * h], c[2 * h + 1]);
-          } else {
-            *reinterpret_cast<float2*>(p.workspace + ((size_t)split * M + row) * N + col) =
-                make_float2(c[2 * h], c[2 * h + 1]);
-          }
-        }
-      }
-  }
-  if (single) return;
+// ---- the streaming GEMM kernel (path 2) -------------------------------------
+// Same packed layout, dequantisation, CTA shape (128 channels, warps 2(n) x
+// 4(k)) and reduction as the kernel above; different weight transport.  The
+// kernel above is bound by instruction issue at M <= 16 (NOTES.md, v1: ~300
+// issued instructions per warp per 512-byte weight tile, against ~160 that
+// 3 TB/s allows on 132 SMs): every 128-deep k-block costs a __syncthreads,
+// fresh copy addresses and integer divisions by the group size.  Here:
+//  * The CTA copies its x rows (its whole K range) and the scales/zeros of
+//    that range into shared memory ONCE.  After one __syncthreads the warps
+//    run without synchronising until the k-partial reduction.
+//  * Each warp owns a contiguous run of `kt_per_warp` k-tiles of one n-tile
+//    and streams it straight from global memory into a ring of D registers
+//    (ld.global.nc, L1 no-allocate, L2 evict-first), each load issued D
+//    tiles before its use: D·512 bytes in flight per warp with no shared
+//    memory round trip and no cp.async bookkeeping.  16 warps x 8 tiles at
+//    MT=1 is 64 KB in flight per SM; Little's law asks ~35 KB at 3 TB/s and
+//    ~1.5 us loaded latency.
+//  * The loop is unrolled in steps of 4 k-tiles (128 bytes of an x row = one
+//    period of the XOR swizzle), so the four ldmatrix offsets are per-lane
+//    constants plus an immediate.  The group index is a shift (group sizes
+//    are powers of two, or one group per channel), and scales/zeros are
+//    re-read from shared memory and broadcast with one prmt each only when a
+//    tile starts a group.
+//  * At MT=1 only the rows that exist (min(M, 16)) are staged; ldmatrix lanes
+//    of the missing rows read the last real row instead (mma rows are
+//    independent, and those accumulator rows are never stored), so a batch-1
+//    call needs 128 bytes of shared memory per k-tile, not 16 x that.
+// Per tile at MT=1 that leaves ~16 x (shift, lop3, sub, fma) + 8 mma +
+// 1 ldmatrix + 1 load: ~75 issued instructions per warp.
+__device__ __forceinline__ int4 ld_weights(const int4* ptr, uint64_t policy) {
+  int4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.s32 {%0,%1,%2,%3}, [%4], %5;\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(ptr), "l"(policy));
+  return v;
+}
 
-  // ---- split-K: the last CTA of this (m-block, n-block) reduces in fixed order
-  __shared__ int s_last;
-  __threadfence();  // make this CTA's partials visible device-wide before counting
-  __syncthreads();
-  int* counter = p.counters + (size_t)mb * gridDim.y + nb;
-  if (tid == 0) s_last = atomicAdd(counter, 1) == p.k_splits - 1;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();  // acquire side: order the partial reads after the counter
-  const int rows = min(MT * 16, M - row0);
-  const int cols = min(kNBlk, N - nb * kNBlk);
-  for (int e = tid; e < rows * (kNBlk / 4); e += kThreads) {
-    const int r = e / (kNBlk / 4), c4 = (e % (kNBlk / 4)) * 4;
-    if (c4 >= cols) continue;
-    const size_t off = (size_t)(row0 + r) * N + nb * kNBlk + c4;
-    float4 sum = __ldcg(reinterpret_cast<const float4*>(p.workspace + off));
-    for (int s = 1; s < p.k_splits; ++s) {
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(p.workspace + (size_t)s * M * N + off));
-      sum.x += v.x; sum.y += v.y; sum.z += v.z; sum.w += v.w;
+// (a & b) | c as ONE lop3: left to itself the compiler emits two LOP3s for the
+// mask and the magic (seen in the SASS of this kernel), 16 extra per tile.
+template <uint32_t B, uint32_t C>
+__device__ __forceinline__ uint32_t and_or(uint32_t a) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "n"(B), "n"(C));
+  return d;
+}
+
+template <int MT> struct StreamDepth { static constexpr int value = MT == 1 ? 8 : 4; };
+
+template <typename T, int MT, bool HAS_Z>
+__global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
+    w4a16_stream_kernel(GemmParams p) {
+  using Tr = Traits<T>;
+  using T2 = typename Tr::T2;
+  constexpr int D = StreamDepth<MT>::value;
+  extern __shared__ __align__(128) uint8_t smem[];
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int wn = warp & 1;   // n-tile inside the CTA
+  const int wk = warp >> 1;  // which quarter of the CTA's k-tiles
+  const int mb = blockIdx.x, nb = blockIdx.y, split = blockIdx.z;
+  const int M = p.M, N = p.N, K = p.K;
+  const int k_tiles = K >> 4, n_tiles = N >> 6;
+  const int tw = p.kt_per_warp;            // multiple of 4 (host)
+  const int cta_kt0 = split * 4 * tw;      // the CTA's first k-tile
+  const int kx0 = cta_kt0 * 16;            // ... and first k
+  const int row_bytes = tw * 4 * 16 * 2;   // one staged x row: 4·tw k-tiles of 16 elements
+  const int row0 = mb * MT * 16;
+  const int rows = MT == 1 ? min(M, 16) : MT * 16;  // staged x rows
+  const int gt = nb * 2 + wn;              // this warp's global n-tile
+  const bool ntile_ok = gt < n_tiles;      // N % 128 == 64: the last CTA has one n-tile
+  const int wkt0 = wk * tw;                // this warp's first k-tile, CTA-local
+  const int ntiles = ntile_ok ? max(0, min(tw, k_tiles - cta_kt0 - wkt0)) : 0;  // warp-uniform
+
+  uint64_t evict_first;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(evict_first));
+
+  // 1. the first D weight tiles of this warp's run: in flight while x is staged
+  const int4* wp = reinterpret_cast<const int4*>(p.w) + ((size_t)gt * k_tiles + cta_kt0 + wkt0) * 32 + lane;
+  int4 wbuf[D];
+#pragma unroll
+  for (int d = 0; d < D; ++d)
+    if (d < ntiles) wbuf[d] = ld_weights(wp + d * 32, evict_first);
+
+  // 2. x rows (swizzled: 16-byte chunk c of row r sits at chunk c ^ (r & 7))
+  //    and the scales/zeros of the CTA's groups, once
+  const T* xg = reinterpret_cast<const T*>(p.x);
+#pragma unroll
+  for (int rr = 0; rr < 2 * MT; ++rr) {  // 16·MT rows over 8 warps
+    const int r = warp * 2 * MT + rr;
+    if (r >= rows) break;                // warp-uniform
+    const int gr = row0 + r;
+    uint8_t* dst = smem + r * row_bytes;
+    for (int ch = lane; ch < row_bytes / 16; ch += 32) {
+      const int gk = kx0 + ch * 8;
+      const bool ok = gr < M && gk < K;  // K % 64 == 0: a chunk is wholly in or out
+      cp_async16(dst + ((ch ^ (r & 7)) << 4), ok ? xg + (size_t)gr * K + gk : xg, ok);
     }
-    T2* dst = reinterpret_cast<T2*>(yg + off);
-    dst[0] = Tr::from_floats(sum.x, sum.y);
-    dst[1] = Tr::from_floats(sum.z, sum.w);
   }
-  if (tid == 0) *counter = 0;  // ready for the next launch on this stream
+  const int gshift = p.group_shift;
+  const int g0 = kx0 >> gshift;
+  uint8_t* ss = smem + p.s_off;
+  uint8_t* zs = smem + p.z_off;
+  for (int c = tid; c < p.groups_per_cta * 16; c += kThreads) {  // 16 chunks = 128 channels per group
+    const int gi = c >> 4, col = nb * kNBlk + (c & 15) * 8;
+    const bool ok = g0 + gi < p.groups && col < N;
+    const size_t off = ok ? (size_t)(g0 + gi) * N + col : 0;
+    cp_async16(ss + c * 16, reinterpret_cast<const T*>(p.s) + off, ok);
+    if (HAS_Z) cp_async16(zs + c * 16, reinterpret_cast<const T*>(p.z) + off, ok);
+  }
+  cp_async_commit();
+
+  float acc[MT][8][4];
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+
+  // ldmatrix.x4 of m-tile i at CTA-local k-tile kt: lane reads row i·16 + (lane & 15), chunk
+  // 2·kt + (lane >> 4).  wkt0 and every unrolled step start at kt ≡ 0 (mod 4), where the chunk's
+  // low three bits are 2·(kt % 4) + (lane >> 4): four per-lane offsets cover every tile.
+  const int ar = MT == 1 ? min(lane & 15, rows - 1) : (lane & 15);
+  const uint32_t a_base = smem_addr(smem) + ar * row_bytes + wkt0 * 32;
+  uint32_t a_off[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) a_off[q] = ((2 * q + (lane >> 4)) ^ (ar & 7)) << 4;
+
+  const T2 magic = HAS_Z ? Tr::magic() : Tr::magic_sym();
+  const uint32_t gmask = (1u << gshift) - 1;
+  const int sv_off = (wn * 8 + (lane >> 2)) * 16;  // this lane's eight permuted scales in a group row
+  T2 s2[8], z2[8];
+
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // Tile t0 + d from ring slot d (d is a compile-time constant at every call).
+  auto tile = [&](const int d, const int t0) {
+    const int t = t0 + d;
+    const int4 wv = wbuf[d];
+    const uint32_t kl = (uint32_t)(wkt0 + t) << 4;  // CTA-local k of this tile
+    // Groups span an even number of tiles and t0, wkt0 are multiples of 4, so only even d can start
+    // one; skipping odd d saves the (predicated, hence always issued) check on half the tiles.
+    if ((d & 1) == 0 && (t == 0 || (kl & gmask) == 0)) {  // a new group: broadcast its scales (and zeros)
+      const int gofs = (int)(kl >> gshift) * (kNBlk * 2) + sv_off;
+      const int4 sv = *reinterpret_cast<const int4*>(ss + gofs);
+      const uint32_t sw[4] = {(uint32_t)sv.x, (uint32_t)sv.y, (uint32_t)sv.z, (uint32_t)sv.w};
+#pragma unroll
+      for (int j = 0; j < 8; ++j) s2[j] = as_t2<T2>(__byte_perm(sw[j >> 1], 0, (j & 1) ? 0x3232 : 0x1010));
+      if (HAS_Z) {
+        const int4 zv = *reinterpret_cast<const int4*>(zs + gofs);
+        const uint32_t zw[4] = {(uint32_t)zv.x, (uint32_t)zv.y, (uint32_t)zv.z, (uint32_t)zv.w};
+#pragma unroll
+        for (int j = 0; j < 8; ++j) z2[j] = as_t2<T2>(__byte_perm(zw[j >> 1], 0, (j & 1) ? 0x3232 : 0x1010));
+      }
+    }
+    uint32_t a[MT][4];
+    const uint32_t aa = a_base + (t0 + (d & ~3)) * 32 + a_off[d & 3];
+#pragma unroll
+    for (int i = 0; i < MT; ++i) ldmatrix_x4(a[i], aa + i * 16 * row_bytes);
+    const uint32_t words[4] = {(uint32_t)wv.x, (uint32_t)wv.y, (uint32_t)wv.z, (uint32_t)wv.w};
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      uint32_t b[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int pr = (j & 1) * 2 + h;
+        const uint32_t v = and_or<0x000F000Fu, Tr::kMagic>(words[j >> 1] >> (4 * pr));  // 128+q exactly
+        const T2 tq = __hsub2(as_t2<T2>(v), magic);                                    // q (or q-8), exact
+        b[h] = HAS_Z ? as_u32(__hfma2(tq, s2[j], z2[j])) : as_u32(__hmul2(tq, s2[j]));  // one rounding
+      }
+#pragma unroll
+      for (int i = 0; i < MT; ++i) Tr::mma(acc[i][j], a[i], b[0], b[1]);
+    }
+    // Refill this ring slot only now: wv is dead, so the load reuses its registers (issued at the
+    // top of the body, both would be live and every tile would end with register moves).
+    if (t + D < ntiles) wbuf[d] = ld_weights(wp + (t + D) * 32, evict_first);
+  };
+  // ntiles is a multiple of 4 (tw is, and K % 64 == 0): whole ring turns, then at most 4 tiles.
+  int t0 = 0;
+  for (; t0 + D <= ntiles; t0 += D) {
+#pragma unroll
+    for (int d = 0; d < D; ++d) tile(d, t0);
+  }
+  if (D > 4 && t0 < ntiles) {
+#pragma unroll
+    for (int d = 0; d < 4; ++d) tile(d, t0);
+  }
+  __syncthreads();  // every warp is done reading x: reuse shared memory for the reduction
+  reduce_and_store<T, MT>(acc, smem, p, tid, lane, wn, wk, mb, nb, split, row0, ntile_ok);
 }
 
 // ---- dequantize kernel (large-M path: W16 = dequant(W4), then cuBLAS) --------
@@ -490,6 +702,43 @@ int occupancy_mt(int mt) {
   }
 }
 
+template <typename T, int MT, bool HAS_Z>
+cudaError_t launch_stream_t(const GemmParams& p, int m_blocks, int n_blocks, int smem_bytes, cudaStream_t stream) {
+  auto kern = w4a16_stream_kernel<T, MT, HAS_Z>;
+  cudaError_t attr = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+  if (attr != cudaSuccess) return attr;
+  kern<<<dim3(m_blocks, n_blocks, p.k_splits), kThreads, smem_bytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T, int MT, bool HAS_Z>
+int stream_occupancy_t() {
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, w4a16_stream_kernel<T, MT, HAS_Z>, kThreads, 0) !=
+      cudaSuccess)
+    return 1;
+  return n > 0 ? n : 1;
+}
+
+template <typename T, bool HAS_Z>
+cudaError_t dispatch_stream_mt(const GemmParams& p, int mt, int m_blocks, int n_blocks, int smem_bytes,
+                               cudaStream_t stream) {
+  switch (mt) {
+    case 1: return launch_stream_t<T, 1, HAS_Z>(p, m_blocks, n_blocks, smem_bytes, stream);
+    case 2: return launch_stream_t<T, 2, HAS_Z>(p, m_blocks, n_blocks, smem_bytes, stream);
+    default: return launch_stream_t<T, 4, HAS_Z>(p, m_blocks, n_blocks, smem_bytes, stream);
+  }
+}
+
+template <typename T, bool HAS_Z>
+int stream_occupancy_mt(int mt) {
+  switch (mt) {
+    case 1: return stream_occupancy_t<T, 1, HAS_Z>();
+    case 2: return stream_occupancy_t<T, 2, HAS_Z>();
+    default: return stream_occupancy_t<T, 4, HAS_Z>();
+  }
+}
+
 }  // namespace
 
 int mma_m_tiles(int M) { return M <= 16 ? 1 : (M <= 32 ? 2 : 4); }
@@ -512,6 +761,25 @@ cudaError_t launch_mma(const GemmParams& p, bool fp16, bool has_z, int mt, int m
                  : dispatch_mt<__half, false>(p, mt, m_blocks, n_blocks, stream);
   return has_z ? dispatch_mt<__nv_bfloat16, true>(p, mt, m_blocks, n_blocks, stream)
                : dispatch_mt<__nv_bfloat16, false>(p, mt, m_blocks, n_blocks, stream);
+}
+
+int stream_occupancy(bool fp16, bool has_z, int mt) {
+  static int cache[2][2][5] = {};  // (dtype, zeros, MT)
+  int& c = cache[fp16][has_z][mt];
+  if (c == 0) {
+    if (fp16) c = has_z ? stream_occupancy_mt<__half, true>(mt) : stream_occupancy_mt<__half, false>(mt);
+    else c = has_z ? stream_occupancy_mt<__nv_bfloat16, true>(mt) : stream_occupancy_mt<__nv_bfloat16, false>(mt);
+  }
+  return c;
+}
+
+cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, int m_blocks, int n_blocks,
+                          int smem_bytes, cudaStream_t stream) {
+  if (fp16)
+    return has_z ? dispatch_stream_mt<__half, true>(p, mt, m_blocks, n_blocks, smem_bytes, stream)
+                 : dispatch_stream_mt<__half, false>(p, mt, m_blocks, n_blocks, smem_bytes, stream);
+  return has_z ? dispatch_stream_mt<__nv_bfloat16, true>(p, mt, m_blocks, n_blocks, smem_bytes, stream)
+               : dispatch_stream_mt<__nv_bfloat16, false>(p, mt, m_blocks, n_blocks, smem_bytes, stream);
 }
 
 cudaError_t launch_dequant(const DequantParams& p, bool fp16, bool has_z, cudaStream_t stream) {
