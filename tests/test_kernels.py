@@ -208,34 +208,29 @@ def test_stream_kernel_plan(has_z):
     staging that fits, scales of every group the CTA touches, no more splits than needed."""
     mod = kernels.load_extension()
     sms, per_sm, per_block = 132, 233472, 232448
-    for shapes in SHAPES.values():
-        for N, K in shapes:
-            for gs in GROUPS:
-                gs = K if gs == "K" else gs
-                if K % gs:
-                    continue
-                for M in (1, 3, 16, 17, 33, 64, 1000):
-                    mt = 1 if M <= 16 else (2 if M <= 32 else 4)
-                    occ = 2 if mt <= 2 else 1
-                    ctas = -(-M // (16 * mt)) * -(-N // 128)
-                    splits, tw, ngroups, s_off, z_off, smem = mod.plan_stream(M, K, gs, has_z, mt, ctas, occ, sms,
-                                                                              per_sm, per_block)
-                    what = f"M={M} N={N} K={K} gs={gs}: plan {splits, tw, ngroups, s_off, z_off, smem}"
-                    k_tiles = K // 16
-                    assert tw % 4 == 0 and tw >= 4, what
-                    assert (splits - 1) * 4 * tw < k_tiles <= splits * 4 * tw, what  # no empty split, all covered
-                    assert (4 * tw * 16) % min(gs, 256) == 0 or gs == K, what  # CTAs start on group boundaries
-                    assert ngroups == (1 if gs == K else -(-64 * tw // gs)), what
-                    rows = min(M, 16) if mt == 1 else 16 * mt
-                    assert s_off == rows * tw * 128 and z_off == s_off + ngroups * 256, what
-                    assert smem >= max(z_off + (ngroups * 256 if has_z else 0), mt * 16384), what
-                    assert smem <= min(per_block - 128, per_sm // occ - 1024 - 128) or tw == 4, what
-                    # Split K to fill one wave of resident CTAs, and further only when longer runs would not fit.
-                    want = max(1, sms * occ // ctas) if ctas < sms * occ else 1
-                    if splits > want:  # then one split fewer needs longer runs, whose staging does not fit
-                        longer = -(-(-(-k_tiles // (4 * (splits - 1)))) // 4) * 4
-                        staging = rows * longer * 128 + (2 if has_z else 1) * 256 * (1 if gs == K else -(-64 * longer // gs))
-                        assert staging > min(per_block - 128, per_sm // occ - 1024 - 128), what
+    for N, K, gs in shape_group_cases():
+        for M in (1, 3, 16, 17, 33, 64, 1000):
+            mt = 1 if M <= 16 else (2 if M <= 32 else 4)
+            occ = 2 if mt <= 2 else 1
+            ctas = -(-M // (16 * mt)) * -(-N // 128)
+            splits, tw, ngroups, s_off, z_off, smem = mod.plan_stream(M, K, gs, has_z, mt, ctas, occ, sms,
+                                                                      per_sm, per_block)
+            what = f"M={M} N={N} K={K} gs={gs}: plan {splits, tw, ngroups, s_off, z_off, smem}"
+            k_tiles = K // 16
+            assert tw % 4 == 0 and tw >= 4, what
+            assert (splits - 1) * 4 * tw < k_tiles <= splits * 4 * tw, what  # no empty split, all covered
+            assert (4 * tw * 16) % min(gs, 256) == 0 or gs == K, what  # CTAs start on group boundaries
+            assert ngroups == (1 if gs == K else -(-64 * tw // gs)), what
+            rows = min(M, 16) if mt == 1 else 16 * mt
+            assert s_off == rows * tw * 128 and z_off == s_off + ngroups * 256, what
+            assert smem >= max(z_off + (ngroups * 256 if has_z else 0), mt * 16384), what
+            assert smem <= min(per_block - 128, per_sm // occ - 1024 - 128) or tw == 4, what
+            # Split K to fill one wave of resident CTAs, and further only when longer runs would not fit.
+            want = max(1, sms * occ // ctas) if ctas < sms * occ else 1
+            if splits > want:  # then one split fewer needs longer runs, whose staging does not fit
+                longer = -(-(-(-k_tiles // (4 * (splits - 1)))) // 4) * 4
+                staging = rows * longer * 128 + (2 if has_z else 1) * 256 * (1 if gs == K else -(-64 * longer // gs))
+                assert staging > min(per_block - 128, per_sm // occ - 1024 - 128), what
 
 
 # ----------------------------------------------------------------------------- GPU
@@ -246,6 +241,16 @@ SHAPES = {
     "smollm2-135m": [(960, 576), (576, 576), (3072, 576), (576, 1536)],
     "odd": [(64, 64), (192, 320), (320, 192), (64, 1088)],
 }
+
+
+def shape_group_cases():
+    """(N, K, group size) for every shape of SHAPES and every group of GROUPS that divides K."""
+    for shapes in SHAPES.values():
+        for N, K in shapes:
+            for gs in GROUPS:
+                gs = K if gs == "K" else gs
+                if K % gs == 0:
+                    yield N, K, gs
 
 
 def run_poisoned(fn, x, N):
@@ -309,15 +314,10 @@ def test_gpu_stream_kernel(sym, dtype):
         for N, K in ((4096, 4096), (192, 320)):
             check_gpu(M, N, K, 64 if K % 128 else 128, sym, dtype, seed=3000 + i, path=2)
     seed = 4000
-    for shapes in SHAPES.values():
-        for N, K in shapes:
-            for gs in GROUPS:
-                gs = K if gs == "K" else gs
-                if K % gs:
-                    continue
-                for M in (1, 5, 16, 17, 33):
-                    seed += 1
-                    check_gpu(M, N, K, gs, sym, dtype, seed, path=2)
+    for N, K, gs in shape_group_cases():
+        for M in (1, 5, 16, 17, 33):
+            seed += 1
+            check_gpu(M, N, K, gs, sym, dtype, seed, path=2)
 
 
 @needs_cuda
@@ -329,47 +329,44 @@ def test_opcheck_cuda(sym):
     torch.library.opcheck(torch.ops.lowbit.w4a16_gemm.default, (x, pw, sp, zp, 128))
 
 
-@needs_cuda
-def test_cuda_graph_replay_and_compile():
-    """Split-K counters must reset between replays; compiled fullgraph must call the kernel."""
-    M, N, K, gs = 4, 4096, 4096, 128
-    x, q, s, z = make_problem(M, N, K, gs, False, torch.bfloat16, "cuda", seed=21)
+def check_graph_replays(path, seed):
+    """Capture one call of `path` (-1: the public op) in a CUDA graph, replay it on fresh inputs: split-K
+    counters must be back at zero after every launch.  Returns the problem for further checks."""
+    M, N, K, gs = 3, 4096, 4096, 128
+    x, q, s, z = make_problem(M, N, K, gs, False, torch.bfloat16, "cuda", seed=seed)
     pw, sp, zp = kernels.pack_w4(q, s, z, gs)
-    kernels.w4a16_gemm(x, pw, sp, zp, gs)  # warm-up outside capture
+    ext = kernels.load_extension()
+    if path < 0:
+        call = lambda t: kernels.w4a16_gemm(t, pw, sp, zp, gs)  # noqa: E731
+    else:
+        call = lambda t: ext.gemm_path(t, pw, sp, zp, gs, path)  # noqa: E731
+    call(x)  # warm-up outside capture
     static_x = x.clone()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        static_y = kernels.w4a16_gemm(static_x, pw, sp, zp, gs)
+        static_y = call(static_x)
     for it in range(3):
         xi = torch.randn(M, K, device="cuda").to(torch.bfloat16)
         static_x.copy_(xi)
         graph.replay()
         torch.cuda.synchronize()
-        assert_close(static_y, xi, q, s, z, gs, f"graph replay {it}")
-        assert torch.equal(static_y, kernels.w4a16_gemm(xi, pw, sp, zp, gs))
+        assert_close(static_y, xi, q, s, z, gs, f"path {path}: graph replay {it}")
+        assert torch.equal(static_y, call(xi))
+    return x, call
 
-    f = torch.compile(lambda t: kernels.w4a16_gemm(t, pw, sp, zp, gs), fullgraph=True)
-    assert torch.equal(f(x), kernels.w4a16_gemm(x, pw, sp, zp, gs))
+
+@needs_cuda
+def test_cuda_graph_replay_and_compile():
+    """Split-K counters must reset between replays; compiled fullgraph must call the kernel."""
+    x, call = check_graph_replays(-1, seed=21)
+    f = torch.compile(call, fullgraph=True)
+    assert torch.equal(f(x), call(x))
 
 
 @needs_cuda
 def test_stream_kernel_graph_replay():
-    """The streaming kernel's split-K counters reset between CUDA-graph replays too."""
-    M, N, K, gs = 3, 4096, 4096, 128
-    x, q, s, z = make_problem(M, N, K, gs, False, torch.bfloat16, "cuda", seed=22)
-    pw, sp, zp = kernels.pack_w4(q, s, z, gs)
-    ext = kernels.load_extension()
-    ext.gemm_path(x, pw, sp, zp, gs, 2)  # warm-up outside capture
-    static_x = x.clone()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_y = ext.gemm_path(static_x, pw, sp, zp, gs, 2)
-    for it in range(3):
-        xi = torch.randn(M, K, device="cuda").to(torch.bfloat16)
-        static_x.copy_(xi)
-        graph.replay()
-        torch.cuda.synchronize()
-        assert_close(static_y, xi, q, s, z, gs, f"stream graph replay {it}")
+    """The streaming kernel (path 2) under CUDA-graph replays."""
+    check_graph_replays(2, seed=22)
 
 
 @needs_cuda

@@ -71,6 +71,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "w4a16.h"
 
 namespace lowbit {
@@ -661,82 +663,47 @@ __global__ void __launch_bounds__(256) w4_dequant_kernel(DequantParams p) {
   }
 }
 
-template <typename T, int MT, bool HAS_Z>
-cudaError_t launch_mma_t(const GemmParams& p, int m_blocks, int n_blocks, cudaStream_t stream) {
-  using S = Smem<T, MT, HAS_Z>;
-  auto kern = w4a16_mma_kernel<T, MT, HAS_Z>;
-  // Raising the dynamic shared-memory limit is a host-side attribute of the
-  // current device: cheap and capture-safe, so set it on every launch.
-  cudaError_t attr = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kTotal);
-  if (attr != cudaSuccess) return attr;
-  dim3 grid(m_blocks, n_blocks, p.k_splits);
-  kern<<<grid, kThreads, S::kTotal, stream>>>(p);
-  return cudaGetLastError();
+// ---- host-side launchers --------------------------------------------------
+// The kernels are templates over (activation dtype, zeros present, m16 tiles);
+// `dispatch` turns the runtime triple into those template arguments once, for
+// every launcher and occupancy query below.
+template <typename T> struct Type { using type = T; };
+template <int V> using Int = std::integral_constant<int, V>;
+template <bool V> using Bool = std::integral_constant<bool, V>;
+
+template <class F>
+auto dispatch_mt(int mt, F&& f) {
+  switch (mt) {
+    case 1: return f(Int<1>{});
+    case 2: return f(Int<2>{});
+    default: return f(Int<4>{});
+  }
 }
 
-template <typename T, int MT, bool HAS_Z>
-int occupancy_t() {
-  using S = Smem<T, MT, HAS_Z>;
-  auto kern = w4a16_mma_kernel<T, MT, HAS_Z>;
-  cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kTotal);
+// Calls f(Type<T>{}, Bool<HAS_Z>{}, Int<MT>{}).
+template <class F>
+auto dispatch(bool fp16, bool has_z, int mt, F&& f) {
+  return dispatch_mt(mt, [&](auto m) {
+    if (fp16) return has_z ? f(Type<__half>{}, Bool<true>{}, m) : f(Type<__half>{}, Bool<false>{}, m);
+    return has_z ? f(Type<__nv_bfloat16>{}, Bool<true>{}, m) : f(Type<__nv_bfloat16>{}, Bool<false>{}, m);
+  });
+}
+
+// CTAs per SM for a kernel at `smem` bytes of dynamic shared memory (raising the limit first).
+template <class K>
+int occupancy(K kern, int smem) {
+  if (smem > 0) cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, kThreads, S::kTotal) != cudaSuccess) return 1;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, kThreads, smem) != cudaSuccess) return 1;
   return n > 0 ? n : 1;
 }
 
-template <typename T, bool HAS_Z>
-cudaError_t dispatch_mt(const GemmParams& p, int mt, int m_blocks, int n_blocks, cudaStream_t stream) {
-  switch (mt) {
-    case 1: return launch_mma_t<T, 1, HAS_Z>(p, m_blocks, n_blocks, stream);
-    case 2: return launch_mma_t<T, 2, HAS_Z>(p, m_blocks, n_blocks, stream);
-    default: return launch_mma_t<T, 4, HAS_Z>(p, m_blocks, n_blocks, stream);
-  }
-}
-
-template <typename T, bool HAS_Z>
-int occupancy_mt(int mt) {
-  switch (mt) {
-    case 1: return occupancy_t<T, 1, HAS_Z>();
-    case 2: return occupancy_t<T, 2, HAS_Z>();
-    default: return occupancy_t<T, 4, HAS_Z>();
-  }
-}
-
-template <typename T, int MT, bool HAS_Z>
-cudaError_t launch_stream_t(const GemmParams& p, int m_blocks, int n_blocks, int smem_bytes, cudaStream_t stream) {
-  auto kern = w4a16_stream_kernel<T, MT, HAS_Z>;
-  cudaError_t attr = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
-  if (attr != cudaSuccess) return attr;
-  kern<<<dim3(m_blocks, n_blocks, p.k_splits), kThreads, smem_bytes, stream>>>(p);
-  return cudaGetLastError();
-}
-
-template <typename T, int MT, bool HAS_Z>
-int stream_occupancy_t() {
-  int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, w4a16_stream_kernel<T, MT, HAS_Z>, kThreads, 0) !=
-      cudaSuccess)
-    return 1;
-  return n > 0 ? n : 1;
-}
-
-template <typename T, bool HAS_Z>
-cudaError_t dispatch_stream_mt(const GemmParams& p, int mt, int m_blocks, int n_blocks, int smem_bytes,
-                               cudaStream_t stream) {
-  switch (mt) {
-    case 1: return launch_stream_t<T, 1, HAS_Z>(p, m_blocks, n_blocks, smem_bytes, stream);
-    case 2: return launch_stream_t<T, 2, HAS_Z>(p, m_blocks, n_blocks, smem_bytes, stream);
-    default: return launch_stream_t<T, 4, HAS_Z>(p, m_blocks, n_blocks, smem_bytes, stream);
-  }
-}
-
-template <typename T, bool HAS_Z>
-int stream_occupancy_mt(int mt) {
-  switch (mt) {
-    case 1: return stream_occupancy_t<T, 1, HAS_Z>();
-    case 2: return stream_occupancy_t<T, 2, HAS_Z>();
-    default: return stream_occupancy_t<T, 4, HAS_Z>();
-  }
+// One cached entry per (dtype, zeros, MT).
+template <class F>
+int cached(int (&cache)[2][2][5], bool fp16, bool has_z, int mt, F&& compute) {
+  int& c = cache[fp16][has_z][mt];
+  if (c == 0) c = compute();
+  return c;
 }
 
 }  // namespace
@@ -744,55 +711,58 @@ int stream_occupancy_mt(int mt) {
 int mma_m_tiles(int M) { return M <= 16 ? 1 : (M <= 32 ? 2 : 4); }
 
 int mma_occupancy(bool fp16, bool has_z, int mt) {
-  // cached per (dtype, zeros, MT): 12 entries
   static int cache[2][2][5] = {};
-  int& c = cache[fp16][has_z][mt];
-  if (c == 0) {
-    if (fp16) c = has_z ? occupancy_mt<__half, true>(mt) : occupancy_mt<__half, false>(mt);
-    else c = has_z ? occupancy_mt<__nv_bfloat16, true>(mt) : occupancy_mt<__nv_bfloat16, false>(mt);
-  }
-  return c;
+  return cached(cache, fp16, has_z, mt, [&] {
+    return dispatch(fp16, has_z, mt, [](auto t, auto z, auto m) {
+      using T = typename decltype(t)::type;
+      return occupancy(w4a16_mma_kernel<T, decltype(m)::value, decltype(z)::value>,
+                       Smem<T, decltype(m)::value, decltype(z)::value>::kTotal);
+    });
+  });
 }
 
 cudaError_t launch_mma(const GemmParams& p, bool fp16, bool has_z, int mt, int m_blocks, int n_blocks,
                        cudaStream_t stream) {
-  if (fp16)
-    return has_z ? dispatch_mt<__half, true>(p, mt, m_blocks, n_blocks, stream)
-                 : dispatch_mt<__half, false>(p, mt, m_blocks, n_blocks, stream);
-  return has_z ? dispatch_mt<__nv_bfloat16, true>(p, mt, m_blocks, n_blocks, stream)
-               : dispatch_mt<__nv_bfloat16, false>(p, mt, m_blocks, n_blocks, stream);
+  return dispatch(fp16, has_z, mt, [&](auto t, auto z, auto m) {
+    using T = typename decltype(t)::type;
+    using S = Smem<T, decltype(m)::value, decltype(z)::value>;
+    auto kern = w4a16_mma_kernel<T, decltype(m)::value, decltype(z)::value>;
+    // Raising the dynamic shared-memory limit is a host-side attribute of the
+    // current device: cheap and capture-safe, so set it on every launch.
+    cudaError_t attr = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kTotal);
+    if (attr != cudaSuccess) return attr;
+    kern<<<dim3(m_blocks, n_blocks, p.k_splits), kThreads, S::kTotal, stream>>>(p);
+    return cudaGetLastError();
+  });
 }
 
 int stream_occupancy(bool fp16, bool has_z, int mt) {
-  static int cache[2][2][5] = {};  // (dtype, zeros, MT)
-  int& c = cache[fp16][has_z][mt];
-  if (c == 0) {
-    if (fp16) c = has_z ? stream_occupancy_mt<__half, true>(mt) : stream_occupancy_mt<__half, false>(mt);
-    else c = has_z ? stream_occupancy_mt<__nv_bfloat16, true>(mt) : stream_occupancy_mt<__nv_bfloat16, false>(mt);
-  }
-  return c;
+  static int cache[2][2][5] = {};
+  return cached(cache, fp16, has_z, mt, [&] {
+    return dispatch(fp16, has_z, mt, [](auto t, auto z, auto m) {
+      return occupancy(w4a16_stream_kernel<typename decltype(t)::type, decltype(m)::value, decltype(z)::value>, 0);
+    });
+  });
 }
 
 cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, int m_blocks, int n_blocks,
                           int smem_bytes, cudaStream_t stream) {
-  if (fp16)
-    return has_z ? dispatch_stream_mt<__half, true>(p, mt, m_blocks, n_blocks, smem_bytes, stream)
-                 : dispatch_stream_mt<__half, false>(p, mt, m_blocks, n_blocks, smem_bytes, stream);
-  return has_z ? dispatch_stream_mt<__nv_bfloat16, true>(p, mt, m_blocks, n_blocks, smem_bytes, stream)
-               : dispatch_stream_mt<__nv_bfloat16, false>(p, mt, m_blocks, n_blocks, smem_bytes, stream);
+  return dispatch(fp16, has_z, mt, [&](auto t, auto z, auto m) {
+    auto kern = w4a16_stream_kernel<typename decltype(t)::type, decltype(m)::value, decltype(z)::value>;
+    cudaError_t attr = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+    if (attr != cudaSuccess) return attr;
+    kern<<<dim3(m_blocks, n_blocks, p.k_splits), kThreads, smem_bytes, stream>>>(p);
+    return cudaGetLastError();
+  });
 }
 
 cudaError_t launch_dequant(const DequantParams& p, bool fp16, bool has_z, cudaStream_t stream) {
   const size_t threads = (size_t)(p.N / 64) * (p.K / 16) * 32;
   const unsigned blocks = (unsigned)((threads + 255) / 256);
-  if (fp16) {
-    if (has_z) w4_dequant_kernel<__half, true><<<blocks, 256, 0, stream>>>(p);
-    else w4_dequant_kernel<__half, false><<<blocks, 256, 0, stream>>>(p);
-  } else {
-    if (has_z) w4_dequant_kernel<__nv_bfloat16, true><<<blocks, 256, 0, stream>>>(p);
-    else w4_dequant_kernel<__nv_bfloat16, false><<<blocks, 256, 0, stream>>>(p);
-  }
-  return cudaGetLastError();
+  return dispatch(fp16, has_z, 1, [&](auto t, auto z, auto) {
+    w4_dequant_kernel<typename decltype(t)::type, decltype(z)::value><<<blocks, 256, 0, stream>>>(p);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace lowbit
