@@ -7,13 +7,14 @@ Scheme names (`SCHEMES` maps each base name to its class; `parse_scheme` reads t
   int4-g{32,64,128,256}-{sym,asym,azp}
                                  grouped int4, PyTorch reference (dequantize, then matmul)
   int4-tinygemm[-g{32,64,128,256}]   PyTorch's tinygemm kernel (`aten._weight_int4pack_mm`), asym
-  int4-marlin[-g{32,64,128}-{sym,asym}]  our CUDA kernel (`kernels.w4a16_gemm`), default g128 asym
+  int4-marlin[-g{32,64,128}-{sym,asym,azp}]  our CUDA kernel (`kernels.w4a16_gemm`), default g128 asym
   fp8-rowwise                    fp8 e4m3 weights per output channel x dynamic per-row fp8 activations
 
 Every int4 scheme stores q unsigned in 0..15 with w = s*q + m per group of K: `sym` keeps q+8 and no
 m (m = -8s), `asym` uses the group min as a float m (tinygemm/HQQ/GGUF Q4_1), `azp` an integer zero
-point z in 0..15 stored as m = -s*z (AWQ/GPTQ); `sym` takes s = max|w|/7. Checkpoints record the scheme through `quant_config`;
-`apply_quant_config` rebuilds empty modules of the right shapes before `load_state_dict(assign=True)`.
+point z in 0..15 stored as m = -s*z (AWQ/GPTQ); `sym` takes s = -(the signed weight of largest magnitude)/8
+(GGUF Q4_0's rule). Checkpoints record the scheme through `quant_config`; `apply_quant_config` rebuilds
+empty modules of the right shapes before `load_state_dict(assign=True)`.
 """
 import argparse
 import re
@@ -54,8 +55,10 @@ def unpack_nibbles(p: torch.Tensor) -> torch.Tensor:
 
 
 def _nonzero(s: torch.Tensor) -> torch.Tensor:
-    """Scales as float32 divisors: zero (an all-zero group or row) becomes the smallest normal float."""
-    return s.float().clamp_min(torch.finfo(torch.float32).tiny)
+    """Scales as float32 divisors: zero (an all-zero group or row) becomes the smallest normal float;
+    the sign is kept (symmetric int4 scales may be negative)."""
+    s = s.float()
+    return torch.where(s == 0, torch.finfo(torch.float32).tiny, s)
 
 
 def quantize_int4(w: torch.Tensor, group_size: int, zero: str, dtype: torch.dtype, k_multiple: int = 0):
@@ -73,7 +76,11 @@ def quantize_int4(w: torch.Tensor, group_size: int, zero: str, dtype: torch.dtyp
         w = torch.cat([w, w[:, -1:].expand(N, Kp - K)], dim=1)
     g = w.view(N, Kp // group_size, group_size)  # (N, G, group)
     if zero == "sym":
-        s = (g.abs().amax(-1) / 7).to(dtype)
+        # GGUF Q4_0's rule: the weight of largest magnitude maps to level -8 exactly (so s takes its
+        # opposite sign), and all 16 levels are used; max|w|/7 would leave level -8 unused and cost
+        # SmolLM2 2.9 perplexity points at g64 (BENCHMARKS.md).
+        peak = g.gather(-1, g.abs().argmax(-1, keepdim=True))[..., 0]  # (N, G) signed extreme
+        s = (peak / -8).to(dtype)
         sd = _nonzero(s)[..., None]
         q, m = (g / sd).round().clamp(-8, 7) + 8, None
     elif zero in ("asym", "azp"):
@@ -219,7 +226,7 @@ class Int4Marlin(QuantLinear):
     with x zero-padded to match. Without the CUDA extension it runs the kernels' PyTorch reference
     (same packed buffers) and says so once.
     """
-    PATTERN = r"int4-marlin(?:-g(?P<group_size>32|64|128)-(?P<zero>sym|asym))?"
+    PATTERN = r"int4-marlin(?:-g(?P<group_size>32|64|128)-(?P<zero>sym|asym|azp))?"
     NAME, DEFAULTS = "int4-marlin-g{group_size}-{zero}", {"group_size": 128, "zero": "asym"}
 
     def __init__(self, in_features, out_features, qweight, scales, zeros, group_size: int, zero: str):
@@ -386,7 +393,7 @@ class FP8Rowwise(QuantLinear):
 SCHEMES: dict[str, type] = {"int8": Int8, "int8-compile": Int8Compile, "int4": Int4, "int4-tinygemm": Int4Tinygemm,
                              "int4-marlin": Int4Marlin, "fp8-rowwise": FP8Rowwise}
 KNOWN = "none, int8, int8-compile, int4-g{32,64,128,256}-{sym,asym,azp}, int4-tinygemm[-gN], " \
-        "int4-marlin[-g{32,64,128}-{sym,asym}], fp8-rowwise"
+        "int4-marlin[-g{32,64,128}-{sym,asym,azp}], fp8-rowwise"
 
 
 def parse_scheme(name: str) -> tuple[type | None, dict]:

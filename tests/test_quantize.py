@@ -44,8 +44,9 @@ def test_parse_scheme():
     assert Q.parse_scheme("int4-g128-asym") == (Q.Int4, {"group_size": 128, "zero": "asym"})
     assert Q.parse_scheme("int4-marlin") == (Q.Int4Marlin, {"group_size": 128, "zero": "asym"})
     assert Q.parse_scheme("int4-marlin-g32-sym") == (Q.Int4Marlin, {"group_size": 32, "zero": "sym"})
+    assert Q.parse_scheme("int4-marlin-g64-azp") == (Q.Int4Marlin, {"group_size": 64, "zero": "azp"})
     assert Q.parse_scheme("int4-tinygemm-g64") == (Q.Int4Tinygemm, {"group_size": 64})
-    for bad in ["int4", "int4-g100-asym", "int4-marlin-g128-azp", "int3", "fp8"]:
+    for bad in ["int4", "int4-g100-asym", "int4-marlin-g256-asym", "int3", "fp8"]:
         with pytest.raises(ValueError, match="unknown quantization scheme"):
             Q.parse_scheme(bad)
 
@@ -228,7 +229,8 @@ def test_unknown_scheme_refused():
         Q.quantize_(tiny_model(), "int5")
 
 
-@pytest.mark.parametrize("N,K,group,zero", [(128, 256, 128, "asym"), (97, 576, 128, "asym"), (64, 96, 32, "sym")])
+@pytest.mark.parametrize("N,K,group,zero", [(128, 256, 128, "asym"), (97, 576, 128, "asym"), (64, 96, 32, "sym"),
+                                          (128, 320, 64, "azp")])
 def test_marlin_stores_the_int4_quantization(N, K, group, zero):
     """The kernel-packed buffers unpack to exactly Int4's q, scales and zeros (N and K padded to 64)."""
     import kernels
