@@ -108,6 +108,20 @@ def test_storage_format():
     assert "scheme=int4-g64-azp" in repr(m)
 
 
+def test_symmetric_rule_uses_all_16_levels():
+    """GGUF Q4_0's rule: each group's largest-magnitude weight sits on level -8 (q = 0) and comes back
+    exactly (float32 scales), so the scale's sign is the opposite of that weight's."""
+    lin = gaussian_linear(N=64, K=256)
+    q, s, m = Q.quantize_int4(lin.weight, 64, "sym", torch.float32)
+    g = lin.weight.view(64, 4, 64)
+    peak = g.gather(-1, g.abs().argmax(-1, keepdim=True))[..., 0]  # (N, G)
+    assert m is None and torch.equal(torch.sign(s), -torch.sign(peak))
+    qg = q.view(64, 4, 64)
+    assert (qg.gather(-1, g.abs().argmax(-1, keepdim=True)) == 0).all()
+    assert torch.allclose(-8 * s, peak, rtol=1e-6, atol=0)
+    assert int(q.min()) == 0 and int(q.max()) == 15
+
+
 @pytest.mark.parametrize("K,group", [(576, 128), (96, 64), (100, 32)])
 @pytest.mark.parametrize("zero", ["sym", "asym", "azp"])
 def test_k_padding(K, group, zero):
