@@ -39,9 +39,8 @@ def layer_linears(preset: str) -> list[tuple[str, int, int]]:
 
 
 DEFAULT_MS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024]
-# scheme suffix -> the op's forced path (ops.cpp gemm_path); no suffix = the heuristic (choose_path)
+# scheme suffix -> the op's forced path (kernels.PATHS); no suffix = the heuristic (choose_path)
 FORCED_PATHS = {"[mma]": 0, "[dq]": 1, "[stream]": 2}
-PATH_NAMES = {0: "mma", 1: "dequant_cublas", 2: "stream"}
 ROTATE_BYTES = 200e6  # > 2 x the H100's 50 MB L2
 
 
@@ -153,7 +152,7 @@ def bench_linear(name, N, K, gs, ms, schemes, bw, reps, device, seed):
                              pct_own_bound=100 * bytes_total / bw / t, bound_int4_us=bound_int4 * 1e6,
                              pct_int4_bound=100 * bound_int4 / t,
                              path=(kernels.choose_path(M, N, K) if path < 0 and scheme.startswith("ours")
-                                   else PATH_NAMES.get(path, "-"))))
+                                   else kernels.PATHS[path] if path >= 0 else "-")))
             r = rows[-1]
             print(f"  {name:8s} M={M:5d} {scheme:16s} {r['us']:9.2f} us  {r['GBps']:7.0f} GB/s  "
                   f"{r['pct_int4_bound']:6.1f}% int4 bound  err={err:.1e}{'' if ok else '  CHECK FAILED'}",

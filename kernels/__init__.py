@@ -24,7 +24,7 @@ from .reference import check_inputs, dequantize, pack_w4, reference_w4a16_gemm, 
 
 __all__ = [
     "w4a16_gemm", "pack_w4", "unpack_w4", "reference_w4a16_gemm", "dequantize",
-    "load_extension", "extension_available", "choose_path",
+    "load_extension", "extension_available", "choose_path", "PATHS",
 ]
 
 _SCHEMA = "w4a16_gemm(Tensor x, Tensor packed_w, Tensor scales, Tensor? zeros, int group_size) -> Tensor"
@@ -67,13 +67,17 @@ def extension_available() -> bool:
     return _available
 
 
+# The op's CUDA paths by number (csrc/ops.cpp gemm_path; choose_path picks one).
+PATHS = ("mma", "dequant_cublas", "stream")
+
+
 def choose_path(M: int, N: int, K: int) -> str:
     """Which CUDA path the op takes for this shape: 'mma', 'dequant_cublas' or 'stream'.
 
     The heuristic itself lives in csrc/ops.cpp (choose_path) next to the
     dispatch that uses it; this only asks it.
     """
-    return ("mma", "dequant_cublas", "stream")[load_extension().choose_path(M, N, K)]
+    return PATHS[load_extension().choose_path(M, N, K)]
 
 
 def w4a16_gemm(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor,
