@@ -24,22 +24,23 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 
 // Path heuristic: the ONE place that decides which kernel runs.
 // 0 = fused mma.sync kernel, 1 = dequantize to a 16-bit temporary + cuBLAS,
-// 2 = the streaming kernel (w4a16_kernel.cu): written 2026-11-29 without a
-// GPU, compile-checked and SASS-inspected only, so it is reachable through
-// gemm_path (tests, eval/kernels.py "[stream]") but not chosen here until
-// eval/kernels.py has timed it against path 0.
-// Threshold from eval/kernels.py on an H100, Llama-3-8B's four linears, g128
-// (kernels/NOTES.md, "path threshold"), sum in us, fused vs dequant+cuBLAS:
-// M=64 191 vs 569, M=128 342 vs 581, M=256 611 vs 609, M=1024 2303 vs 964.
-// The fused kernel re-reads the int4 weights once per 64 rows and runs on
-// mma.sync; past ~256 rows cuBLAS on a dequantized copy wins despite writing
-// and re-reading 2 bytes per weight.  At M=256 the per-linear winner differs
-// (qkv: dequant 70 vs 93 us; down: fused 155 vs 175 us) but the sums tie, so
-// one M threshold is kept.
+// 2 = the streaming kernel (w4a16_kernel.cu).
+// Thresholds from `bash kernels/devcheck.sh quick` on an H200, torch 2.11, 2026-11-29
+// (BENCHMARKS.md, "int4 kernel"): Llama-3-8B's four linears, g128 symmetric, sum in us.
+//   streaming vs fused mma: M=1 64.5 vs 105.6, M=16 76.1 vs 109.2, M=32 112.9 vs 129.2,
+//                           M=64 196.8 vs 189.7, M=128 345.2 vs 341.4
+//   fused mma vs dequant+cuBLAS: M=128 339 vs 471, M=256 608 vs 511, M=1024 2304 vs 895
+// The streaming kernel stages x once and never waits on a barrier, so it wins while the
+// weights dominate (M <= 32, at most two 16-row m-tiles); from 64 rows on, the fused
+// kernel's smem-pipelined tiles tie it; past ~256 rows cuBLAS on a dequantized copy wins
+// despite writing and re-reading 2 bytes per weight (the H100 run of 2026-11-25 put the
+// tie at M=256 too: 611 vs 609 us, kernels/NOTES.md).
+constexpr int64_t kStreamMaxM = 32;
 constexpr int64_t kDequantMinM = 256;
 int64_t choose_path(int64_t M, int64_t N, int64_t K) {
   (void)N;
   (void)K;
+  if (M <= kStreamMaxM) return 2;
   return M >= kDequantMinM ? 1 : 0;
 }
 
