@@ -111,6 +111,10 @@ class Generator:
         self.prefill, self.decode = prefill, decode_step
         self.compiled = compile
         if compile:
+            if next(model.parameters()).is_cuda:
+                # gpt-fast's setting: tune the block sizes of inductor's generated reductions (the
+                # int8-compile dequant-GEMV is one; BENCHMARKS.md, decode matrix). Process-wide.
+                torch._inductor.config.coordinate_descent_tuning = True
             self.decode = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True)
             if compile_prefill:  # about half the compile time; eval/bench.py measures decode only
                 self.prefill = torch.compile(prefill, dynamic=True, fullgraph=True)
