@@ -112,8 +112,10 @@ class Generator:
         self.compiled = compile
         if compile:
             if next(model.parameters()).is_cuda:
-                # gpt-fast's setting: tune the block sizes of inductor's generated reductions (the
-                # int8-compile dequant-GEMV is one; BENCHMARKS.md, decode matrix). Process-wide.
+                # gpt-fast's setting. Besides tuning generated reductions, it makes inductor decompose a
+                # matmul with one row into multiply + sum (torch/_inductor/decomposition.py, `mm`), which
+                # is what fuses int8-compile's cast into a GEMV at batch 1; it applies to bf16 batch 1
+                # too, instead of cuBLAS (BENCHMARKS.md, decode matrix). Process-wide.
                 torch._inductor.config.coordinate_descent_tuning = True
             self.decode = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True)
             if compile_prefill:  # about half the compile time; eval/bench.py measures decode only
