@@ -68,6 +68,33 @@ def test_smollm2_int4_g32_float_zero_reproduces_float_perplexity(smollm2_gguf, w
     assert token_perplexity(sym, ids, 256, progress=False)["ppl"] > ref["ppl"] * 1.01
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("zero", ["sym", "azp", "asym"])
+@torch.no_grad()
+def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikitext, zero):
+    """Issue 4: SmolLM2's perplexity through w4a16_gemm (int4-marlin) is within 0.1% of the PyTorch reference
+    of the same scheme, in bf16. Windows of 16, 128 and 1024 tokens (one window per forward, so M = the
+    window) send the linears through each of the op's paths: streaming, fused mma, dequantize + cuBLAS."""
+    import copy
+
+    import kernels
+    from checkpoint import load_model
+    from eval.perplexity import token_perplexity
+    from quantize import quantize_
+    if not kernels.extension_available():
+        pytest.skip("the kernels CUDA extension is unavailable")
+    model, tok, _ = load_model(str(smollm2_gguf), device="cuda", dtype=torch.bfloat16)
+    ids = tok.encode(wikitext[:40000])[:4096]
+    ref, ker = copy.deepcopy(model), copy.deepcopy(model)
+    quantize_(ref, f"int4-g128-{zero}")
+    quantize_(ker, f"int4-marlin-g128-{zero}")
+    for window, path in ((16, "stream"), (128, "mma"), (1024, "dequant_cublas")):
+        assert kernels.choose_path(window, 1536, 576) == path
+        want = token_perplexity(ref, ids, window, progress=False)["ppl"]
+        got = token_perplexity(ker, ids, window, progress=False)["ppl"]
+        assert got == pytest.approx(want, rel=1e-3), (window, path)
+
+
 def test_kernel_microbenchmark_smoke(tmp_path):
     out = run_script("eval/kernels.py", "--smoke", "--out", str(tmp_path))
     assert "reference_asym" in out.stdout and list(tmp_path.glob("*.json"))
