@@ -40,7 +40,16 @@ def layer_linears(preset: str) -> list[tuple[str, int, int]]:
 
 DEFAULT_MS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024]
 # scheme suffix -> the op's forced path (kernels.PATHS); no suffix = the heuristic (choose_path)
-FORCED_PATHS = {"[mma]": 0, "[dq]": 1, "[stream]": 2}
+FORCED_PATHS = {"mma": 0, "dq": 1, "stream": 2}
+
+
+def forced(scheme: str) -> tuple[int, int]:
+    """(path, split-K count) a scheme name forces: ours_sym -> (-1, -1), ours_sym[stream] -> (2, -1),
+    ours_sym[stream/s4] -> (2, 4); -1 leaves the choice to the op."""
+    if "[" not in scheme:
+        return -1, -1
+    name, _, splits = scheme[scheme.index("[") + 1:-1].partition("/s")
+    return FORCED_PATHS[name], int(splits) if splits else -1
 ROTATE_BYTES = 200e6  # > 2 x the H100's 50 MB L2
 
 
@@ -134,13 +143,13 @@ def bench_linear(name, N, K, gs, ms, schemes, bw, reps, device, seed):
             copy_list = [tuple(None if t is None else t.clone() for t in base) for _ in range(copies)]
         for M in ms:
             x = torch.randn(M, K, device=device, dtype=torch.bfloat16)
-            path = FORCED_PATHS.get(scheme[scheme.find("["):], -1) if "[" in scheme else -1
+            path, splits = forced(scheme)
             if scheme == "cublas":
                 fn = lambda c: F.linear(x, copy_list[c])  # noqa: E731
             elif scheme == "tinygemm":
                 fn = lambda c: torch.ops.aten._weight_int4pack_mm(x, copy_list[c][0], gs, copy_list[c][1])  # noqa: E731
             else:
-                fn = lambda c: ext.gemm_path(x, *copy_list[c], gs, path)  # noqa: E731
+                fn = lambda c: ext.gemm_path(x, *copy_list[c], gs, path, splits)  # noqa: E731
             ref = x.float() @ ref_w.float().t()
             err = rel_err(fn(0), ref)
             ok = err < 1e-2
@@ -151,7 +160,7 @@ def bench_linear(name, N, K, gs, ms, schemes, bw, reps, device, seed):
                              copies=copies, bytes=bytes_total, GBps=bytes_total / t / 1e9,
                              pct_own_bound=100 * bytes_total / bw / t, bound_int4_us=bound_int4 * 1e6,
                              pct_int4_bound=100 * bound_int4 / t,
-                             path=(kernels.choose_path(M, N, K) if path < 0 and scheme.startswith("ours")
+                             splits=splits, path=(kernels.choose_path(M, N, K) if path < 0 and scheme.startswith("ours")
                                    else kernels.PATHS[path] if path >= 0 else "-")))
             r = rows[-1]
             print(f"  {name:8s} M={M:5d} {scheme:16s} {r['us']:9.2f} us  {r['GBps']:7.0f} GB/s  "
@@ -233,7 +242,8 @@ def main():
     ap.add_argument("--ms", default=",".join(map(str, DEFAULT_MS)))
     ap.add_argument("--schemes", default="cublas,tinygemm,ours_sym,ours_asym",
                     help="also: ours_sym[mma], ours_sym[dq], ours_sym[stream] (force the mma kernel / "
-                         "dequantize+cuBLAS / the streaming kernel); likewise ours_asym[...]")
+                         "dequantize+cuBLAS / the streaming kernel), ours_sym[stream/s4] (and split K in 4); "
+                         "likewise ours_asym[...]")
     ap.add_argument("--bandwidth", action="store_true", help="measure the D2D copy bandwidth first")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", default=os.environ.get("OUT", "out"))

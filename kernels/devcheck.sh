@@ -36,7 +36,11 @@ timeout 240 python eval/kernels.py --bandwidth --out "$OUT" \
 echo "bench rc=$?"
 timeout 90 python eval/kernels.py --ms 64,128,256,1024 --schemes "ours_sym[mma],ours_sym[dq],ours_sym[stream]" --reps 10 --tag _paths \
   --out "$OUT" > "$OUT/bench_paths.log" 2>&1; echo "paths rc=$?"
+# split-K sweep of the streaming kernel at decode sizes (per-linear lines in bench_splits.log; kernels/NOTES.md v3)
+timeout 120 python eval/kernels.py --ms 1,16,32 --reps 10 --tag _splits --out "$OUT" --schemes \
+  "ours_sym[stream],ours_sym[stream/s1],ours_sym[stream/s2],ours_sym[stream/s4],ours_sym[stream/s16]" \
+  > "$OUT/bench_splits.log" 2>&1; echo "splits rc=$?"
 [ "$MODE" = full ] && t models 300 "model_shapes"
 echo "elapsed $(( $(date +%s) - T0 ))s"
-grep -E "^\| [0-9]" "$OUT/bench_paths.log"
+grep -E "^\| [0-9]" "$OUT/bench_paths.log" "$OUT/bench_splits.log"
 sed -n '/## Sum/,$p' "$OUT/bench.log" | grep -E "^\|"

@@ -233,6 +233,17 @@ def test_stream_kernel_plan(has_z):
                 assert staging > min(per_block - 128, per_sm // occ - 1024 - 128), what
 
 
+@pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
+def test_stream_kernel_plan_forced_splits():
+    """The benchmark knob `splits` replaces the one-wave rule; runs stay whole and cover K exactly."""
+    mod = kernels.load_extension()
+    K = 4096  # 256 k-tiles
+    for want, (splits, tw) in {1: (1, 64), 2: (2, 32), 3: (3, 24), 8: (8, 8), 64: (16, 4)}.items():
+        got = mod.plan_stream(1, K, 128, False, 1, 32, 2, 132, 233472, 232448, want)
+        assert tuple(got[:2]) == (splits, tw), (want, got)
+    assert mod.plan_stream(1, K, 128, False, 1, 32, 2, 132, 233472, 232448)[0] == 8  # 264 slots / 32 CTAs
+
+
 # ----------------------------------------------------------------------------- GPU
 M_SWEEP = (1, 2, 3, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 255, 256, 1000)
 SHAPES = {
@@ -259,13 +270,13 @@ def run_poisoned(fn, x, N):
     return fn()
 
 
-def check_gpu(M, N, K, gs, sym, dtype, seed, path=-1):
+def check_gpu(M, N, K, gs, sym, dtype, seed, path=-1, splits=-1):
     x, q, s, z = make_problem(M, N, K, gs, sym, dtype, "cuda", seed)
     pw, sp, zp = kernels.pack_w4(q, s, z, gs)
     ext = kernels.load_extension()
-    what = f"M={M} N={N} K={K} gs={gs} {'sym' if sym else 'asym'} {dtype} path={path}"
-    y1 = run_poisoned(lambda: ext.gemm_path(x, pw, sp, zp, gs, path), x, N)
-    y2 = run_poisoned(lambda: ext.gemm_path(x, pw, sp, zp, gs, path), x, N)
+    what = f"M={M} N={N} K={K} gs={gs} {'sym' if sym else 'asym'} {dtype} path={path} splits={splits}"
+    y1 = run_poisoned(lambda: ext.gemm_path(x, pw, sp, zp, gs, path, splits), x, N)
+    y2 = run_poisoned(lambda: ext.gemm_path(x, pw, sp, zp, gs, path, splits), x, N)
     torch.cuda.synchronize()
     assert_close(y1, x, q, s, z, gs, what)
     assert torch.equal(y1, y2), f"{what}: results differ between two identical runs"
@@ -302,6 +313,14 @@ def test_gpu_forced_paths(path):
     """The mma kernel, dequantize+cuBLAS and the streaming kernel, each forced, across the M range."""
     for i, M in enumerate((1, 16, 64, 128, 256, 1000)):
         check_gpu(M, 4096, 4096, 128, i % 2 == 0, torch.bfloat16, seed=77 + i, path=path)
+
+
+@needs_cuda
+@pytest.mark.parametrize("path", [0, 2])
+def test_gpu_forced_splits(path):
+    """The split-K benchmark knob (`gemm_path(..., splits)`): any count gives a correct, repeatable result."""
+    for i, (M, splits) in enumerate(((1, 1), (1, 3), (17, 2), (33, 7), (5, 64))):
+        check_gpu(M, 4096, 4096, 128, i % 2 == 0, torch.bfloat16, seed=90 + i, path=path, splits=splits)
 
 
 @needs_cuda

@@ -135,8 +135,9 @@ struct StreamPlan {
   int64_t splits, kt_per_warp, groups_per_cta, s_off, z_off, smem;
 };
 
+// want_splits > 0 replaces the one-wave rule (benchmarks sweep it; see gemm_path's `splits`).
 StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, int64_t ctas, int occupancy,
-                       const DeviceInfo& d) {
+                       const DeviceInfo& d, int64_t want_splits = -1) {
   const int64_t k_tiles = K / 16;
   const int64_t rows = mt == 1 ? std::min<int64_t>(M, 16) : 16 * mt;  // staged x rows (see the kernel)
   const int64_t red = 2 * 2 * mt * 32 * 32 * 4;                          // k-partial reduction buffer
@@ -146,6 +147,7 @@ StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, int
   const int64_t slots = (int64_t)d.sms * occupancy;
   int64_t want = 1;
   if (ctas < slots && ctas <= kCounterCapacity) want = std::max<int64_t>(1, slots / ctas);
+  if (want_splits > 0) want = want_splits;
   for (int64_t splits = want;; ++splits) {
     const int64_t tw = ((k_tiles + 4 * splits - 1) / (4 * splits) + 3) / 4 * 4;
     StreamPlan pl{};
@@ -166,8 +168,10 @@ StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, int
 }
 
 // path: -1 = heuristic, 0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming kernel.
+// splits: -1 = the launch plan's split-K count; > 0 asks for that many (paths 0 and 2; the count
+// actually run can differ: no split may be empty). A benchmark knob (eval/kernels.py "[stream/s4]").
 at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
-                     const std::optional<at::Tensor>& z, int64_t gs, int64_t path) {
+                     const std::optional<at::Tensor>& z, int64_t gs, int64_t path, int64_t want_splits) {
   check_inputs(x, w, s, z, gs);
   c10::cuda::CUDAGuard guard(x.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -198,13 +202,14 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   int64_t splits = 1, kb_per_split = kb_total;
   StreamPlan plan{};
   if (path == 2) {
-    plan = plan_stream(M, K, gs, has_z, mt, ctas, stream_occupancy(fp16, has_z, mt), d);
+    plan = plan_stream(M, K, gs, has_z, mt, ctas, stream_occupancy(fp16, has_z, mt), d, want_splits);
     splits = plan.splits;
   } else {
     // Split K until one wave of resident CTAs is (nearly) full: memory-bound
     // decode needs every SM streaming weights.  Never more splits than k-blocks.
     const int64_t slots = (int64_t)d.sms * mma_occupancy(fp16, has_z, mt);
     if (ctas < slots && ctas <= kCounterCapacity) splits = std::min<int64_t>(kb_total, slots / ctas);
+    if (want_splits > 0) splits = std::min<int64_t>(kb_total, want_splits);
     kb_per_split = (kb_total + splits - 1) / splits;
     splits = (kb_total + kb_per_split - 1) / kb_per_split;  // no empty splits
   }
@@ -241,7 +246,7 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
 
 at::Tensor w4a16_gemm_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
                            const std::optional<at::Tensor>& z, int64_t gs) {
-  return gemm_path(x, w, s, z, gs, -1);
+  return gemm_path(x, w, s, z, gs, -1, -1);
 }
 
 }  // namespace
@@ -250,24 +255,26 @@ at::Tensor w4a16_gemm_cuda(const at::Tensor& x, const at::Tensor& w, const at::T
 TORCH_LIBRARY_IMPL(lowbit, CUDA, m) { m.impl("w4a16_gemm", &lowbit::w4a16_gemm_cuda); }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("gemm_path", &lowbit::gemm_path, "w4a16 GEMM with a forced path (-1 auto, 0 mma, 1 dequant+cuBLAS, 2 streaming)",
+  m.def("gemm_path", &lowbit::gemm_path,
+        "w4a16 GEMM with a forced path (-1 auto, 0 mma, 1 dequant+cuBLAS, 2 streaming) and optionally a split-K count",
         py::arg("x"), py::arg("packed_w"), py::arg("scales"), py::arg("zeros"), py::arg("group_size"),
-        py::arg("path"));
+        py::arg("path"), py::arg("splits") = -1);
   m.def(
       "plan_stream",
       [](int64_t M, int64_t K, int64_t gs, bool has_z, int mt, int64_t ctas, int occupancy, int sms,
-         int smem_per_sm, int smem_per_block) {
+         int smem_per_sm, int smem_per_block, int64_t splits) {
         lowbit::DeviceInfo d;
         d.sms = sms;
         d.smem_per_sm = smem_per_sm;
         d.smem_per_block = smem_per_block;
-        const lowbit::StreamPlan pl = lowbit::plan_stream(M, K, gs, has_z, mt, ctas, occupancy, d);
+        const lowbit::StreamPlan pl = lowbit::plan_stream(M, K, gs, has_z, mt, ctas, occupancy, d, splits);
         return std::vector<int64_t>{pl.splits, pl.kt_per_warp, pl.groups_per_cta, pl.s_off, pl.z_off, pl.smem};
       },
       "the streaming kernel's launch plan for a device description (tests): [splits, kt_per_warp, "
       "groups_per_cta, s_off, z_off, smem]",
       py::arg("M"), py::arg("K"), py::arg("group_size"), py::arg("has_zeros"), py::arg("m_tiles"), py::arg("ctas"),
-      py::arg("occupancy"), py::arg("sms"), py::arg("smem_per_sm"), py::arg("smem_per_block"));
+      py::arg("occupancy"), py::arg("sms"), py::arg("smem_per_sm"), py::arg("smem_per_block"),
+      py::arg("splits") = -1);
   m.def("choose_path", &lowbit::choose_path, "0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming", py::arg("M"),
         py::arg("N"), py::arg("K"));
 }
