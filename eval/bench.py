@@ -22,7 +22,8 @@ from generate import Generator, console, make_report, measured_bandwidth  # noqa
 from quantize import quantize_  # noqa: E402
 
 
-def run_matrix(args) -> list[dict]:
+def run_matrix(args, on_row=lambda rows: None) -> list[dict]:
+    """Every (scheme, batch) cell; `on_row(rows so far)` after each, so a run cut short keeps its cells."""
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     compile = device.type == "cuda" and not args.no_compile
@@ -45,6 +46,7 @@ def run_matrix(args) -> list[dict]:
             r = make_report(run, model, bandwidth, compile_s)
             r.update(quant=scheme, model=args.model, dtype=str(dtype).removeprefix("torch."))
             rows.append(r)
+            on_row(rows)
             console.print(f"{scheme:>16} batch {batch:>3}: decode {r['decode_tok_s_total']:>9,.1f} tok/s total, "
                           f"{r['decode_tok_s_per_seq']:>7,.1f} per seq, {r['effective_gb_s']:,.0f} GB/s", highlight=False)
         del model, gen
@@ -108,6 +110,9 @@ def main(argv=None):
     p.add_argument("--quant", default="none,int8-compile,int4-tinygemm,fp8-rowwise,int4-marlin",
                    help="comma-separated schemes from quantize.py")
     p.add_argument("--quant-output", action="store_true", help="quantize the output head too")
+    p.add_argument("--append", action="store_true",
+                   help="merge into the bench.json already in --out (same model, device, torch and lengths): "
+                        "fill a matrix over several runs; a cell measured again replaces the old one")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -122,17 +127,37 @@ def main(argv=None):
         args.prompt_len, args.max_new_tokens = 8, 4
     args.batch = [int(b) for b in args.batch.split(",")]
     args.quant = args.quant.split(",")
-    rows = run_matrix(args)
     dev = torch.device(args.device)
     meta = {"model": args.model, "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "prefill": "eager"}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    md = markdown(rows, meta)
-    (args.out / "bench.md").write_text(md)
-    plot(rows, args.out / "bench.png", f"{args.model}, prompt {args.prompt_len}, {args.max_new_tokens} new, {meta['device']}")
-    print(md)
+            "date": time.strftime("%Y-%m-%d"), "commands": [" ".join(sys.argv)], "prefill": "eager"}
+    earlier = load_earlier(args.out / "bench.json", meta) if args.append else []
+
+    def write(rows):
+        new = {(r["quant"], r["batch"]) for r in rows}
+        merged = [r for r in earlier if (r["quant"], r["batch"]) not in new] + rows
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench.json").write_text(json.dumps({"meta": meta, "rows": merged}, indent=2))
+        (args.out / "bench.md").write_text(markdown(merged, meta))
+        plot(merged, args.out / "bench.png",
+             f"{args.model}, prompt {args.prompt_len}, {args.max_new_tokens} new, {meta['device']}")
+        return merged
+
+    print(markdown(write(run_matrix(args, on_row=write)), meta))
+
+
+def load_earlier(path: Path, meta: dict) -> list[dict]:
+    """Rows of an earlier run in the same folder (--append), refused unless its setting matches this one."""
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    for key in ("model", "prompt_len", "max_new_tokens", "device", "torch", "prefill"):
+        if old["meta"].get(key) != meta[key]:
+            raise SystemExit(f"--append: {path} was measured with {key}={old['meta'].get(key)!r}, "
+                             f"this run has {meta[key]!r}; use another --out")
+    meta["commands"] = old["meta"].get("commands", []) + meta["commands"]
+    meta["date"] = " / ".join(dict.fromkeys([old["meta"]["date"], meta["date"]]))
+    return old["rows"]
 
 
 if __name__ == "__main__":

@@ -24,6 +24,18 @@ def test_bench_smoke(tmp_path):
     assert (tmp_path / "bench.png").stat().st_size > 1000 and "| scheme |" in out.stdout
 
 
+def test_bench_append_merges_cells_and_refuses_another_setting(tmp_path):
+    run_script("eval/bench.py", "--smoke", "--out", str(tmp_path))
+    run_script("eval/bench.py", "--smoke", "--append", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert len(data["rows"]) == 8 and len(data["meta"]["commands"]) == 2  # cells measured again replace
+    data["meta"]["device"] = "another GPU"
+    (tmp_path / "bench.json").write_text(json.dumps(data))
+    out = subprocess.run([sys.executable, str(ROOT / "eval/bench.py"), "--smoke", "--append", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode != 0 and "device='another GPU'" in out.stderr
+
+
 def test_perplexity_smoke(tmp_path):
     run_script("eval/perplexity.py", "--smoke", "--window", "16", "--quant", "none,int8,int4-g32-asym",
                "--json", str(tmp_path / "p.json"))
