@@ -40,6 +40,18 @@ timeout 90 python eval/kernels.py --ms 64,128,256,1024 --schemes "ours_sym[mma],
 timeout 120 python eval/kernels.py --ms 1,16,32 --reps 10 --tag _splits --out "$OUT" --schemes \
   "ours_sym[stream],ours_sym[stream/s1],ours_sym[stream/s2],ours_sym[stream/s4],ours_sym[stream/s16]" \
   > "$OUT/bench_splits.log" 2>&1; echo "splits rc=$?"
+# Hardware counters of the streaming kernel at M=1 on gate_up and o_proj (kernels/NOTES.md v3 asks what
+# bounds it: DRAM throughput, issue-slot use, warp stall reasons). Needs a runtime that exposes counters.
+timeout 240 ncu --clock-control none --kernel-name regex:w4a16_stream --launch-count 2 \
+  --section SpeedOfLight --section MemoryWorkloadAnalysis --section SchedulerStats --section WarpStateStats \
+  --section LaunchStats --section Occupancy python -c "
+import sys, torch; sys.path.insert(0, 'tests')
+import kernels; from test_kernels import make_problem
+for N, K in ((28672, 4096), (4096, 4096)):
+    x, q, s, z = make_problem(1, N, K, 128, True, torch.bfloat16, 'cuda', 0)
+    kernels.load_extension().gemm_path(x, *kernels.pack_w4(q, s, z, 128), 128, 2)
+torch.cuda.synchronize()
+" > "$OUT/ncu.txt" 2>&1; echo "ncu rc=$? $(grep -cE 'Duration|Throughput' "$OUT/ncu.txt") metric lines"
 [ "$MODE" = full ] && t models 300 "model_shapes"
 echo "elapsed $(( $(date +%s) - T0 ))s"
 grep -E "^\| [0-9]" "$OUT/bench_paths.log" "$OUT/bench_splits.log"
