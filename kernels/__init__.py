@@ -68,11 +68,11 @@ def extension_available() -> bool:
 
 
 # The op's CUDA paths by number (csrc/ops.cpp gemm_path; choose_path picks one).
-PATHS = ("mma", "dequant_cublas", "stream")
+PATHS = ("mma", "dequant_cublas", "stream", "stream_smem")
 
 
 def choose_path(M: int, N: int, K: int) -> str:
-    """Which CUDA path the op takes for this shape: 'mma', 'dequant_cublas' or 'stream'.
+    """Which CUDA path the op takes for this shape: one of PATHS.
 
     The heuristic itself lives in csrc/ops.cpp (choose_path) next to the
     dispatch that uses it; this only asks it.

@@ -201,21 +201,24 @@ def test_extension_compiles():
 
 
 @pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
+@pytest.mark.parametrize("smem_ring", [False, True])
 @pytest.mark.parametrize("has_z", [False, True])
-def test_stream_kernel_plan(has_z):
+def test_stream_kernel_plan(has_z, smem_ring):
     """Host-side launch plan of the streaming kernel (runs without a GPU, for an H100's numbers: 132 SMs,
     228 KB shared memory per SM, 227 KB per CTA): whole runs of 4 k-tiles, every k-tile covered once,
-    staging that fits, scales of every group the CTA touches, no more splits than needed."""
+    staging (and path 3's weight rings) that fits, scales of every group the CTA touches, no more splits
+    than needed."""
     mod = kernels.load_extension()
     sms, per_sm, per_block = 132, 233472, 232448
     for N, K, gs in shape_group_cases():
         for M in (1, 3, 16, 17, 33, 64, 1000):
             mt = 1 if M <= 16 else (2 if M <= 32 else 4)
             occ = 2 if mt <= 2 else 1
+            ring = 8 * (16 if mt == 1 else 8) * 512 if smem_ring else 0  # w4a16.h stream_ring_tiles
             ctas = -(-M // (16 * mt)) * -(-N // 128)
-            splits, tw, ngroups, s_off, z_off, smem = mod.plan_stream(M, K, gs, has_z, mt, ctas, occ, sms,
-                                                                      per_sm, per_block)
-            what = f"M={M} N={N} K={K} gs={gs}: plan {splits, tw, ngroups, s_off, z_off, smem}"
+            splits, tw, ngroups, s_off, z_off, smem, ring_off = mod.plan_stream(
+                M, K, gs, has_z, mt, ctas, occ, sms, per_sm, per_block, smem_ring=smem_ring)
+            what = f"M={M} N={N} K={K} gs={gs}: plan {splits, tw, ngroups, s_off, z_off, smem, ring_off}"
             k_tiles = K // 16
             assert tw % 4 == 0 and tw >= 4, what
             assert (splits - 1) * 4 * tw < k_tiles <= splits * 4 * tw, what  # no empty split, all covered
@@ -223,14 +226,15 @@ def test_stream_kernel_plan(has_z):
             assert ngroups == (1 if gs == K else -(-64 * tw // gs)), what
             rows = min(M, 16) if mt == 1 else 16 * mt
             assert s_off == rows * tw * 128 and z_off == s_off + ngroups * 256, what
-            assert smem >= max(z_off + (ngroups * 256 if has_z else 0), mt * 16384), what
+            assert ring_off == z_off + (ngroups * 256 if has_z else 0) and ring_off % 16 == 0, what
+            assert smem >= max(ring_off + ring, mt * 16384), what
             assert smem <= min(per_block - 128, per_sm // occ - 1024 - 128) or tw == 4, what
             # Split K to fill one wave of resident CTAs, and further only when longer runs would not fit.
             want = max(1, sms * occ // ctas) if ctas < sms * occ else 1
             if splits > want:  # then one split fewer needs longer runs, whose staging does not fit
                 longer = -(-(-(-k_tiles // (4 * (splits - 1)))) // 4) * 4
                 staging = rows * longer * 128 + (2 if has_z else 1) * 256 * (1 if gs == K else -(-64 * longer // gs))
-                assert staging > min(per_block - 128, per_sm // occ - 1024 - 128), what
+                assert staging + ring > min(per_block - 128, per_sm // occ - 1024 - 128), what
 
 
 @pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
@@ -239,7 +243,7 @@ def test_stream_kernel_plan_forced_splits():
     mod = kernels.load_extension()
     K = 4096  # 256 k-tiles
     for want, (splits, tw) in {1: (1, 64), 2: (2, 32), 3: (3, 24), 8: (8, 8), 64: (16, 4)}.items():
-        got = mod.plan_stream(1, K, 128, False, 1, 32, 2, 132, 233472, 232448, want)
+        got = mod.plan_stream(1, K, 128, False, 1, 32, 2, 132, 233472, 232448, splits=want)
         assert tuple(got[:2]) == (splits, tw), (want, got)
     assert mod.plan_stream(1, K, 128, False, 1, 32, 2, 132, 233472, 232448)[0] == 8  # 264 slots / 32 CTAs
 
@@ -308,7 +312,7 @@ def test_gpu_model_shapes(preset, dtype):
 
 
 @needs_cuda
-@pytest.mark.parametrize("path", [0, 1, 2])
+@pytest.mark.parametrize("path", [0, 1, 2, 3])
 def test_gpu_forced_paths(path):
     """The mma kernel, dequantize+cuBLAS and the streaming kernel, each forced, across the M range."""
     for i, M in enumerate((1, 16, 64, 128, 256, 1000)):
@@ -316,7 +320,7 @@ def test_gpu_forced_paths(path):
 
 
 @needs_cuda
-@pytest.mark.parametrize("path", [0, 2])
+@pytest.mark.parametrize("path", [0, 2, 3])
 def test_gpu_forced_splits(path):
     """The split-K benchmark knob (`gemm_path(..., splits)`): any count gives a correct, repeatable result."""
     for i, (M, splits) in enumerate(((1, 1), (1, 3), (17, 2), (33, 7), (5, 64))):
@@ -324,19 +328,21 @@ def test_gpu_forced_splits(path):
 
 
 @needs_cuda
+@pytest.mark.parametrize("path", [2, 3])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("sym", [True, False])
-def test_gpu_stream_kernel(sym, dtype):
-    """The streaming kernel (path 2) on its own: every M of the sweep on a square and an odd shape, then
-    every model shape x group size at the M values that pick each m-tile count (1, 2 and 4 m16 tiles)."""
+def test_gpu_stream_kernel(sym, dtype, path):
+    """The streaming kernel (path 2: register ring; 3: shared-memory ring) on its own: every M of the sweep
+    on a square and an odd shape, then every model shape x group size at the M values that pick each m-tile
+    count (1, 2 and 4 m16 tiles)."""
     for i, M in enumerate(M_SWEEP):
         for N, K in ((4096, 4096), (192, 320)):
-            check_gpu(M, N, K, 64 if K % 128 else 128, sym, dtype, seed=3000 + i, path=2)
+            check_gpu(M, N, K, 64 if K % 128 else 128, sym, dtype, seed=3000 + i, path=path)
     seed = 4000
     for N, K, gs in shape_group_cases():
         for M in (1, 5, 16, 17, 33):
             seed += 1
-            check_gpu(M, N, K, gs, sym, dtype, seed, path=2)
+            check_gpu(M, N, K, gs, sym, dtype, seed, path=path)
 
 
 @needs_cuda
@@ -383,9 +389,10 @@ def test_cuda_graph_replay_and_compile():
 
 
 @needs_cuda
-def test_stream_kernel_graph_replay():
-    """The streaming kernel (path 2) under CUDA-graph replays."""
-    check_graph_replays(2, seed=22)
+@pytest.mark.parametrize("path", [2, 3])
+def test_stream_kernel_graph_replay(path):
+    """The streaming kernel (both rings) under CUDA-graph replays."""
+    check_graph_replays(path, seed=22)
 
 
 @needs_cuda

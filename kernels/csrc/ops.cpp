@@ -132,12 +132,14 @@ void check_inputs(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
 // x rows + scales/zeros must fit in shared memory without lowering the
 // register-limited occupancy.
 struct StreamPlan {
-  int64_t splits, kt_per_warp, groups_per_cta, s_off, z_off, smem;
+  int64_t splits, kt_per_warp, groups_per_cta, s_off, z_off, ring_off, smem;
 };
 
-// want_splits > 0 replaces the one-wave rule (benchmarks sweep it; see gemm_path's `splits`).
-StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, int64_t ctas, int occupancy,
-                       const DeviceInfo& d, int64_t want_splits = -1) {
+// smem_ring: path 3, whose per-warp weight rings (8 warps x stream_ring_tiles(mt) x 512 bytes) follow
+// the staged scales and zeros. want_splits > 0 replaces the one-wave rule (benchmarks sweep it; see
+// gemm_path's `splits`).
+StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, bool smem_ring, int64_t ctas,
+                       int occupancy, const DeviceInfo& d, int64_t want_splits = -1) {
   const int64_t k_tiles = K / 16;
   const int64_t rows = mt == 1 ? std::min<int64_t>(M, 16) : 16 * mt;  // staged x rows (see the kernel)
   const int64_t red = 2 * 2 * mt * 32 * 32 * 4;                          // k-partial reduction buffer
@@ -156,7 +158,8 @@ StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, int
     pl.groups_per_cta = gs == K ? 1 : (64 * tw + gs - 1) / gs;
     pl.s_off = rows * tw * 128;
     pl.z_off = pl.s_off + pl.groups_per_cta * 256;
-    pl.smem = std::max(pl.z_off + (has_z ? pl.groups_per_cta * 256 : 0), red);
+    pl.ring_off = pl.z_off + (has_z ? pl.groups_per_cta * 256 : 0);
+    pl.smem = std::max(pl.ring_off + (smem_ring ? 8 * stream_ring_tiles(mt) * 512 : 0), red);
     if (pl.smem <= smem_cap || tw == 4) {
       TORCH_CHECK(pl.smem <= d.smem_per_block - 128, "w4a16_gemm: the streaming kernel needs ", pl.smem,
                   " bytes of shared memory for M=", M, ", K=", K, "; this GPU allows ", d.smem_per_block);
@@ -167,8 +170,9 @@ StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, int
   }
 }
 
-// path: -1 = heuristic, 0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming kernel.
-// splits: -1 = the launch plan's split-K count; > 0 asks for that many (paths 0 and 2; the count
+// path: -1 = heuristic, 0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming kernel,
+// 3 = streaming kernel with its weight ring in shared memory (w4a16_kernel.cu; measured against 2 first).
+// splits: -1 = the launch plan's split-K count; > 0 asks for that many (paths 0, 2, 3; the count
 // actually run can differ: no split may be empty). A benchmark knob (eval/kernels.py "[stream/s4]").
 at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
                      const std::optional<at::Tensor>& z, int64_t gs, int64_t path, int64_t want_splits) {
@@ -188,7 +192,7 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
     return at::mm(x, w16.t());
   }
 
-  TORCH_CHECK(path >= 0 && path <= 2, "w4a16_gemm: path must be -1 (heuristic), 0, 1 or 2, got ", path);
+  TORCH_CHECK(path >= 0 && path <= 3, "w4a16_gemm: path must be -1 (heuristic), 0, 1, 2 or 3, got ", path);
   at::Tensor y = at::empty({M, N}, x.options());
   const int mt = mma_m_tiles((int)M);
   const int64_t m_blocks = (M + 16 * mt - 1) / (16 * mt);
@@ -201,8 +205,10 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   const int64_t ctas = m_blocks * n_blocks;
   int64_t splits = 1, kb_per_split = kb_total;
   StreamPlan plan{};
-  if (path == 2) {
-    plan = plan_stream(M, K, gs, has_z, mt, ctas, stream_occupancy(fp16, has_z, mt), d, want_splits);
+  const bool streaming = path >= 2, smem_ring = path == 3;
+  if (streaming) {
+    plan = plan_stream(M, K, gs, has_z, mt, smem_ring, ctas, stream_occupancy(fp16, has_z, mt, smem_ring), d,
+                       want_splits);
     splits = plan.splits;
   } else {
     // Split K until one wave of resident CTAs is (nearly) full: memory-bound
@@ -230,14 +236,16 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   p.group_size = (int)gs;
   p.k_splits = (int)splits;
   p.kb_per_split = (int)kb_per_split;
-  if (path == 2) {
+  if (streaming) {
     p.kt_per_warp = (int)plan.kt_per_warp;
     p.group_shift = gs == K ? 31 : __builtin_ctzll((unsigned long long)gs);  // gs in {32, 64, 128}
     p.groups = (int)(K / gs);
     p.groups_per_cta = (int)plan.groups_per_cta;
     p.s_off = (int)plan.s_off;
     p.z_off = (int)plan.z_off;
-    C10_CUDA_CHECK(launch_stream(p, fp16, has_z, mt, (int)m_blocks, (int)n_blocks, (int)plan.smem, stream));
+    p.ring_off = (int)plan.ring_off;
+    C10_CUDA_CHECK(launch_stream(p, fp16, has_z, mt, smem_ring, (int)m_blocks, (int)n_blocks, (int)plan.smem,
+                                 stream));
   } else {
     C10_CUDA_CHECK(launch_mma(p, fp16, has_z, mt, (int)m_blocks, (int)n_blocks, stream));
   }
@@ -256,25 +264,28 @@ TORCH_LIBRARY_IMPL(lowbit, CUDA, m) { m.impl("w4a16_gemm", &lowbit::w4a16_gemm_c
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_path", &lowbit::gemm_path,
-        "w4a16 GEMM with a forced path (-1 auto, 0 mma, 1 dequant+cuBLAS, 2 streaming) and optionally a split-K count",
+        "w4a16 GEMM with a forced path (-1 auto, 0 mma, 1 dequant+cuBLAS, 2 streaming, 3 streaming with a "
+        "shared-memory ring) and optionally a split-K count",
         py::arg("x"), py::arg("packed_w"), py::arg("scales"), py::arg("zeros"), py::arg("group_size"),
         py::arg("path"), py::arg("splits") = -1);
   m.def(
       "plan_stream",
       [](int64_t M, int64_t K, int64_t gs, bool has_z, int mt, int64_t ctas, int occupancy, int sms,
-         int smem_per_sm, int smem_per_block, int64_t splits) {
+         int smem_per_sm, int smem_per_block, int64_t splits, bool smem_ring) {
         lowbit::DeviceInfo d;
         d.sms = sms;
         d.smem_per_sm = smem_per_sm;
         d.smem_per_block = smem_per_block;
-        const lowbit::StreamPlan pl = lowbit::plan_stream(M, K, gs, has_z, mt, ctas, occupancy, d, splits);
-        return std::vector<int64_t>{pl.splits, pl.kt_per_warp, pl.groups_per_cta, pl.s_off, pl.z_off, pl.smem};
+        const lowbit::StreamPlan pl =
+            lowbit::plan_stream(M, K, gs, has_z, mt, smem_ring, ctas, occupancy, d, splits);
+        return std::vector<int64_t>{pl.splits, pl.kt_per_warp, pl.groups_per_cta, pl.s_off, pl.z_off, pl.smem,
+                                    pl.ring_off};
       },
       "the streaming kernel's launch plan for a device description (tests): [splits, kt_per_warp, "
-      "groups_per_cta, s_off, z_off, smem]",
+      "groups_per_cta, s_off, z_off, smem, ring_off]",
       py::arg("M"), py::arg("K"), py::arg("group_size"), py::arg("has_zeros"), py::arg("m_tiles"), py::arg("ctas"),
       py::arg("occupancy"), py::arg("sms"), py::arg("smem_per_sm"), py::arg("smem_per_block"),
-      py::arg("splits") = -1);
-  m.def("choose_path", &lowbit::choose_path, "0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming", py::arg("M"),
+      py::arg("splits") = -1, py::arg("smem_ring") = false);
+  m.def("choose_path", &lowbit::choose_path, "0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming (3 is only forced)", py::arg("M"),
         py::arg("N"), py::arg("K"));
 }

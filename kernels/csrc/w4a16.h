@@ -19,7 +19,12 @@ struct GemmParams {
   // covers 4x that), log2(group_size) (31 for one group per channel), K / group_size, groups staged
   // per CTA, and the byte offsets of the staged scales and zeros in dynamic shared memory.
   int kt_per_warp, group_shift, groups, groups_per_cta, s_off, z_off;
+  int ring_off;  // path 3: byte offset of the per-warp weight rings in dynamic shared memory
 };
+
+// Path 3 (the streaming kernel with its weight ring in shared memory): k-tiles of 512 bytes in each
+// warp's ring; 8 warps per CTA.
+constexpr int stream_ring_tiles(int mt) { return mt == 1 ? 16 : 8; }
 
 struct DequantParams {
   const void* w;
@@ -36,9 +41,10 @@ int mma_m_tiles(int M);                           // m16 tiles per CTA for this 
 int mma_occupancy(bool fp16, bool has_z, int mt); // CTAs per SM
 cudaError_t launch_mma(const GemmParams& p, bool fp16, bool has_z, int mt, int m_blocks, int n_blocks,
                        cudaStream_t stream);
-int stream_occupancy(bool fp16, bool has_z, int mt);  // CTAs per SM, limited by registers only
-cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, int m_blocks, int n_blocks,
-                          int smem_bytes, cudaStream_t stream);
+// The streaming kernel; smem_ring: weight ring in shared memory (path 3) instead of registers (path 2).
+int stream_occupancy(bool fp16, bool has_z, int mt, bool smem_ring);  // CTAs per SM, by registers only
+cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, bool smem_ring, int m_blocks,
+                          int n_blocks, int smem_bytes, cudaStream_t stream);
 cudaError_t launch_dequant(const DequantParams& p, bool fp16, bool has_z, cudaStream_t stream);
 
 }  // namespace lowbit

@@ -441,7 +441,8 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
 //    tiles before its use: D·512 bytes in flight per warp with no shared
 //    memory round trip and no cp.async bookkeeping.  16 warps x 8 tiles at
 //    MT=1 is 64 KB in flight per SM; Little's law asks ~35 KB at 3 TB/s and
-//    ~1.5 us loaded latency.
+//    ~1.5 us loaded latency.  (In the SASS the ring does not pipeline: see
+//    path 3, the shared-memory ring, below.)
 //  * The loop is unrolled in steps of 4 k-tiles (128 bytes of an x row = one
 //    period of the XOR swizzle), so the four ldmatrix offsets are per-lane
 //    constants plus an immediate.  The group index is a shift (group sizes
@@ -473,12 +474,36 @@ __device__ __forceinline__ uint32_t and_or(uint32_t a) {
 
 template <int MT> struct StreamDepth { static constexpr int value = MT == 1 ? 8 : 4; };
 
-template <typename T, int MT, bool HAS_Z>
+// Path 3's weight transport. ptxas puts all D register loads of path 2 on ONE scoreboard and, since
+// global loads may complete out of order, can only wait for all of them: the SASS of path 2 waits
+// for every outstanding weight load at the top of each ring turn, right after issuing the last
+// refill, so each turn of D tiles pays a whole memory latency (H200: ~3 us per turn fits all four
+// Llama linears, NOTES.md v3). cp.async groups complete in order and `wait_group N` waits for the
+// oldest only, so a ring in shared memory keeps R-1 tiles in flight through every tile.  Each lane
+// copies and later reads back only its own 16 bytes of a tile, so no barrier is needed: only the
+// wait, with a memory clobber so the compiler cannot hoist the read above it.
+template <int N> __device__ __forceinline__ void cp_async_wait_own() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ int4 lds128(const uint8_t* ptr) {
+  int4 v;
+  asm volatile("ld.shared.v4.s32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "r"(smem_addr(ptr))
+               : "memory");
+  return v;
+}
+
+// SMEM_RING: false = path 2 (ring of D tiles in registers), true = path 3 (ring of R tiles in
+// shared memory, at p.ring_off, R = stream_ring_tiles(MT) per warp).
+template <typename T, int MT, bool HAS_Z, bool SMEM_RING>
 __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
     w4a16_stream_kernel(GemmParams p) {
   using Tr = Traits<T>;
   using T2 = typename Tr::T2;
   constexpr int D = StreamDepth<MT>::value;
+  constexpr int R = stream_ring_tiles(MT);
+  static_assert(R % 4 == 0 && (R & (R - 1)) == 0, "ring slots are taken modulo R in steps of 4");
   extern __shared__ __align__(128) uint8_t smem[];
 
   const int tid = threadIdx.x;
@@ -503,12 +528,14 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
   uint64_t evict_first;
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(evict_first));
 
-  // 1. the first D weight tiles of this warp's run: in flight while x is staged
+  // 1. path 2: the first D weight tiles of this warp's run, in flight while x is staged
   const int4* wp = reinterpret_cast<const int4*>(p.w) + ((size_t)gt * k_tiles + cta_kt0 + wkt0) * 32 + lane;
-  int4 wbuf[D];
+  int4 wbuf[SMEM_RING ? 1 : D];
+  if constexpr (!SMEM_RING) {
 #pragma unroll
-  for (int d = 0; d < D; ++d)
-    if (d < ntiles) wbuf[d] = ld_weights(wp + d * 32, evict_first);
+    for (int d = 0; d < D; ++d)
+      if (d < ntiles) wbuf[d] = ld_weights(wp + d * 32, evict_first);
+  }
 
   // 2. x rows (swizzled: 16-byte chunk c of row r sits at chunk c ^ (r & 7))
   //    and the scales/zeros of the CTA's groups, once
@@ -538,6 +565,17 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
   }
   cp_async_commit();
 
+  // 3. path 3: the first R weight tiles, one cp.async group per tile (committed even when empty, so
+  //    that group i is always tile i - 1: the x group above is group 0)
+  uint8_t* ring = smem + p.ring_off + warp * (R * 512) + lane * 16;  // this lane's 16 bytes of slot 0
+  if constexpr (SMEM_RING) {
+#pragma unroll
+    for (int d = 0; d < R; ++d) {
+      if (d < ntiles) cp_async16_evict_first(ring + d * 512, wp + d * 32, evict_first);
+      cp_async_commit();
+    }
+  }
+
   float acc[MT][8][4];
 #pragma unroll
   for (int i = 0; i < MT; ++i)
@@ -560,13 +598,25 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
   const int sv_off = (wn * 8 + (lane >> 2)) * 16;  // this lane's eight permuted scales in a group row
   T2 s2[8], z2[8];
 
-  cp_async_wait<0>();
+  if constexpr (SMEM_RING) {
+    cp_async_wait_own<R>();  // the x and scale group; the R weight groups may still be in flight
+  } else {
+    cp_async_wait<0>();
+  }
   __syncthreads();
 
-  // Tile t0 + d from ring slot d (d is a compile-time constant at every call).
+  // Tile t0 + d (d is a compile-time constant at every call): path 2 takes it from register slot d;
+  // path 3 from shared slot (t0 + d) mod R once its group has landed (t0 is a multiple of 4).
   auto tile = [&](const int d, const int t0) {
     const int t = t0 + d;
-    const int4 wv = wbuf[d];
+    const int slot = ((t0 & (R - 1)) + d) * 512;
+    int4 wv;
+    if constexpr (SMEM_RING) {
+      cp_async_wait_own<R - 1>();  // groups are tiles in order: at most R-1 younger than tile t pending
+      wv = lds128(ring + slot);
+    } else {
+      wv = wbuf[d];
+    }
     const uint32_t kl = (uint32_t)(wkt0 + t) << 4;  // CTA-local k of this tile
     // Groups span an even number of tiles and t0, wkt0 are multiples of 4, so only even d can start
     // one; skipping odd d saves the (predicated, hence always issued) check on half the tiles.
@@ -602,18 +652,32 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
       for (int i = 0; i < MT; ++i) Tr::mma(acc[i][j], a[i], b[0], b[1]);
     }
     // Refill this ring slot only now: wv is dead, so the load reuses its registers (issued at the
-    // top of the body, both would be live and every tile would end with register moves).
-    if (t + D < ntiles) wbuf[d] = ld_weights(wp + (t + D) * 32, evict_first);
+    // top of the body, both would be live and every tile would end with register moves). Path 3:
+    // the slot's bytes are in registers (wv was used above), so the copy may overwrite them.
+    if constexpr (SMEM_RING) {
+      if (t + R < ntiles) cp_async16_evict_first(ring + slot, wp + (t + R) * 32, evict_first);
+      cp_async_commit();
+    } else {
+      if (t + D < ntiles) wbuf[d] = ld_weights(wp + (t + D) * 32, evict_first);
+    }
   };
-  // ntiles is a multiple of 4 (tw is, and K % 64 == 0): whole ring turns, then at most 4 tiles.
-  int t0 = 0;
-  for (; t0 + D <= ntiles; t0 += D) {
+  // ntiles is a multiple of 4 (tw is, and K % 64 == 0).
+  if constexpr (SMEM_RING) {
+    for (int t0 = 0; t0 < ntiles; t0 += 4) {
 #pragma unroll
-    for (int d = 0; d < D; ++d) tile(d, t0);
-  }
-  if (D > 4 && t0 < ntiles) {
+      for (int d = 0; d < 4; ++d) tile(d, t0);
+    }
+    cp_async_wait_own<0>();  // no copy is left in flight (each went to a tile < ntiles), but be exact
+  } else {  // whole ring turns, then at most 4 tiles
+    int t0 = 0;
+    for (; t0 + D <= ntiles; t0 += D) {
 #pragma unroll
-    for (int d = 0; d < 4; ++d) tile(d, t0);
+      for (int d = 0; d < D; ++d) tile(d, t0);
+    }
+    if (D > 4 && t0 < ntiles) {
+#pragma unroll
+      for (int d = 0; d < 4; ++d) tile(d, t0);
+    }
   }
   __syncthreads();  // every warp is done reading x: reuse shared memory for the reduction
   reduce_and_store<T, MT>(acc, smem, p, tid, lane, wn, wk, mb, nb, split, row0, ntile_ok);
@@ -736,19 +800,27 @@ cudaError_t launch_mma(const GemmParams& p, bool fp16, bool has_z, int mt, int m
   });
 }
 
-int stream_occupancy(bool fp16, bool has_z, int mt) {
-  static int cache[2][2][5] = {};
-  return cached(cache, fp16, has_z, mt, [&] {
-    return dispatch(fp16, has_z, mt, [](auto t, auto z, auto m) {
-      return occupancy(w4a16_stream_kernel<typename decltype(t)::type, decltype(m)::value, decltype(z)::value>, 0);
-    });
+// The streaming kernel for (dtype, zeros, MT) and the transport chosen at run time.
+template <class F>
+auto dispatch_stream(bool fp16, bool has_z, int mt, bool smem_ring, F&& f) {
+  return dispatch(fp16, has_z, mt, [&](auto t, auto z, auto m) {
+    using T = typename decltype(t)::type;
+    constexpr int MT = decltype(m)::value;
+    constexpr bool HAS_Z = decltype(z)::value;
+    return smem_ring ? f(w4a16_stream_kernel<T, MT, HAS_Z, true>) : f(w4a16_stream_kernel<T, MT, HAS_Z, false>);
   });
 }
 
-cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, int m_blocks, int n_blocks,
-                          int smem_bytes, cudaStream_t stream) {
-  return dispatch(fp16, has_z, mt, [&](auto t, auto z, auto m) {
-    auto kern = w4a16_stream_kernel<typename decltype(t)::type, decltype(m)::value, decltype(z)::value>;
+int stream_occupancy(bool fp16, bool has_z, int mt, bool smem_ring) {
+  static int cache[2][2][2][5] = {};
+  return cached(cache[smem_ring], fp16, has_z, mt, [&] {
+    return dispatch_stream(fp16, has_z, mt, smem_ring, [](auto kern) { return occupancy(kern, 0); });
+  });
+}
+
+cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, bool smem_ring, int m_blocks,
+                          int n_blocks, int smem_bytes, cudaStream_t stream) {
+  return dispatch_stream(fp16, has_z, mt, smem_ring, [&](auto kern) {
     cudaError_t attr = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
     if (attr != cudaSuccess) return attr;
     kern<<<dim3(m_blocks, n_blocks, p.k_splits), kThreads, smem_bytes, stream>>>(p);
