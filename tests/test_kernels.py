@@ -201,6 +201,22 @@ def test_extension_compiles():
 
 
 @pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
+def test_path_override_from_environment():
+    """LOWBIT_W4A16_PATH forces one path for every M (end-to-end A/B runs); a bad value is a clear error."""
+    import os
+    import subprocess
+    import sys
+    code = "import kernels; m = kernels.load_extension(); print([m.choose_path(M, 4096, 4096) for M in (1, 64, 999)])"
+    env = dict(os.environ, LOWBIT_W4A16_PATH="3")
+    root = str(kbuild.REPO)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip() == "[3, 3, 3]", out.stderr[-2000:]
+    env["LOWBIT_W4A16_PATH"] = "fast"
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0 and "LOWBIT_W4A16_PATH must be 0, 1, 2 or 3 (or unset), got 'fast'" in out.stderr
+
+
+@pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
 @pytest.mark.parametrize("smem_ring", [False, True])
 @pytest.mark.parametrize("has_z", [False, True])
 def test_stream_kernel_plan(has_z, smem_ring):

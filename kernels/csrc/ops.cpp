@@ -12,7 +12,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <cstdlib>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "w4a16.h"
@@ -35,11 +37,26 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 // kernel's smem-pipelined tiles tie it; past ~256 rows cuBLAS on a dequantized copy wins
 // despite writing and re-reading 2 bytes per weight (the H100 run of 2026-11-25 put the
 // tie at M=256 too: 611 vs 609 us, kernels/NOTES.md).
+// LOWBIT_W4A16_PATH=0..3 in the environment overrides it for every call of the process (end-to-end
+// A/B runs of a path without a rebuild; read once).
 constexpr int64_t kStreamMaxM = 32;
 constexpr int64_t kDequantMinM = 256;
+int64_t forced_path() {
+  static const int64_t forced = [] {
+    const char* env = std::getenv("LOWBIT_W4A16_PATH");
+    if (env == nullptr || *env == '\0') return int64_t{-1};
+    const std::string v(env);
+    TORCH_CHECK(v.size() == 1 && v[0] >= '0' && v[0] <= '3', "LOWBIT_W4A16_PATH must be 0, 1, 2 or 3 (or unset), got '",
+                v, "'");
+    return int64_t{v[0] - '0'};
+  }();
+  return forced;
+}
+
 int64_t choose_path(int64_t M, int64_t N, int64_t K) {
   (void)N;
   (void)K;
+  if (forced_path() >= 0) return forced_path();
   if (M <= kStreamMaxM) return 2;
   return M >= kDequantMinM ? 1 : 0;
 }
