@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -26,6 +26,19 @@ from tp import all_reduce_seconds, check_groups, init_distributed, shard_model
 console = Console(stderr=True)
 EOS_CHECK_EVERY = 32  # decode steps between host checks for "all rows finished"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@contextmanager
+def step(what: str):
+    """A spinner on a terminal; in a log (not a terminal) one line before and one after, with the time."""
+    if console.is_terminal:
+        with console.status(f"{what} ..."):
+            yield
+        return
+    t = time.perf_counter()
+    console.print(f"{what} ...", highlight=False, soft_wrap=True)
+    yield
+    console.print(f"{what}: done in {time.perf_counter() - t:.1f} s", highlight=False, soft_wrap=True)
 
 
 def progress(transient=True):
@@ -314,7 +327,7 @@ def main(argv=None) -> int:
     from checkpoint import load_model
     spec = resolve_model_spec(args.model)
     shard = (lambda m: shard_model(m, rank, world)) if world > 1 else None
-    with console.status(f"loading {spec} ..."):
+    with step(f"loading {spec}"):
         model, tokenizer, info = load_model(spec, device=device, dtype=dtype, random_weights=args.random_weights,
                                             shard=shard)
     if args.quant != "none":
@@ -333,7 +346,7 @@ def main(argv=None) -> int:
     cache_len = args.cache_len or max(map(len, prompts)) + args.max_new_tokens
     compile_s = None
     if compile:  # first call compiles prefill for this shape and records the decode CUDA graph
-        with console.status("compiling (prefill + decode CUDA graph) ..."):
+        with step("compiling (prefill + decode CUDA graph)"):
             compile_s = gen.warmup(prompts, args.max_new_tokens, eos_ids, pad_id, cache_len)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
