@@ -1,5 +1,6 @@
 """Every evaluation script runs in --smoke mode (so none can rot), plus quantized end-to-end checks."""
 import json
+import os
 import subprocess
 import sys
 
@@ -86,7 +87,8 @@ def test_smollm2_int4_g32_float_zero_reproduces_float_perplexity(smollm2_gguf, w
 def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikitext, zero):
     """Issue 4: SmolLM2's perplexity through w4a16_gemm (int4-marlin) is within 0.1% of the PyTorch reference
     of the same scheme, in bf16. Windows of 16, 128 and 1024 tokens (one window per forward, so M = the
-    window) send the linears through each of the op's paths: streaming, fused mma, dequantize + cuBLAS."""
+    window) send the linears through each of the op's paths: streaming, fused mma, dequantize + cuBLAS
+    (or all through the one LOWBIT_W4A16_PATH forces)."""
     import copy
 
     import kernels
@@ -100,8 +102,9 @@ def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikit
     ref, ker = copy.deepcopy(model), copy.deepcopy(model)
     quantize_(ref, f"int4-g128-{zero}")
     quantize_(ker, f"int4-marlin-g128-{zero}")
+    forced = os.environ.get("LOWBIT_W4A16_PATH")  # e.g. 3: every window through path 3
     for window, path in ((16, "stream"), (128, "mma"), (1024, "dequant_cublas")):
-        assert kernels.choose_path(window, 1536, 576) == path
+        assert kernels.choose_path(window, 1536, 576) == (kernels.PATHS[int(forced)] if forced else path)
         want = token_perplexity(ref, ids, window, progress=False)["ppl"]
         got = token_perplexity(ker, ids, window, progress=False)["ppl"]
         assert got == pytest.approx(want, rel=1e-3), (window, path)
