@@ -110,6 +110,12 @@ def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikit
         assert got == pytest.approx(want, rel=1e-3), (window, path)
 
 
+def test_decode_profile_smoke(tmp_path):
+    out = run_script("eval/decode_profile.py", "--smoke", "--json", str(tmp_path / "p.json"))
+    rows = json.loads((tmp_path / "p.json").read_text())["rows"]
+    assert "| all |" in out.stdout and any(r["kind"].startswith("GEMM") for r in rows)
+
+
 def test_kernel_microbenchmark_smoke(tmp_path):
     out = run_script("eval/kernels.py", "--smoke", "--out", str(tmp_path))
     assert "reference_asym" in out.stdout and list(tmp_path.glob("*.json"))
