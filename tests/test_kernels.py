@@ -230,7 +230,7 @@ def test_stream_kernel_plan(has_z, smem_ring):
         for M in (1, 3, 16, 17, 33, 64, 1000):
             mt = 1 if M <= 16 else (2 if M <= 32 else 4)
             occ = 2 if mt <= 2 else 1
-            ring = 8 * (16 if mt == 1 else 8) * 512 if smem_ring else 0  # w4a16.h stream_ring_tiles
+            ring = 8 * (8 if mt == 2 else 16) * 512 if smem_ring else 0  # w4a16.h stream_ring_tiles
             ctas = -(-M // (16 * mt)) * -(-N // 128)
             splits, tw, ngroups, s_off, z_off, smem, ring_off = mod.plan_stream(
                 M, K, gs, has_z, mt, ctas, occ, sms, per_sm, per_block, smem_ring=smem_ring)

@@ -23,8 +23,9 @@ struct GemmParams {
 };
 
 // Path 3 (the streaming kernel with its weight ring in shared memory): k-tiles of 512 bytes in each
-// warp's ring; 8 warps per CTA.
-constexpr int stream_ring_tiles(int mt) { return mt == 1 ? 16 : 8; }
+// warp's ring; 8 warps per CTA. Two CTAs per SM at MT 1 and 2 (registers), one at MT 4: 16 tiles
+// keep ~60 KB or more in flight per SM at MT 1 and 4 (15 per warp), 8 tiles ~56 KB at MT 2.
+constexpr int stream_ring_tiles(int mt) { return mt == 2 ? 8 : 16; }
 
 struct DequantParams {
   const void* w;
