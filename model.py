@@ -162,6 +162,16 @@ class FeedForward(nn.Module):
         return self.w2(F.silu(gate) * up)
 
 
+def _block(block: "Block", x, cos, sin, mask, input_pos):
+    h = x + block.attention(block.attention_norm(x), cos, sin, mask, input_pos)
+    return h + block.feed_forward(block.ffn_norm(h))
+
+
+# One function for every layer, so torch.compile can trace and compile it once and call it n_layers
+# times (`compile_once`; torch >= 2.8) instead of inlining n_layers copies.
+_block_once = getattr(torch.compiler, "nested_compile_region", lambda f: f)(_block)
+
+
 class Block(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -169,10 +179,10 @@ class Block(nn.Module):
         self.attention = Attention(args)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args)
+        self.compile_once = False
 
     def forward(self, x, cos, sin, mask, input_pos):
-        h = x + self.attention(self.attention_norm(x), cos, sin, mask, input_pos)
-        return h + self.feed_forward(self.ffn_norm(h))
+        return (_block_once if self.compile_once else _block)(self, x, cos, sin, mask, input_pos)
 
 
 class Transformer(nn.Module):

@@ -33,7 +33,8 @@ def run_matrix(args, on_row=lambda rows: None) -> list[dict]:
         model, _, _ = load_model(args.model, device=device, dtype=dtype, random_weights=True, seed=args.seed)
         if scheme != "none":
             quantize_(model, scheme, include_output=args.quant_output)
-        gen = Generator(model, compile, compile_prefill=False)  # decode is what this table compares
+        gen = Generator(model, compile, compile_prefill=False,  # decode is what this table compares
+                        compile_once=args.compile_once)
         for batch in args.batch:
             g = torch.Generator().manual_seed(args.seed)
             prompts = torch.randint(0, model.args.vocab_size, (batch, args.prompt_len), generator=g).tolist()
@@ -117,6 +118,7 @@ def main(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--compile-once", action="store_true", help="as generate.py --compile-once (shorter compiles)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("out/bench"), help="folder for bench.json, .md, .png")
     p.add_argument("--smoke", action="store_true", help="tiny model, CPU, eager: checks the script runs")
@@ -130,7 +132,8 @@ def main(argv=None):
     dev = torch.device(args.device)
     meta = {"model": args.model, "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d"), "commands": [" ".join(sys.argv)], "prefill": "eager"}
+            "date": time.strftime("%Y-%m-%d"), "commands": [" ".join(sys.argv)], "prefill": "eager",
+            "compile_once": args.compile_once}
     earlier = load_earlier(args.out / "bench.json", meta) if args.append else []
 
     def write(rows):
@@ -151,7 +154,7 @@ def load_earlier(path: Path, meta: dict) -> list[dict]:
     if not path.exists():
         return []
     old = json.loads(path.read_text())
-    for key in ("model", "prompt_len", "max_new_tokens", "device", "torch", "prefill"):
+    for key in ("model", "prompt_len", "max_new_tokens", "device", "torch", "prefill", "compile_once"):
         if old["meta"].get(key) != meta[key]:
             raise SystemExit(f"--append: {path} was measured with {key}={old['meta'].get(key)!r}, "
                              f"this run has {meta[key]!r}; use another --out")

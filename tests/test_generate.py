@@ -29,6 +29,21 @@ def test_timed_run_does_not_recompile_after_warmup(batch):
 
 
 @torch.no_grad()
+def test_compile_once_traces_one_layer_and_gives_the_eager_tokens():
+    """--compile-once: every layer calls one nested compile region (KV-cache writes inside it) under
+    fullgraph; the tokens equal the eager ones. aot_eager checks the tracing without code generation."""
+    torch._dynamo.reset()
+    m = tiny_model()
+    prompts = [[3, 1, 4], [1, 5, 9, 2, 6, 5, 3]]
+    eager = Generator(m, compile=False)(prompts, 10, set(), 0, show_progress=False)["tokens"]
+    gen = Generator(m, compile=True, compile_once=True)
+    assert all(layer.compile_once for layer in m.layers)
+    gen.prefill = torch.compile(prefill, backend="aot_eager", dynamic=False, fullgraph=True)  # as Generator's
+    gen.decode = torch.compile(decode_step, backend="aot_eager", fullgraph=True)
+    assert gen(prompts, 10, set(), 0, show_progress=False)["tokens"] == eager
+
+
+@torch.no_grad()
 def test_batched_greedy_rows_equal_rows_alone():
     m = tiny_model()
     gen = Generator(m, compile=False)
