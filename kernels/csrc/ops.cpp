@@ -28,7 +28,7 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 // 0 = fused mma.sync kernel, 1 = dequantize to a 16-bit temporary + cuBLAS,
 // 2 = the streaming kernel (w4a16_kernel.cu).
 // Thresholds from `bash kernels/devcheck.sh quick` on an H200, torch 2.11, 2026-11-29
-// (BENCHMARKS.md, "int4 kernel"): Llama-3-8B's four linears, g128 symmetric, sum in us.
+// (BENCHMARKS.md, "Kernel microbenchmark"): Llama-3-8B's four linears, g128 symmetric, sum in us.
 //   streaming vs fused mma: M=1 64.5 vs 105.6, M=16 76.1 vs 109.2, M=32 112.9 vs 129.2,
 //                           M=64 196.8 vs 189.7, M=128 345.2 vs 341.4
 //   fused mma vs dequant+cuBLAS: M=128 339 vs 471, M=256 608 vs 511, M=1024 2304 vs 895
@@ -232,7 +232,11 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
     // decode needs every SM streaming weights.  Never more splits than k-blocks.
     const int64_t slots = (int64_t)d.sms * mma_occupancy(fp16, has_z, mt);
     if (ctas < slots && ctas <= kCounterCapacity) splits = std::min<int64_t>(kb_total, slots / ctas);
-    if (want_splits > 0) splits = std::min<int64_t>(kb_total, want_splits);
+    if (want_splits > 0) {
+      TORCH_CHECK(want_splits == 1 || ctas <= kCounterCapacity, "w4a16_gemm: M=", M,
+                  " is too large for split-K in the mma kernel");
+      splits = std::min<int64_t>(kb_total, want_splits);
+    }
     kb_per_split = (kb_total + splits - 1) / splits;
     splits = (kb_total + kb_per_split - 1) / kb_per_split;  // no empty splits
   }
