@@ -373,11 +373,12 @@ def main(argv=None) -> int:
     report = make_report(run, model, bandwidth, compile_s)
     report.update(model=args.model, quant=quant or "none", dtype=str(dtype).removeprefix("torch."),
                   device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                  torch=torch.__version__, world_size=world)
+                  torch=torch.__version__, world_size=world, compile_once=compile and args.compile_once)
     if world > 1 and device.type == "cuda":
         report["all_reduce_s_per_step"] = all_reduce_seconds(run["batch"], model.args.dim, dtype, device,
                                                              2 * model.args.n_layers)
-    print_report(report, f"{args.model} · {report['quant']} · {report['dtype']} · {report['device']}")
+    print_report(report, f"{args.model} · {report['quant']} · {report['dtype']} · {report['device']}"
+                         + (" · compile-once" if report["compile_once"] else ""))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({**report, "tokens": run["tokens"]}, indent=2))
