@@ -49,7 +49,9 @@ def run_matrix(args, on_row=lambda rows: None) -> list[dict]:
             rows.append(r)
             on_row(rows)
             console.print(f"{scheme:>16} batch {batch:>3}: decode {r['decode_tok_s_total']:>9,.1f} tok/s total, "
-                          f"{r['decode_tok_s_per_seq']:>7,.1f} per seq, {r['effective_gb_s']:,.0f} GB/s", highlight=False)
+                          f"{r['decode_tok_s_per_seq']:>7,.1f} per seq, {r['effective_gb_s']:,.0f} GB/s"
+                          + (f", compile + warm-up {compile_s:.0f} s" if compile_s is not None else ""),
+                          highlight=False, soft_wrap=True)
         del model, gen
         gc.collect()
         torch._dynamo.reset()

@@ -1,7 +1,7 @@
 #!/bin/bash
 # One device call: build, GPU correctness, microbenchmark.  Logs under $OUT (or ./out).
-# Usage (repo root):  bash kernels/devcheck.sh [quick|full]   (full: ~6-8 min on an H100, most of it the
-# model-shape sweep; quick skips that sweep)
+# Usage (repo root):  bash kernels/devcheck.sh [quick|full|e2e]   (full: ~6-8 min on an H100, most of it the
+# model-shape sweep; quick skips that sweep; e2e: only the end-to-end A/B runs below, ~6 min)
 set -o pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR="$PWD/.torch_extensions"
@@ -11,6 +11,20 @@ T0=$(date +%s)
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader
 python kernels/build.py > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 tail -1 "$OUT/build.log"
+if [ "$MODE" = e2e ]; then
+  # Llama-3-8B decode, random weights: int4-marlin through the heuristic vs path 3 forced (NOTES.md v4),
+  # and bf16 with and without --compile-once (compile time and speed; BENCHMARKS.md "Compile time").
+  B="python eval/bench.py --model llama-3-8b --prompt-len 128 --max-new-tokens 256"
+  for run in "auto:" "p3:3"; do
+    LOWBIT_W4A16_PATH=${run#*:} timeout 200 $B --batch 1,32 --quant int4-marlin --out "$OUT/e2e_${run%%:*}" \
+      > "$OUT/e2e_${run%%:*}.log" 2>&1; echo "e2e[${run%%:*}] rc=$?"
+  done
+  timeout 100 $B --batch 1 --quant none --out "$OUT/e2e_bf16" > "$OUT/e2e_bf16.log" 2>&1; echo "e2e[bf16] rc=$?"
+  timeout 100 $B --batch 1 --quant none --compile-once --out "$OUT/e2e_once" > "$OUT/e2e_once.log" 2>&1
+  echo "e2e[once] rc=$? elapsed $(( $(date +%s) - T0 ))s"
+  grep -hE "tok/s total" "$OUT"/e2e_*.log
+  exit 0
+fi
 t() { # name, timeout, pytest -k expression
   timeout "$2" python -m pytest -q tests/test_kernels.py -k "$3" > "$OUT/t_$1.log" 2>&1
   echo "tests[$1] rc=$? $(tail -1 "$OUT/t_$1.log")"; grep -E "^E  |FAILED|Fatal" "$OUT/t_$1.log" | head -8
