@@ -25,6 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from rounding import nonzero_scale, pack_nibbles, quantize_int4, round_up, unpack_nibbles
+
 _NOTICED: set[str] = set()
 
 
@@ -35,68 +37,9 @@ def _notice(msg: str):
         print(f"notice: {msg}", file=sys.stderr)
 
 
-def _round_up(a: int, b: int) -> int:
-    return -(-a // b) * b
-
-
 def _pad_cols(x2: torch.Tensor, Kp: int) -> torch.Tensor:
     """x2 (M, K) -> (M, Kp) contiguous, zero columns appended (a no-op when already so)."""
     return (x2 if x2.shape[1] == Kp else F.pad(x2, (0, Kp - x2.shape[1]))).contiguous()
-
-
-def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
-    """q (N, K) uint8 in 0..15, K even -> (N, K/2) uint8, byte = q[2i] << 4 | q[2i+1] (tinygemm's order)."""
-    return (q[:, 0::2] << 4) | q[:, 1::2]
-
-
-def unpack_nibbles(p: torch.Tensor) -> torch.Tensor:
-    """Inverse of pack_nibbles: (N, K/2) uint8 -> (N, K) uint8."""
-    return torch.stack((p >> 4, p & 15), dim=-1).flatten(1)  # (N, K/2, 2) -> (N, K)
-
-
-def _nonzero(s: torch.Tensor) -> torch.Tensor:
-    """Scales as float32 divisors: zero (an all-zero group or row) becomes the smallest normal float;
-    the sign is kept (symmetric int4 scales may be negative)."""
-    s = s.float()
-    return torch.where(s == 0, torch.finfo(torch.float32).tiny, s)
-
-
-def quantize_int4(w: torch.Tensor, group_size: int, zero: str, dtype: torch.dtype, k_multiple: int = 0):
-    """Round-to-nearest int4 of w (N, K) in groups of `group_size` along K, computed in float32.
-
-    Returns q (N, Kp) uint8 in 0..15, scales (N, G) and offsets m (N, G) (None for `sym`) in `dtype`,
-    with w ~ s*q + m (sym: s*(q-8)). Kp = K rounded up to the group (or to k_multiple): the padding
-    columns repeat the last column, so they never widen the last group's range; callers slice them
-    off (or feed zeros). q is rounded against the scales and offsets as stored in `dtype`.
-    """
-    N, K = w.shape
-    Kp = _round_up(K, k_multiple or group_size)
-    w = w.float()
-    if Kp != K:
-        w = torch.cat([w, w[:, -1:].expand(N, Kp - K)], dim=1)
-    g = w.view(N, Kp // group_size, group_size)  # (N, G, group)
-    if zero == "sym":
-        # GGUF Q4_0's rule: the weight of largest magnitude maps to level -8 exactly (so s takes its
-        # opposite sign), and all 16 levels are used; max|w|/7 would leave level -8 unused and cost
-        # SmolLM2 2.9 perplexity points at g64 (BENCHMARKS.md).
-        peak = g.gather(-1, g.abs().argmax(-1, keepdim=True))[..., 0]  # (N, G) signed extreme
-        s = (peak / -8).to(dtype)
-        sd = _nonzero(s)[..., None]
-        q, m = (g / sd).round().clamp(-8, 7) + 8, None
-    elif zero in ("asym", "azp"):
-        lo, hi = g.amin(-1), g.amax(-1)
-        s = ((hi - lo) / 15).to(dtype)
-        sd = _nonzero(s)[..., None]
-        if zero == "asym":
-            m = lo.to(dtype)
-            q = ((g - m.float()[..., None]) / sd).round().clamp(0, 15)
-        else:
-            z = (-lo[..., None] / sd).round().clamp(0, 15)  # (N, G, 1)
-            m = (-s.float() * z[..., 0]).to(dtype)
-            q = ((g / sd).round() + z).clamp(0, 15)
-    else:
-        raise ValueError(f"unknown int4 zero mode {zero!r}; known: sym, asym, azp")
-    return q.to(torch.uint8).view(N, Kp), s, m  # (N, G, group) -> (N, Kp)
 
 
 class QuantLinear(nn.Module):
@@ -144,7 +87,7 @@ class Int8(QuantLinear):
     def from_float(cls, linear: nn.Linear):
         w = cls._weight(linear).float()
         s = (w.abs().amax(1) / 127).to(linear.weight.dtype)
-        return cls((w / _nonzero(s)[:, None]).round().clamp(-127, 127).to(torch.int8), s)
+        return cls((w / nonzero_scale(s)[:, None]).round().clamp(-127, 127).to(torch.int8), s)
 
     @classmethod
     def empty(cls, in_features, out_features, dtype, device):
@@ -188,7 +131,7 @@ class Int4(QuantLinear):
 
     @classmethod
     def empty(cls, in_features, out_features, dtype, device, group_size: int, zero: str):
-        N, G = out_features, _round_up(in_features, group_size) // group_size
+        N, G = out_features, round_up(in_features, group_size) // group_size
         scales = torch.empty(N, G, dtype=dtype, device=device)
         return cls(in_features, out_features, torch.empty(N, G * group_size // 2, dtype=torch.uint8, device=device),
                    scales, None if zero == "sym" else torch.empty_like(scales), group_size, zero)
@@ -244,7 +187,7 @@ class Int4Marlin(QuantLinear):
 
     @staticmethod
     def _padded(N: int, K: int, group_size: int) -> tuple[int, int]:
-        return _round_up(N, 64), _round_up(K, max(group_size, 64))
+        return round_up(N, 64), round_up(K, max(group_size, 64))
 
     @staticmethod
     def _dtype(dtype: torch.dtype) -> torch.dtype:
@@ -299,7 +242,7 @@ class Int4Tinygemm(QuantLinear):
 
     @classmethod
     def _padded_k(cls, K: int, group_size: int) -> int:
-        return _round_up(K, max(group_size, cls.INNER_K_TILES * 16))
+        return round_up(K, max(group_size, cls.INNER_K_TILES * 16))
 
     @staticmethod
     def _check_n(N: int):
@@ -366,7 +309,7 @@ class FP8Rowwise(QuantLinear):
     def _rowwise(cls, t: torch.Tensor):
         """t (R, K) -> fp8 (R, K) and float32 scales (R, 1), t ~ fp8 * scale."""
         t = t.float()
-        s = _nonzero(t.abs().amax(-1, keepdim=True) / cls.FP8_MAX)
+        s = nonzero_scale(t.abs().amax(-1, keepdim=True) / cls.FP8_MAX)
         return (t / s).clamp(-cls.FP8_MAX, cls.FP8_MAX).to(cls.FP8), s
 
     @classmethod

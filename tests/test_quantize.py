@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import quantize as Q
+import rounding
 from model import ModelArgs, Transformer
 
 # Each scheme with the relative output tolerance of forward vs F.linear(x, dequantize()): the reference
@@ -33,10 +34,10 @@ def quantized(scheme, lin):
 
 def test_nibbles_round_trip():
     q = torch.randint(0, 16, (7, 64), dtype=torch.uint8)
-    p = Q.pack_nibbles(q)
+    p = rounding.pack_nibbles(q)
     assert p.shape == (7, 32) and p.dtype == torch.uint8
     assert p[0, 0] == q[0, 0] * 16 + q[0, 1]  # tinygemm's byte order: even k in the high nibble
-    assert torch.equal(Q.unpack_nibbles(p), q)
+    assert torch.equal(rounding.unpack_nibbles(p), q)
 
 
 def test_parse_scheme():
@@ -112,7 +113,7 @@ def test_symmetric_rule_uses_all_16_levels():
     """GGUF Q4_0's rule: each group's largest-magnitude weight sits on level -8 (q = 0) and comes back
     exactly (float32 scales), so the scale's sign is the opposite of that weight's."""
     lin = gaussian_linear(N=64, K=256)
-    q, s, m = Q.quantize_int4(lin.weight, 64, "sym", torch.float32)
+    q, s, m = rounding.quantize_int4(lin.weight, 64, "sym", torch.float32)
     g = lin.weight.view(64, 4, 64)
     peak = g.gather(-1, g.abs().argmax(-1, keepdim=True))[..., 0]  # (N, G)
     assert m is None and torch.equal(torch.sign(s), -torch.sign(peak))
@@ -254,7 +255,7 @@ def test_marlin_stores_the_int4_quantization(N, K, group, zero):
     ref = Q.Int4.from_float(lin, group, zero)
     q, s, z = kernels.unpack_w4(m.qweight, m.scales, m.zeros, group)
     Kr = ref.qweight.shape[1] * 2
-    assert torch.equal(q[:N, :Kr], Q.unpack_nibbles(ref.qweight)) and torch.equal(s[:N, :Kr // group], ref.scales)
+    assert torch.equal(q[:N, :Kr], rounding.unpack_nibbles(ref.qweight)) and torch.equal(s[:N, :Kr // group], ref.scales)
     assert (z is None) == (zero == "sym") and (z is None or torch.equal(z[:N, :Kr // group], ref.zeros))
     assert torch.equal(m.dequantize(), ref.dequantize())
     x = torch.randn(2, 3, K, dtype=torch.bfloat16)

@@ -1,0 +1,66 @@
+"""Round-to-nearest quantization arithmetic shared by quantize.py's schemes (no modules here).
+
+`quantize_int4` holds the three int4 rules (symmetric as GGUF Q4_0, float zero as Q4_1/tinygemm/HQQ,
+integer zero as AWQ/GPTQ); `pack_nibbles` is tinygemm's byte order, also our checkpoints' int4 format;
+`nonzero_scale` turns scales into safe divisors for every scheme.
+"""
+import torch
+
+
+def round_up(a: int, b: int) -> int:
+    return -(-a // b) * b
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """q (N, K) uint8 in 0..15, K even -> (N, K/2) uint8, byte = q[2i] << 4 | q[2i+1] (tinygemm's order)."""
+    return (q[:, 0::2] << 4) | q[:, 1::2]
+
+
+def unpack_nibbles(p: torch.Tensor) -> torch.Tensor:
+    """Inverse of pack_nibbles: (N, K/2) uint8 -> (N, K) uint8."""
+    return torch.stack((p >> 4, p & 15), dim=-1).flatten(1)  # (N, K/2, 2) -> (N, K)
+
+
+def nonzero_scale(s: torch.Tensor) -> torch.Tensor:
+    """Scales as float32 divisors: zero (an all-zero group or row) becomes the smallest normal float;
+    the sign is kept (symmetric int4 scales may be negative)."""
+    s = s.float()
+    return torch.where(s == 0, torch.finfo(torch.float32).tiny, s)
+
+
+def quantize_int4(w: torch.Tensor, group_size: int, zero: str, dtype: torch.dtype, k_multiple: int = 0):
+    """Round-to-nearest int4 of w (N, K) in groups of `group_size` along K, computed in float32.
+
+    Returns q (N, Kp) uint8 in 0..15, scales (N, G) and offsets m (N, G) (None for `sym`) in `dtype`,
+    with w ~ s*q + m (sym: s*(q-8)). Kp = K rounded up to the group (or to k_multiple): the padding
+    columns repeat the last column, so they never widen the last group's range; callers slice them
+    off (or feed zeros). q is rounded against the scales and offsets as stored in `dtype`.
+    """
+    N, K = w.shape
+    Kp = round_up(K, k_multiple or group_size)
+    w = w.float()
+    if Kp != K:
+        w = torch.cat([w, w[:, -1:].expand(N, Kp - K)], dim=1)
+    g = w.view(N, Kp // group_size, group_size)  # (N, G, group)
+    if zero == "sym":
+        # GGUF Q4_0's rule: the weight of largest magnitude maps to level -8 exactly (so s takes its
+        # opposite sign), and all 16 levels are used; max|w|/7 would leave level -8 unused and cost
+        # SmolLM2 2.9 perplexity points at g64 (BENCHMARKS.md).
+        peak = g.gather(-1, g.abs().argmax(-1, keepdim=True))[..., 0]  # (N, G) signed extreme
+        s = (peak / -8).to(dtype)
+        sd = nonzero_scale(s)[..., None]
+        q, m = (g / sd).round().clamp(-8, 7) + 8, None
+    elif zero in ("asym", "azp"):
+        lo, hi = g.amin(-1), g.amax(-1)
+        s = ((hi - lo) / 15).to(dtype)
+        sd = nonzero_scale(s)[..., None]
+        if zero == "asym":
+            m = lo.to(dtype)
+            q = ((g - m.float()[..., None]) / sd).round().clamp(0, 15)
+        else:
+            z = (-lo[..., None] / sd).round().clamp(0, 15)  # (N, G, 1)
+            m = (-s.float() * z[..., 0]).to(dtype)
+            q = ((g / sd).round() + z).clamp(0, 15)
+    else:
+        raise ValueError(f"unknown int4 zero mode {zero!r}; known: sym, asym, azp")
+    return q.to(torch.uint8).view(N, Kp), s, m  # (N, G, group) -> (N, Kp)
