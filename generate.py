@@ -124,7 +124,7 @@ class Generator:
         self.prefill, self.decode = prefill, decode_step
         self.compiled = compile
         if compile:
-            if next(model.parameters()).is_cuda:
+            if model.tok_embeddings.weight.is_cuda:
                 # gpt-fast's setting. Besides tuning generated reductions, it makes inductor decompose a
                 # matmul with one row into multiply + sum (torch/_inductor/decomposition.py, `mm`), which
                 # is what fuses int8-compile's cast into a GEMV at batch 1; it applies to bf16 batch 1
@@ -301,13 +301,18 @@ def resolve_model_spec(spec: str) -> str:
     return spec
 
 
+def random_prompts(batch: int, length: int, vocab_size: int, seed: int) -> list[list[int]]:
+    """Synthetic prompts: `batch` rows of `length` uniform token ids, the same for the same seed."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (batch, length), generator=g).tolist()
+
+
 def build_prompts(args, tokenizer, vocab_size: int) -> list[list[int]]:
     if args.prompt_len is not None or tokenizer is None:
         n = args.prompt_len or 128
         if n < 1:
             raise ValueError(f"--prompt-len must be at least 1, got {n}")
-        g = torch.Generator().manual_seed(args.seed)
-        return torch.randint(0, vocab_size, (args.batch, n), generator=g).tolist()
+        return random_prompts(args.batch, n, vocab_size, args.seed)
     texts = [args.prompt]
     if args.prompts_file:
         texts = [line for line in args.prompts_file.read_text(encoding="utf-8").splitlines() if line.strip()]

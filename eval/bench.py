@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
-from generate import Generator, console, make_report, measured_bandwidth  # noqa: E402
+from generate import Generator, console, make_report, measured_bandwidth, random_prompts  # noqa: E402
 from quantize import quantize_  # noqa: E402
 
 
@@ -36,8 +36,7 @@ def run_matrix(args, on_row=lambda rows: None) -> list[dict]:
         gen = Generator(model, compile, compile_prefill=False,  # decode is what this table compares
                         compile_once=args.compile_once)
         for batch in args.batch:
-            g = torch.Generator().manual_seed(args.seed)
-            prompts = torch.randint(0, model.args.vocab_size, (batch, args.prompt_len), generator=g).tolist()
+            prompts = random_prompts(batch, args.prompt_len, model.args.vocab_size, args.seed)
             cache_len = args.prompt_len + args.max_new_tokens
             compile_s = gen.warmup(prompts, args.max_new_tokens, set(), 0, cache_len)
             compile_s = compile_s if compile else None

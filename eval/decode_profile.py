@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
-from generate import Generator  # noqa: E402
+from generate import Generator, random_prompts  # noqa: E402
 from quantize import quantize_  # noqa: E402
 
 KINDS = (  # (kind, pattern on the kernel or op name); the first match wins
@@ -101,8 +101,7 @@ def main(argv=None):
     if args.quant != "none":
         quantize_(model, args.quant, include_output=args.quant_output)
     gen = Generator(model, cuda and not args.no_compile, compile_prefill=False)
-    g = torch.Generator().manual_seed(0)
-    prompts = torch.randint(0, model.args.vocab_size, (args.batch, args.prompt_len), generator=g).tolist()
+    prompts = random_prompts(args.batch, args.prompt_len, model.args.vocab_size, seed=0)
     cache_len = args.prompt_len + 1 + 2 * args.steps
     run = lambda n: gen(prompts, n, set(), 0, cache_len, show_progress=False)  # noqa: E731
     run(1 + 2 * args.steps)  # compiles the decode step and records its CUDA graph

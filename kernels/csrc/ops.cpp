@@ -56,7 +56,7 @@ int64_t forced_path() {
 int64_t choose_path(int64_t M, int64_t N, int64_t K) {
   (void)N;
   (void)K;
-  if (forced_path() >= 0) return forced_path();
+  if (const int64_t forced = forced_path(); forced >= 0) return forced;
   if (M <= kStreamMaxM) return 2;
   return M >= kDequantMinM ? 1 : 0;
 }
