@@ -24,11 +24,13 @@ from generate import Generator, random_prompts  # noqa: E402
 from quantize import quantize_  # noqa: E402
 
 KINDS = (  # (kind, pattern on the kernel or op name); the first match wins
+    # Triton first: inductor names a kernel after every op it fused, e.g. an RMSNorm that feeds our op is
+    # `triton_red_fused_..._w4a16_gemm_12`, and an attention mask `triton_poi_fused__scaled_dot_product_...`
+    ("generated (Triton)", r"^triton_"),
     ("ours (w4a16)", r"w4a16|lowbit"),
     ("GEMM (cuBLAS/CUTLASS, PyTorch quantized)", r"gemm|gemv|xmma|cutlass|nvjet|cublas|aten::mm|aten::addmm|aten::bmm"
                                                  r"|_int_mm|scaled_mm|int4pack"),
     ("attention", r"flash|fmha|attention|sdpa|cudnn"),
-    ("generated (Triton)", r"^triton_"),
 )
 
 
