@@ -38,7 +38,9 @@
 // (or magic+8 in the symmetric case) is exact, then ONE fma with s and m (or
 // one multiply by s) rounds once to the 16-bit weight.  We deliberately do not
 // fold m - 128·s into a single 16-bit constant: that constant would be rounded
-// and the error would be shared by every weight of the group.
+// and the error would be shared by every weight of the group.  The streaming
+// kernel at M <= 16 does it differently (kPost there): no 16-bit weight at all,
+// the scale and zero apply to fp32 sums, in fp32.
 //
 // ---------------------------------------------------------------------------
 // CTA organisation
@@ -91,6 +93,11 @@ template <typename T> struct Traits;
 template <> struct Traits<__nv_bfloat16> {
   using T2 = __nv_bfloat162;
   static constexpr uint32_t kMagic = 0x43004300u;  // 128.0 in both halves
+  static constexpr uint32_t kOne2 = 0x3F803F80u;   // 1.0 in both halves
+  // The streaming kernel at MT = 1: a nibble in the top four mantissa bits (3..6) of 16.0 gives
+  // 16 + q exactly; kTop = the shift that moves bit 0 of a nibble there.
+  static constexpr uint32_t kMagic16 = 0x41804180u, kTopMask = 0x00780078u;
+  static constexpr int kTop = 3;
   static __device__ __forceinline__ T2 magic_sym() {  // 136 = 128 + 8
     return __floats2bfloat162_rn(136.f, 136.f);
   }
@@ -103,10 +110,21 @@ template <> struct Traits<__nv_bfloat16> {
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
+  // c = a·b (the accumulator input is zero)
+  static __device__ __forceinline__ void mma_zc(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
+        : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.f));
+  }
 };
 template <> struct Traits<__half> {
   using T2 = __half2;
   static constexpr uint32_t kMagic = 0x64006400u;  // 1024.0 in both halves
+  static constexpr uint32_t kOne2 = 0x3C003C00u;   // 1.0 in both halves
+  static constexpr uint32_t kMagic16 = 0x4C004C00u, kTopMask = 0x03C003C0u;  // mantissa bits 6..9
+  static constexpr int kTop = 6;
   static __device__ __forceinline__ T2 magic_sym() { return __floats2half2_rn(1032.f, 1032.f); }
   static __device__ __forceinline__ T2 magic() { return __floats2half2_rn(1024.f, 1024.f); }
   static __device__ __forceinline__ T2 from_floats(float a, float b) { return __floats2half2_rn(a, b); }
@@ -116,6 +134,13 @@ template <> struct Traits<__half> {
         "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ void mma_zc(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
+        : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.f));
   }
 };
 
@@ -436,13 +461,13 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
 //    that range into shared memory ONCE.  After one __syncthreads the warps
 //    run without synchronising until the k-partial reduction.
 //  * Each warp owns a contiguous run of `kt_per_warp` k-tiles of one n-tile
-//    and streams it straight from global memory into a ring of D registers
-//    (ld.global.nc, L1 no-allocate, L2 evict-first), each load issued D
-//    tiles before its use: D·512 bytes in flight per warp with no shared
-//    memory round trip and no cp.async bookkeeping.  16 warps x 8 tiles at
-//    MT=1 is 64 KB in flight per SM; Little's law asks ~35 KB at 3 TB/s and
-//    ~1.5 us loaded latency.  (In the SASS the ring does not pipeline: see
-//    path 3, the shared-memory ring, below.)
+//    and streams it straight from global memory into a ring of D = 4 tiles
+//    in registers (ld.global.nc, L1 no-allocate, L2 evict-first), each load
+//    issued D tiles before its use, with no shared-memory round trip and no
+//    cp.async bookkeeping.  (In the SASS the ring does not pipeline: see path
+//    3, the shared-memory ring, below.  D was 8 at MT=1 until the scaled-sum
+//    accumulators of v5 took those registers; the depth made no difference
+//    to the times: 64.3 us at D=8 before v5, ~61 at D=4 after, NOTES.md v5.)
 //  * The loop is unrolled in steps of 4 k-tiles (128 bytes of an x row = one
 //    period of the XOR swizzle), so the four ldmatrix offsets are per-lane
 //    constants plus an immediate.  The group index is a shift (group sizes
@@ -453,8 +478,9 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
 //    of the missing rows read the last real row instead (mma rows are
 //    independent, and those accumulator rows are never stored), so a batch-1
 //    call needs 128 bytes of shared memory per k-tile, not 16 x that.
-// Per tile at MT=1 that leaves ~16 x (shift, lop3, sub, fma) + 8 mma +
-// 1 ldmatrix + 1 load: ~75 issued instructions per warp.
+// Per tile at MT=1 that leaves 16 x (shift, lop3) + 9 mma + 1 ldmatrix + 1
+// load + the fold (kPost below): ~60 issued instructions per warp (~89 with a
+// subtract and a scale per weight pair, as at MT >= 2).
 __device__ __forceinline__ int4 ld_weights(const int4* ptr, uint64_t policy) {
   int4 v;
   asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.s32 {%0,%1,%2,%3}, [%4], %5;\n"
@@ -472,7 +498,7 @@ __device__ __forceinline__ uint32_t and_or(uint32_t a) {
   return d;
 }
 
-template <int MT> struct StreamDepth { static constexpr int value = MT == 1 ? 8 : 4; };
+constexpr int kStreamDepth = 4;  // path 2's register ring, in tiles
 
 // Path 3's weight transport. ptxas puts all D register loads of path 2 on ONE scoreboard and, since
 // global loads may complete out of order, can only wait for all of them: the SASS of path 2 waits
@@ -501,7 +527,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
     w4a16_stream_kernel(GemmParams p) {
   using Tr = Traits<T>;
   using T2 = typename Tr::T2;
-  constexpr int D = StreamDepth<MT>::value;
+  constexpr int D = kStreamDepth;
   constexpr int R = stream_ring_tiles(MT);
   static_assert(R % 4 == 0 && (R & (R - 1)) == 0, "ring slots are taken modulo R in steps of 4");
   extern __shared__ __align__(128) uint8_t smem[];
@@ -597,6 +623,72 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
   const uint32_t gmask = (1u << gshift) - 1;
   const int sv_off = (wn * 8 + (lane >> 2)) * 16;  // this lane's eight permuted scales in a group row
   T2 s2[8], z2[8];
+  // kPost (MT = 1): the tensor core takes the exact integers 16+q (a nibble moved into the top four
+  // mantissa bits of 16.0: one shift and one lop3 per pair, where 128+q needs a subtract and the
+  // scale one more instruction) and the group's scale is applied to fp32 partial sums, not to every
+  // weight.  Per group and output channel, with A = sum_k x_k (16+q_k) (8 mma per tile into `ga`)
+  // and X = sum_k x_k (one more mma per tile with B = 1, into `gx`):
+  //   sym:   sum_k x_k s (q-8)   = s (A - 24 X)
+  //   zeros: sum_k x_k (s q + z) = s A + (z - 16 s) X
+  // 24 of the ~89 issued instructions per tile go (ncu, H200: ~0.5 issued per cycle per scheduler
+  // at 16 warps per SM; NOTES.md v5); the fold costs ~2 FFMA per accumulator per group (half when
+  // M <= 8: rows 8..15 are never stored).  Precision: the tensor core adds in fp32 but truncates
+  // the aligned terms, and A - 24 X cancels: 128+q (c = 128) failed the per-channel tests (K = 4096
+  // in one sum; 1 element in 1e5 off by 10x the bf16 tolerance), 16+q keeps the cancellation ~5x
+  // and a fold every <= 128 k (8 mma) bounds the chain.  At MT >= 2 the second accumulator set
+  // would not fit two CTAs per SM, and the dequantisation is shared by MT m-tiles anyway: those
+  // keep scaling the weights (s2, z2) before the mma.
+  constexpr bool kPost = MT == 1;
+  const uint32_t fmask = min(gmask, 127u);  // fold at every group start and at least every 128 k
+  float ga[8][4], gx[4];  // unused (and allocated no registers) unless kPost
+  int fold_ofs = 0;  // the current group's scale row (byte offset in ss/zs) + this lane's 32 bytes
+  const int fv_off = wn * 128 + (lane & 3) * 32;  // channels 8j + 2(lane%4) + h sit at 16h + 2j
+  // acc += this group's scaled sums; rows lane/4 (r = 0, 1) and, when staged, lane/4 + 8 (r = 2, 3).
+  auto fold = [&](auto rows_c) {
+    constexpr int RN = decltype(rows_c)::value;
+    const int4 sa = *reinterpret_cast<const int4*>(ss + fold_ofs);
+    const int4 sb = *reinterpret_cast<const int4*>(ss + fold_ofs + 16);
+    const uint32_t sw[2][4] = {{(uint32_t)sa.x, (uint32_t)sa.y, (uint32_t)sa.z, (uint32_t)sa.w},
+                               {(uint32_t)sb.x, (uint32_t)sb.y, (uint32_t)sb.z, (uint32_t)sb.w}};
+    uint32_t zw[2][4] = {};
+    if (HAS_Z) {
+      const int4 za = *reinterpret_cast<const int4*>(zs + fold_ofs);
+      const int4 zb = *reinterpret_cast<const int4*>(zs + fold_ofs + 16);
+      const uint32_t v[2][4] = {{(uint32_t)za.x, (uint32_t)za.y, (uint32_t)za.z, (uint32_t)za.w},
+                                {(uint32_t)zb.x, (uint32_t)zb.y, (uint32_t)zb.z, (uint32_t)zb.w}};
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int w = 0; w < 4; ++w) zw[h][w] = v[h][w];
+    }
+    float xs[RN];  // sym: -24 X, added before the one fma below
+#pragma unroll
+    for (int r = 0; r < RN; ++r) xs[r] = HAS_Z ? gx[r] : -24.f * gx[r];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const T2 sp = as_t2<T2>(sw[h][j >> 1]);
+        const float sc = (j & 1) ? __high2float(sp) : __low2float(sp);
+        float zc = 0.f;
+        if (HAS_Z) {
+          const T2 zp = as_t2<T2>(zw[h][j >> 1]);
+          zc = fmaf(-16.f, sc, (j & 1) ? __high2float(zp) : __low2float(zp));  // z - 16 s
+        }
+#pragma unroll
+        for (int r = h; r < RN; r += 2) {
+          if (HAS_Z) {
+            acc[0][j][r] = fmaf(zc, xs[r], fmaf(sc, ga[j][r], acc[0][j][r]));
+          } else {
+            acc[0][j][r] = fmaf(sc, ga[j][r] + xs[r], acc[0][j][r]);
+          }
+        }
+      }
+    }
+  };
+  auto fold_rows = [&] {  // warp-uniform: rows 8..15 exist only when M > 8
+    if (rows > 8) fold(std::integral_constant<int, 4>{}); else fold(std::integral_constant<int, 2>{});
+  };
 
   if constexpr (SMEM_RING) {
     cp_async_wait_own<R>();  // the x and scale group; the R weight groups may still be in flight
@@ -620,7 +712,12 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
     const uint32_t kl = (uint32_t)(wkt0 + t) << 4;  // CTA-local k of this tile
     // Groups span an even number of tiles and t0, wkt0 are multiples of 4, so only even d can start
     // one; skipping odd d saves the (predicated, hence always issued) check on half the tiles.
-    if ((d & 1) == 0 && (t == 0 || (kl & gmask) == 0)) {  // a new group: broadcast its scales (and zeros)
+    const bool gstart = (d & 1) == 0 && (t == 0 || (kl & (kPost ? fmask : gmask)) == 0);  // warp-uniform
+    if (kPost && gstart) {  // fold the finished group, if any, then start this one
+      if (t > 0) fold_rows();
+      fold_ofs = (int)(kl >> gshift) * (kNBlk * 2) + fv_off;
+    }
+    if (!kPost && gstart) {  // a new group: broadcast its scales (and zeros)
       const int gofs = (int)(kl >> gshift) * (kNBlk * 2) + sv_off;
       const int4 sv = *reinterpret_cast<const int4*>(ss + gofs);
       const uint32_t sw[4] = {(uint32_t)sv.x, (uint32_t)sv.y, (uint32_t)sv.z, (uint32_t)sv.w};
@@ -638,18 +735,39 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
 #pragma unroll
     for (int i = 0; i < MT; ++i) ldmatrix_x4(a[i], aa + i * 16 * row_bytes);
     const uint32_t words[4] = {(uint32_t)wv.x, (uint32_t)wv.y, (uint32_t)wv.z, (uint32_t)wv.w};
+    if constexpr (kPost) {
+      uint32_t b[8][2];  // 16+q exactly
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      uint32_t b[2];
+      for (int j = 0; j < 8; ++j)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int pr = (j & 1) * 2 + h;
-        const uint32_t v = and_or<0x000F000Fu, Tr::kMagic>(words[j >> 1] >> (4 * pr));  // 128+q exactly
-        const T2 tq = __hsub2(as_t2<T2>(v), magic);                                    // q (or q-8), exact
-        b[h] = HAS_Z ? as_u32(__hfma2(tq, s2[j], z2[j])) : as_u32(__hmul2(tq, s2[j]));  // one rounding
+        for (int h = 0; h < 2; ++h) {
+          const int sh = Tr::kTop - 4 * ((j & 1) * 2 + h);  // nibble pair (j & 1)·2 + h to the top bits
+          const uint32_t w = words[j >> 1];
+          b[j][h] = and_or<Tr::kTopMask, Tr::kMagic16>(sh >= 0 ? w << sh : w >> -sh);
+        }
+      if (gstart) {  // a group's first tile starts its sums from zero
+#pragma unroll
+        for (int j = 0; j < 8; ++j) Tr::mma_zc(ga[j], a[0], b[j][0], b[j][1]);
+        Tr::mma_zc(gx, a[0], Tr::kOne2, Tr::kOne2);
+      } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) Tr::mma(ga[j], a[0], b[j][0], b[j][1]);
+        Tr::mma(gx, a[0], Tr::kOne2, Tr::kOne2);
       }
+    } else {
 #pragma unroll
-      for (int i = 0; i < MT; ++i) Tr::mma(acc[i][j], a[i], b[0], b[1]);
+      for (int j = 0; j < 8; ++j) {
+        uint32_t b[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int pr = (j & 1) * 2 + h;
+          const uint32_t v = and_or<0x000F000Fu, Tr::kMagic>(words[j >> 1] >> (4 * pr));  // 128+q exactly
+          const T2 tq = __hsub2(as_t2<T2>(v), magic);                                    // q (or q-8), exact
+          b[h] = HAS_Z ? as_u32(__hfma2(tq, s2[j], z2[j])) : as_u32(__hmul2(tq, s2[j]));  // one rounding
+        }
+#pragma unroll
+        for (int i = 0; i < MT; ++i) Tr::mma(acc[i][j], a[i], b[0], b[1]);
+      }
     }
     // Refill this ring slot only now: wv is dead, so the load reuses its registers (issued at the
     // top of the body, both would be live and every tile would end with register moves). Path 3:
@@ -679,6 +797,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
       for (int d = 0; d < 4; ++d) tile(d, t0);
     }
   }
+  if (kPost && ntiles > 0) fold_rows();  // the last group
   __syncthreads();  // every warp is done reading x: reuse shared memory for the reduction
   reduce_and_store<T, MT>(acc, smem, p, tid, lane, wn, wk, mb, nb, split, row0, ntile_ok);
 }
