@@ -1,7 +1,8 @@
 #!/bin/bash
 # One device call: build, GPU correctness, microbenchmark.  Logs under $OUT (or ./out).
-# Usage (repo root):  bash kernels/devcheck.sh [quick|full|e2e]   (full: ~6-8 min on an H100, most of it the
-# model-shape sweep; quick skips that sweep; e2e: only the end-to-end A/B runs below, ~6 min)
+# Usage (repo root):  bash kernels/devcheck.sh [quick|full|e2e|prof]   (full: ~6-8 min on an H100, most of it the
+# model-shape sweep; quick skips that sweep; e2e: only the end-to-end A/B runs below, ~6 min; prof: ncu with
+# stall reasons per SASS line of the streaming kernel, ~3 min)
 set -o pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR="$PWD/.torch_extensions"
@@ -11,6 +12,25 @@ T0=$(date +%s)
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader
 python kernels/build.py > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 tail -1 "$OUT/build.log"
+if [ "$MODE" = prof ]; then
+  # Where the streaming kernel's warps wait (NOTES.md v5, next steps): full ncu sections with stall reasons
+  # and the per-SASS-line source page, for gate_up and o at M=1 (path 2) and gate_up at M=32 (path 3).
+  timeout 400 ncu --clock-control none --kernel-name regex:w4a16_stream --launch-count 3 --set full \
+    --import-source yes -o "$OUT/stream" -f python -c "
+import sys, torch; sys.path.insert(0, 'tests')
+import kernels; from test_kernels import make_problem
+for M, N, K in ((1, 28672, 4096), (1, 4096, 4096), (32, 28672, 4096)):
+    x, q, s, z = make_problem(M, N, K, 128, True, torch.bfloat16, 'cuda', 0)
+    kernels.load_extension().gemm_path(x, *kernels.pack_w4(q, s, z, 128), 128, -1)
+torch.cuda.synchronize()
+" > "$OUT/prof.log" 2>&1; echo "ncu rc=$?"
+  ncu --import "$OUT/stream.ncu-rep" --print-details all --section WarpStateStats --section SchedulerStats \
+    > "$OUT/prof_stalls.txt" 2>&1
+  ncu --import "$OUT/stream.ncu-rep" --page source --csv --print-source sass > "$OUT/prof_source.csv" 2>&1
+  grep -iE "stall|Warp Cycles|Eligible" "$OUT/prof_stalls.txt" | head -60
+  echo "elapsed $(( $(date +%s) - T0 ))s"
+  exit 0
+fi
 if [ "$MODE" = e2e ]; then
   # Llama-3-8B decode, random weights: int4-marlin through the heuristic vs path 3 forced (NOTES.md v4),
   # and bf16 with and without --compile-once (compile time and speed; BENCHMARKS.md "Compile time").
