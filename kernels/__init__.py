@@ -84,6 +84,11 @@ def w4a16_gemm(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor,
                zeros: torch.Tensor | None, group_size: int) -> torch.Tensor:
     """y (M, N) = x (M, K) @ dequant(packed_w)^T with fp32 accumulation, in x.dtype.
 
+    Every path but one rounds the weights s·q + m to x.dtype before the product, as the reference
+    does; the streaming kernel at M <= 16 (choose_path) uses the exact s·q + m, applying scales to fp32
+    group sums.  So a row's result can change by that rounding when the batch crosses 16 rows
+    (tests/test_kernels.py states the bound both satisfy).
+
     In eager mode the inputs are validated here, in Python, before dispatch: on the
     H100 machine (torch 2.11) an argument error thrown as a C++ exception from the
     CUDA kernel's TORCH_CHECKs crashed the process on the 2nd such error

@@ -50,7 +50,7 @@ t() { # name, timeout, pytest -k expression
   echo "tests[$1] rc=$? $(tail -1 "$OUT/t_$1.log")"; grep -E "^E  |FAILED|Fatal" "$OUT/t_$1.log" | head -8
 }
 t bad 60 "bad_inputs_cuda"
-t core 200 "m_sweep or forced_paths or forced_splits or opcheck_cuda or graph"
+t core 240 "m_sweep or forced_paths or forced_splits or opcheck_cuda or graph or exact_weights or first_split"
 t stream 300 "stream_kernel"
 # compute-sanitizer: a few shapes through the mma and streaming kernels (split-K, odd M, every group)
 san() {

@@ -146,7 +146,8 @@ def dequantize(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None
 
 def reference_w4a16_gemm(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor,
                          zeros: torch.Tensor | None, group_size: int) -> torch.Tensor:
-    """The op's semantics in plain PyTorch: weights rounded to x.dtype, fp32 accumulation, y in x.dtype."""
+    """The op's semantics in plain PyTorch: weights rounded to x.dtype, fp32 accumulation, y in x.dtype.
+    (The CUDA streaming kernel at M <= 16 skips the weight rounding: see kernels.w4a16_gemm.)"""
     check_inputs(x, packed_w, scales, zeros, group_size)
     q, s, m = unpack_w4(packed_w, scales, zeros, group_size)
     w = dequantize(q, s, m, group_size, dtype=x.dtype)

@@ -339,6 +339,41 @@ def test_gpu_forced_paths(path):
 
 
 @needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("sym", [True, False])
+def test_gpu_exact_weights_only_in_streaming_kernel_at_m_le_16(sym, dtype):
+    """The op's two weight semantics (kernels.w4a16_gemm): inputs built so that the exact weights give
+    y = 0 exactly while weights rounded to 16 bits give a clearly nonzero y (all sums are small integers
+    times powers of two, exact in fp32 in any order).  Pairs of k: x = (+1, -c) against weights whose
+    exact values are (c·v, v), so every pair cancels; the rounded c·v does not equal c times the rounded
+    v.  The streaming kernel at M <= 16 (paths 2 and 3) must give 0; every other path, and the streaming
+    kernel from M = 17, the reference's rounded-weight answer (within 25%: cuBLAS may add split-K partials
+    in 16 bits)."""
+    ref_gemm = kernels.reference_w4a16_gemm
+    N, K, gs = 128, 4096, 128
+    s_val = 1 + 2.0 ** (-7 if dtype == torch.bfloat16 else -10)  # exact in dtype; c·s_val needs more bits
+    qa, qb, c = (15, 9, 7.0) if sym else (15, 1, 15.0)  # sym: weights 7s and s; zeros (z = 0): 15s and s
+    q = torch.tensor([qa, qb], dtype=torch.uint8, device="cuda").repeat(N, K // 2)
+    s = torch.full((N, K // gs), s_val, dtype=dtype, device="cuda")
+    z = None if sym else torch.zeros_like(s)
+    pw, sp, zp = kernels.pack_w4(q, s, z, gs)
+    ext = kernels.load_extension()
+    for M in (1, 9, 16, 17, 33, 300):
+        x = torch.tensor([1.0, -c], dtype=dtype, device="cuda").repeat(M, K // 2)
+        rounded = ref_gemm(x.cpu(), pw.cpu(), sp.cpu(), None if zp is None else zp.cpu(), gs)
+        assert (rounded.float().abs() >= 1).all(), "the construction must separate the two semantics"
+        for path in (-1, 0, 1, 2, 3):
+            y = ext.gemm_path(x, pw, sp, zp, gs, path, -1).cpu()
+            taken = ext.choose_path(M, N, K) if path < 0 else path
+            what = f"M={M} path={path} (ran {taken}): y[0,0]={y[0, 0].item()}, rounded weights give " \
+                   f"{rounded[0, 0].item()}"
+            if taken in (2, 3) and M <= 16:
+                assert (y == 0).all(), what + ", exact weights 0"
+            else:  # cuBLAS may reduce split-K partials in 16 bits: close to the rounded answer, far from 0
+                assert ((y.float() - rounded.float()).abs() <= 0.25 * rounded.float().abs()).all(), what
+
+
+@needs_cuda
 @pytest.mark.parametrize("path", [0, 2, 3])
 def test_gpu_forced_splits(path):
     """The split-K benchmark knob (`gemm_path(..., splits)`): any count gives a correct, repeatable result."""

@@ -99,8 +99,12 @@ const DeviceInfo& device_info(int dev) {
 // allocator hands out memory from the graph's private pool, and a tensor kept
 // from there outlives the graph's bookkeeping (cudagraph trees raised "1 tensor
 // in the cudagraph pool not tracked as outputs" for `generate.py --quant
-// int4-marlin --batch 32`, whose prefill never splits K).  Never freed: 256 KB
-// per device for the life of the process.
+// int4-marlin --batch 32`, whose prefill never splits K).  Every call of the
+// op (not only split-K ones) makes sure they exist, so any earlier eager call
+// allocates them; if the very first call is captured, the allocation runs in
+// relaxed capture mode (cudaMalloc would otherwise invalidate a global-mode
+// capture) and only touches the capturing stream through this error.  Never
+// freed: 256 KB per device for the life of the process.
 int* counters_for(const at::Tensor& like, cudaStream_t stream) {
   static std::mutex mu;
   static std::vector<int*> per_dev;
@@ -111,12 +115,16 @@ int* counters_for(const at::Tensor& like, cudaStream_t stream) {
     cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
     C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
     TORCH_CHECK(capturing == cudaStreamCaptureStatusNone,
-                "w4a16_gemm: the first split-K call on a device allocates its counters and cannot run "
+                "w4a16_gemm: the first call on a device allocates its split-K counters and cannot run "
                 "inside CUDA graph capture: call the op once before capturing");
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;  // another thread may be capturing
+    C10_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
     int* c = nullptr;
-    C10_CUDA_CHECK(cudaMalloc(&c, kCounterCapacity * sizeof(int)));
-    C10_CUDA_CHECK(cudaMemset(c, 0, kCounterCapacity * sizeof(int)));
-    C10_CUDA_CHECK(cudaDeviceSynchronize());  // zeroed before any stream uses them
+    cudaError_t err = cudaMalloc(&c, kCounterCapacity * sizeof(int));
+    if (err == cudaSuccess) err = cudaMemsetAsync(c, 0, kCounterCapacity * sizeof(int), stream);
+    if (err == cudaSuccess) err = cudaStreamSynchronize(stream);  // zeroed before any stream uses them
+    C10_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
+    C10_CUDA_CHECK(err);
     per_dev[dev] = c;
   }
   return per_dev[dev];
@@ -224,6 +232,7 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   const bool fp16 = x.scalar_type() == at::kHalf;
   const bool has_z = z.has_value();
   if (path < 0) path = choose_path(M, N, K);
+  int* counters = counters_for(x, stream);  // on every call, whatever the path: see counters_for
 
   if (path == 1) {
     at::Tensor w16 = at::empty({N, K}, x.options());
@@ -274,7 +283,7 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   p.z = has_z ? z->data_ptr() : nullptr;
   p.y = y.data_ptr();
   p.workspace = splits > 1 ? ws.data_ptr<float>() : nullptr;
-  p.counters = splits > 1 ? counters_for(x, stream) : nullptr;
+  p.counters = splits > 1 ? counters : nullptr;
   p.M = (int)M;
   p.N = (int)N;
   p.K = (int)K;
