@@ -803,21 +803,28 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
 }
 
 // ---- dequantize kernel (large-M path: W16 = dequant(W4), then cuBLAS) --------
-// One thread per (tile, lane): reads its 16-byte fragment and writes the 32
-// values as 16 two-element stores.  Memory bound: 0.5 B read + 2 B written per
-// weight.
+// Memory bound: 0.5 B read + 2 B written per weight, so the stores decide its
+// speed.  A lane's 32 values of a tile land in 8 rows (n) and 2 four-byte
+// pieces each: written straight to global memory that is 16 scattered 4-byte
+// stores per lane (v1: ~1.4 TB/s, ~390 of the 959 us at M=1024, NOTES.md).  So
+// a CTA of 4 warps dequantizes 4 consecutive k-tiles of one n-tile (64 x 64
+// weights) into shared memory, then writes each of the 64 rows as 128
+// contiguous bytes with 16-byte stores.  Shared rows are padded to 144 bytes:
+// 36 words, so the 32 lanes' 4-byte writes of one (j, h) step (rows 8j + l/4,
+// word l%4) fall in 32 different banks.  Values: the same single rounding as
+// everywhere (hfma2/hmul2 of the exact q or q-8).
+constexpr int kDqRow = 72;  // shared row: 64 k + 8 pad, in elements
+
 template <typename T, bool HAS_Z>
-__global__ void __launch_bounds__(256) w4_dequant_kernel(DequantParams p) {
+__global__ void __launch_bounds__(128) w4_dequant_kernel(DequantParams p) {
   using Tr = Traits<T>;
   using T2 = typename Tr::T2;
+  __shared__ __align__(16) T tile[64 * kDqRow];
   const int K = p.K, N = p.N;
   const int k_tiles = K >> 4;
-  const size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (t >= (size_t)(N >> 6) * k_tiles * 32) return;
-  const int lane = t & 31;
-  const size_t tile = t >> 5;
-  const int nt = tile / k_tiles, kt = tile % k_tiles;
-  const int4 wv = reinterpret_cast<const int4*>(p.w)[t];
+  const int nt = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int kt = blockIdx.x * 4 + warp;  // K % 64 == 0: all four k-tiles exist
+  const int4 wv = reinterpret_cast<const int4*>(p.w)[((size_t)nt * k_tiles + kt) * 32 + lane];
   const int g = (kt * 16) / p.group_size;
   const size_t soff = (size_t)g * N + nt * 64 + (lane >> 2) * 8;  // this lane's 8 permuted scales
   const int4 sv = *reinterpret_cast<const int4*>(reinterpret_cast<const T*>(p.s) + soff);
@@ -827,22 +834,28 @@ __global__ void __launch_bounds__(256) w4_dequant_kernel(DequantParams p) {
   const uint32_t svals[4] = {(uint32_t)sv.x, (uint32_t)sv.y, (uint32_t)sv.z, (uint32_t)sv.w};
   const uint32_t zvals[4] = {(uint32_t)zv.x, (uint32_t)zv.y, (uint32_t)zv.z, (uint32_t)zv.w};
   const T2 magic = HAS_Z ? Tr::magic() : Tr::magic_sym();
-  T* out = reinterpret_cast<T*>(p.out);
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
     const uint32_t sh = (svals[j >> 1] >> ((j & 1) * 16)) & 0xFFFFu;
     const uint32_t zh = (zvals[j >> 1] >> ((j & 1) * 16)) & 0xFFFFu;
     const T2 s2 = as_t2<T2>(sh | (sh << 16)), z2 = as_t2<T2>(zh | (zh << 16));
-    const int n = nt * 64 + j * 8 + (lane >> 2);
+    const int n = j * 8 + (lane >> 2);  // row in the CTA's n-tile
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int pr = (j & 1) * 2 + h;
       const uint32_t v = ((words[j >> 1] >> (4 * pr)) & 0x000F000Fu) | Tr::kMagic;
       const T2 tq = __hsub2(as_t2<T2>(v), magic);
       const T2 w = HAS_Z ? __hfma2(tq, s2, z2) : __hmul2(tq, s2);
-      const int k = kt * 16 + (lane & 3) * 2 + h * 8;
-      *reinterpret_cast<T2*>(out + (size_t)n * K + k) = w;
+      const int k = warp * 16 + (lane & 3) * 2 + h * 8;  // column in the CTA's 64
+      *reinterpret_cast<T2*>(tile + n * kDqRow + k) = w;
     }
+  }
+  __syncthreads();
+  T* out = reinterpret_cast<T*>(p.out) + (size_t)nt * 64 * K + blockIdx.x * 64;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {  // 64 rows x 8 chunks of 16 bytes: 8 consecutive threads write one row
+    const int c = threadIdx.x + 128 * i, row = c >> 3, ch = c & 7;
+    *reinterpret_cast<int4*>(out + (size_t)row * K + ch * 8) = *reinterpret_cast<const int4*>(tile + row * kDqRow + ch * 8);
   }
 }
 
@@ -948,10 +961,9 @@ cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, bo
 }
 
 cudaError_t launch_dequant(const DequantParams& p, bool fp16, bool has_z, cudaStream_t stream) {
-  const size_t threads = (size_t)(p.N / 64) * (p.K / 16) * 32;
-  const unsigned blocks = (unsigned)((threads + 255) / 256);
+  const dim3 grid(p.K / 64, p.N / 64);  // (64-wide k-blocks, n-tiles); N, K % 64 == 0 (checked by the op)
   return dispatch(fp16, has_z, 1, [&](auto t, auto z, auto) {
-    w4_dequant_kernel<typename decltype(t)::type, decltype(z)::value><<<blocks, 256, 0, stream>>>(p);
+    w4_dequant_kernel<typename decltype(t)::type, decltype(z)::value><<<grid, 128, 0, stream>>>(p);
     return cudaGetLastError();
   });
 }
