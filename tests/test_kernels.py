@@ -222,19 +222,29 @@ def test_path_override_from_environment():
 @pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
 @pytest.mark.parametrize("smem_ring", [False, True])
 @pytest.mark.parametrize("has_z", [False, True])
-def test_stream_kernel_plan(has_z, smem_ring):
-    """Host-side launch plan of the streaming kernel (runs without a GPU, for an H100's numbers: 132 SMs,
-    228 KB shared memory per SM, 227 KB per CTA): whole runs of 4 k-tiles, every k-tile covered once,
-    staging (and path 3's weight rings) that fits, scales of every group the CTA touches, no more splits
-    than needed."""
+@pytest.mark.parametrize("gpu", ["H100", "A100", "L4"])
+def test_stream_kernel_plan(has_z, smem_ring, gpu):
+    """Host-side launch plan of the streaming kernel (runs without a GPU, for a device description: SMs,
+    shared memory per SM and per CTA; an H100, an A100, and an sm_89 part whose 100 KB per SM cannot hold
+    two CTAs of path 3's 64 KB ring at MT=1, nor at MT=2 since path 3 is the default there): whole runs of
+    4 k-tiles, every k-tile covered once, staging (and path 3's weight rings) that fits, scales of every
+    group the CTA touches, no more splits than needed."""
     mod = kernels.load_extension()
-    sms, per_sm, per_block = 132, 233472, 232448
+    sms, per_sm, per_block = {"H100": (132, 233472, 232448), "A100": (108, 167936, 166912),
+                              "L4": (58, 102400, 101376)}[gpu]
     for N, K, gs in shape_group_cases():
         for M in (1, 3, 16, 17, 33, 64, 1000):
             mt = 1 if M <= 16 else (2 if M <= 32 else 4)
             occ = 2 if mt <= 2 else 1
             ring = 8 * (8 if mt == 2 else 16) * 512 if smem_ring else 0  # w4a16.h stream_ring_tiles
             ctas = -(-M // (16 * mt)) * -(-N // 128)
+            rows = min(M, 16) if mt == 1 else 16 * mt
+            shortest = rows * 4 * 128 + (2 if has_z else 1) * 256 * (1 if gs == K else -(-256 // gs)) + ring
+            if max(shortest, mt * 16384) > per_block - 128:  # even runs of 4 k-tiles do not fit: a clear error
+                with pytest.raises(RuntimeError, match="bytes of shared memory"):  # (L4, path 3 at MT=4: forced only)
+                    mod.plan_stream(M, K, gs, has_z, mt, ctas, occ, sms, per_sm, per_block, smem_ring=smem_ring)
+                assert gpu == "L4" and smem_ring and mt == 4
+                continue
             splits, tw, ngroups, s_off, z_off, smem, ring_off = mod.plan_stream(
                 M, K, gs, has_z, mt, ctas, occ, sms, per_sm, per_block, smem_ring=smem_ring)
             what = f"M={M} N={N} K={K} gs={gs}: plan {splits, tw, ngroups, s_off, z_off, smem, ring_off}"
@@ -243,7 +253,6 @@ def test_stream_kernel_plan(has_z, smem_ring):
             assert (splits - 1) * 4 * tw < k_tiles <= splits * 4 * tw, what  # no empty split, all covered
             assert (4 * tw * 16) % min(gs, 256) == 0 or gs == K, what  # CTAs start on group boundaries
             assert ngroups == (1 if gs == K else -(-64 * tw // gs)), what
-            rows = min(M, 16) if mt == 1 else 16 * mt
             assert s_off == rows * tw * 128 and z_off == s_off + ngroups * 256, what
             assert ring_off == z_off + (ngroups * 256 if has_z else 0) and ring_off % 16 == 0, what
             assert smem >= max(ring_off + ring, mt * 16384), what
