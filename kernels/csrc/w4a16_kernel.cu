@@ -520,9 +520,73 @@ __device__ __forceinline__ int4 lds128(const uint8_t* ptr) {
   return v;
 }
 
-// SMEM_RING: false = path 2 (ring of D tiles in registers), true = path 3 (ring of R tiles in
-// shared memory, at p.ring_off, R = stream_ring_tiles(MT) per warp).
-template <typename T, int MT, bool HAS_Z, bool SMEM_RING>
+// Path 4's weight transport: the bulk copy engine (Hopper's TMA, in its 1-D form: no tensor map).  A
+// warp's run of k-tiles is contiguous in memory, so one lane copies 4 tiles (2 KB) per instruction
+// into the warp's ring and the copy completes on an mbarrier (one per 4-tile stage) that every lane
+// waits on.  Per-thread loads and cp.async (paths 2 and 3) are tracked by the SM's load/store unit,
+// one 16-byte request per lane; the copy engine moves whole stages on its own (HOPPER.md in the
+// device guides lists it for memory-bound streams; paths 2 and 3 reach ~46-50 % of DRAM peak at
+// M = 1, NOTES.md v4/v5).  sm_90 only: on older targets these compile to a trap and the host
+// refuses path 4 there.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define LOWBIT_SM90 1
+#endif
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+#ifdef LOWBIT_SM90
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void mbar_init_fence() {
+#ifdef LOWBIT_SM90
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_inval(uint32_t bar) {
+#ifdef LOWBIT_SM90
+  asm volatile("mbarrier.inval.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+// One lane: announce `bytes` on the barrier and start the copy that will deliver them.  The proxy
+// fence orders the warp's earlier ordinary reads of the slot (made visible to this lane by the
+// __syncwarp before the call) before the copy engine's writes.
+__device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar,
+                                          uint64_t policy) {
+#ifdef LOWBIT_SM90
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;\n"
+      ::"r"(dst), "l"(src), "r"(bytes), "r"(bar), "l"(policy)
+      : "memory");
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+#ifdef LOWBIT_SM90
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+#else
+  __trap();
+#endif
+}
+
+// The streaming kernel's weight transports (template argument TR): path 2, 3 and 4 of gemm_path.
+constexpr int kRegRing = 0;    // ring of D tiles in registers
+constexpr int kAsyncRing = 1;  // ring of R tiles in shared memory, per-lane cp.async
+constexpr int kBulkRing = 2;   // ring of R tiles in shared memory, 4-tile bulk copies on mbarriers
+
+// Rings in shared memory sit at p.ring_off: R = stream_ring_tiles(MT) tiles per warp, then (path 4)
+// R/4 mbarriers per warp.
+template <typename T, int MT, bool HAS_Z, int TR>
 __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
     w4a16_stream_kernel(GemmParams p) {
   using Tr = Traits<T>;
@@ -556,8 +620,8 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
 
   // 1. path 2: the first D weight tiles of this warp's run, in flight while x is staged
   const int4* wp = reinterpret_cast<const int4*>(p.w) + ((size_t)gt * k_tiles + cta_kt0 + wkt0) * 32 + lane;
-  int4 wbuf[SMEM_RING ? 1 : D];
-  if constexpr (!SMEM_RING) {
+  int4 wbuf[TR == kRegRing ? D : 1];
+  if constexpr (TR == kRegRing) {
 #pragma unroll
     for (int d = 0; d < D; ++d)
       if (d < ntiles) wbuf[d] = ld_weights(wp + d * 32, evict_first);
@@ -592,14 +656,30 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
   cp_async_commit();
 
   // 3. path 3: the first R weight tiles, one cp.async group per tile (committed even when empty, so
-  //    that group i is always tile i - 1: the x group above is group 0)
+  //    that group i is always tile i - 1: the x group above is group 0).  Path 4: its barriers, then
+  //    the first R/4 stages of 4 tiles, one bulk copy each from lane 0.
   uint8_t* ring = smem + p.ring_off + warp * (R * 512) + lane * 16;  // this lane's 16 bytes of slot 0
-  if constexpr (SMEM_RING) {
+  constexpr int NS = R / 4;                                          // path 4: stages in the ring
+  const uint32_t ring_w = smem_addr(smem + p.ring_off + warp * (R * 512));
+  const uint32_t bars = smem_addr(smem + p.ring_off + 8 * R * 512) + warp * NS * 8;
+  const int4* wsrc = wp - lane;  // the warp's first tile
+  const int nstages = ntiles >> 2;
+  if constexpr (TR == kAsyncRing) {
 #pragma unroll
     for (int d = 0; d < R; ++d) {
       if (d < ntiles) cp_async16_evict_first(ring + d * 512, wp + d * 32, evict_first);
       cp_async_commit();
     }
+  } else if constexpr (TR == kBulkRing) {
+    if (lane == 0) {
+#pragma unroll
+      for (int st = 0; st < NS; ++st) mbar_init(bars + st * 8, 1);
+      mbar_init_fence();
+#pragma unroll
+      for (int st = 0; st < NS; ++st)
+        if (st < nstages) bulk_copy(ring_w + st * 2048, wsrc + st * 128, 2048, bars + st * 8, evict_first);
+    }
+    __syncwarp();
   }
 
   float acc[MT][8][4];
@@ -690,7 +770,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
     if (rows > 8) fold(std::integral_constant<int, 4>{}); else fold(std::integral_constant<int, 2>{});
   };
 
-  if constexpr (SMEM_RING) {
+  if constexpr (TR == kAsyncRing) {
     cp_async_wait_own<R>();  // the x and scale group; the R weight groups may still be in flight
   } else {
     cp_async_wait<0>();
@@ -698,13 +778,16 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
   __syncthreads();
 
   // Tile t0 + d (d is a compile-time constant at every call): path 2 takes it from register slot d;
-  // path 3 from shared slot (t0 + d) mod R once its group has landed (t0 is a multiple of 4).
+  // paths 3 and 4 from shared slot (t0 + d) mod R once its group (3) or stage (4, waited for by the
+  // loop below) has landed (t0 is a multiple of 4).
   auto tile = [&](const int d, const int t0) {
     const int t = t0 + d;
     const int slot = ((t0 & (R - 1)) + d) * 512;
     int4 wv;
-    if constexpr (SMEM_RING) {
+    if constexpr (TR == kAsyncRing) {
       cp_async_wait_own<R - 1>();  // groups are tiles in order: at most R-1 younger than tile t pending
+      wv = lds128(ring + slot);
+    } else if constexpr (TR == kBulkRing) {
       wv = lds128(ring + slot);
     } else {
       wv = wbuf[d];
@@ -772,30 +855,35 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
     // Refill this ring slot only now: wv is dead, so the load reuses its registers (issued at the
     // top of the body, both would be live and every tile would end with register moves). Path 3:
     // the slot's bytes are in registers (wv was used above), so the copy may overwrite them.
-    if constexpr (SMEM_RING) {
+    if constexpr (TR == kAsyncRing) {
       if (t + R < ntiles) cp_async16_evict_first(ring + slot, wp + (t + R) * 32, evict_first);
       cp_async_commit();
-    } else {
+    } else if constexpr (TR == kRegRing) {
       if (t + D < ntiles) wbuf[d] = ld_weights(wp + (t + D) * 32, evict_first);
     }
   };
-  // ntiles is a multiple of 4 (tw is, and K % 64 == 0).
-  if constexpr (SMEM_RING) {
+  // ntiles is a multiple of 4 (tw is, and K % 64 == 0), and so is D.
+  static_assert(kStreamDepth == 4, "path 2's loop steps by whole ring turns of 4 tiles");
+  if constexpr (TR == kBulkRing) {
+    for (int t0 = 0; t0 < ntiles; t0 += 4) {
+      const int st = t0 >> 2, sl = st & (NS - 1);
+      mbar_wait(bars + sl * 8, (st / NS) & 1);  // the stage's 2 KB have landed (phase st / NS)
+#pragma unroll
+      for (int d = 0; d < 4; ++d) tile(d, t0);
+      __syncwarp();  // every lane has read the slot: refill it
+      if (lane == 0 && st + NS < nstages)
+        bulk_copy(ring_w + sl * 2048, wsrc + (st + NS) * 128, 2048, bars + sl * 8, evict_first);
+    }
+    if (lane == 0) {  // every issued stage was waited for: the barriers can go before the smem is reused
+#pragma unroll
+      for (int st = 0; st < NS; ++st) mbar_inval(bars + st * 8);
+    }
+  } else {
     for (int t0 = 0; t0 < ntiles; t0 += 4) {
 #pragma unroll
       for (int d = 0; d < 4; ++d) tile(d, t0);
     }
-    cp_async_wait_own<0>();  // no copy is left in flight (each went to a tile < ntiles), but be exact
-  } else {  // whole ring turns, then at most 4 tiles
-    int t0 = 0;
-    for (; t0 + D <= ntiles; t0 += D) {
-#pragma unroll
-      for (int d = 0; d < D; ++d) tile(d, t0);
-    }
-    if (D > 4 && t0 < ntiles) {
-#pragma unroll
-      for (int d = 0; d < 4; ++d) tile(d, t0);
-    }
+    if constexpr (TR == kAsyncRing) cp_async_wait_own<0>();  // nothing is left in flight, but be exact
   }
   if (kPost && ntiles > 0) fold_rows();  // the last group
   __syncthreads();  // every warp is done reading x: reuse shared memory for the reduction
@@ -934,25 +1022,29 @@ cudaError_t launch_mma(const GemmParams& p, bool fp16, bool has_z, int mt, int m
 
 // The streaming kernel for (dtype, zeros, MT) and the transport chosen at run time.
 template <class F>
-auto dispatch_stream(bool fp16, bool has_z, int mt, bool smem_ring, F&& f) {
+auto dispatch_stream(bool fp16, bool has_z, int mt, int transport, F&& f) {
   return dispatch(fp16, has_z, mt, [&](auto t, auto z, auto m) {
     using T = typename decltype(t)::type;
     constexpr int MT = decltype(m)::value;
     constexpr bool HAS_Z = decltype(z)::value;
-    return smem_ring ? f(w4a16_stream_kernel<T, MT, HAS_Z, true>) : f(w4a16_stream_kernel<T, MT, HAS_Z, false>);
+    switch (transport) {
+      case kAsyncRing: return f(w4a16_stream_kernel<T, MT, HAS_Z, kAsyncRing>);
+      case kBulkRing: return f(w4a16_stream_kernel<T, MT, HAS_Z, kBulkRing>);
+      default: return f(w4a16_stream_kernel<T, MT, HAS_Z, kRegRing>);
+    }
   });
 }
 
-int stream_occupancy(bool fp16, bool has_z, int mt, bool smem_ring) {
-  static int cache[2][2][2][5] = {};
-  return cached(cache[smem_ring], fp16, has_z, mt, [&] {
-    return dispatch_stream(fp16, has_z, mt, smem_ring, [](auto kern) { return occupancy(kern, 0); });
+int stream_occupancy(bool fp16, bool has_z, int mt, int transport) {
+  static int cache[3][2][2][5] = {};
+  return cached(cache[transport], fp16, has_z, mt, [&] {
+    return dispatch_stream(fp16, has_z, mt, transport, [](auto kern) { return occupancy(kern, 0); });
   });
 }
 
-cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, bool smem_ring, int m_blocks,
+cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, int transport, int m_blocks,
                           int n_blocks, int smem_bytes, cudaStream_t stream) {
-  return dispatch_stream(fp16, has_z, mt, smem_ring, [&](auto kern) {
+  return dispatch_stream(fp16, has_z, mt, transport, [&](auto kern) {
     cudaError_t attr = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
     if (attr != cudaSuccess) return attr;
     kern<<<dim3(m_blocks, n_blocks, p.k_splits), kThreads, smem_bytes, stream>>>(p);
