@@ -32,10 +32,10 @@ torch.cuda.synchronize()
   exit 0
 fi
 if [ "$MODE" = e2e ]; then
-  # Llama-3-8B decode, random weights: int4-marlin through the heuristic vs path 3 forced (NOTES.md v4),
+  # Llama-3-8B decode, random weights: int4-marlin through the heuristic vs path 4 forced (NOTES.md v7),
   # and bf16 with and without --compile-once (compile time and speed; BENCHMARKS.md "Compile time").
   B="python eval/bench.py --model llama-3-8b --prompt-len 128 --max-new-tokens 256"
-  for run in "auto:" "p3:3"; do
+  for run in "auto:" "p4:4"; do
     LOWBIT_W4A16_PATH=${run#*:} timeout 200 $B --batch 1,32 --quant int4-marlin --out "$OUT/e2e_${run%%:*}" \
       > "$OUT/e2e_${run%%:*}.log" 2>&1; echo "e2e[${run%%:*}] rc=$?"
   done
