@@ -40,7 +40,7 @@ def layer_linears(preset: str) -> list[tuple[str, int, int]]:
 
 DEFAULT_MS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024]
 # scheme suffix -> the op's forced path (kernels.PATHS); no suffix = the heuristic (choose_path)
-FORCED_PATHS = {"mma": 0, "dq": 1, "stream": 2, "smem": 3, "bulk": 4}
+FORCED_PATHS = {"mma": 0, "dq": 1, "stream": 2, "smem": 3}
 
 
 def forced(scheme: str) -> tuple[int, int]:
@@ -241,10 +241,9 @@ def main():
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--ms", default=",".join(map(str, DEFAULT_MS)))
     ap.add_argument("--schemes", default="cublas,tinygemm,ours_sym,ours_asym",
-                    help="also: ours_sym[mma], ours_sym[dq], ours_sym[stream], ours_sym[smem], ours_sym[bulk] (force "
-                         "the mma kernel / dequantize+cuBLAS / the streaming kernel with its ring in registers / in "
-                         "shared memory by cp.async / by bulk copies), ours_sym[stream/s4] (and split K in 4); likewise "
-                         "ours_asym[...]")
+                    help="also: ours_sym[mma], ours_sym[dq], ours_sym[stream], ours_sym[smem] (force the mma "
+                         "kernel / dequantize+cuBLAS / the streaming kernel with its ring in registers / in shared "
+                         "memory), ours_sym[stream/s4] (and split K in 4); likewise ours_asym[...]")
     ap.add_argument("--bandwidth", action="store_true", help="measure the D2D copy bandwidth first")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", default=os.environ.get("OUT", "out"))

@@ -68,7 +68,7 @@ def extension_available() -> bool:
 
 
 # The op's CUDA paths by number (csrc/ops.cpp gemm_path; choose_path picks one).
-PATHS = ("mma", "dequant_cublas", "stream", "stream_smem", "stream_bulk")
+PATHS = ("mma", "dequant_cublas", "stream", "stream_smem")
 
 
 def choose_path(M: int, N: int, K: int) -> str:

@@ -32,10 +32,10 @@ torch.cuda.synchronize()
   exit 0
 fi
 if [ "$MODE" = e2e ]; then
-  # Llama-3-8B decode, random weights: int4-marlin through the heuristic vs path 4 forced (NOTES.md v7),
+  # Llama-3-8B decode, random weights: int4-marlin through the heuristic vs path 3 forced (NOTES.md v4),
   # and bf16 with and without --compile-once (compile time and speed; BENCHMARKS.md "Compile time").
   B="python eval/bench.py --model llama-3-8b --prompt-len 128 --max-new-tokens 256"
-  for run in "auto:" "p4:4"; do
+  for run in "auto:" "p3:3"; do
     LOWBIT_W4A16_PATH=${run#*:} timeout 200 $B --batch 1,32 --quant int4-marlin --out "$OUT/e2e_${run%%:*}" \
       > "$OUT/e2e_${run%%:*}.log" 2>&1; echo "e2e[${run%%:*}] rc=$?"
   done
@@ -57,7 +57,7 @@ san() {
   timeout 300 compute-sanitizer --tool "$1" --error-exitcode 9 python -c "
 import sys, torch; sys.path.insert(0, 'tests')
 from test_kernels import check_gpu
-for path in (0, 2, 3, 4):
+for path in (0, 2, 3):
     for M, N, K, gs, sym in ((1, 256, 512, 128, True), (17, 192, 320, 64, False), (33, 128, 4096, 32, False)):
         check_gpu(M, N, K, gs, sym, torch.bfloat16, 5, path)
 " > "$OUT/san_$1.log" 2>&1
@@ -66,24 +66,24 @@ for path in (0, 2, 3, 4):
 san memcheck
 san racecheck
 timeout 240 python eval/kernels.py --bandwidth --out "$OUT" \
-  --schemes "cublas,tinygemm,ours_sym,ours_asym,ours_sym[stream],ours_asym[stream],ours_sym[smem],ours_asym[smem],ours_sym[bulk],ours_asym[bulk]" > "$OUT/bench.log" 2>&1
+  --schemes "cublas,tinygemm,ours_sym,ours_asym,ours_sym[stream],ours_asym[stream],ours_sym[smem],ours_asym[smem]" > "$OUT/bench.log" 2>&1
 echo "bench rc=$?"
-timeout 90 python eval/kernels.py --ms 64,128,256,1024 --schemes "ours_sym[mma],ours_sym[dq],ours_sym[stream],ours_sym[smem],ours_sym[bulk]" --reps 10 --tag _paths \
+timeout 90 python eval/kernels.py --ms 64,128,256,1024 --schemes "ours_sym[mma],ours_sym[dq],ours_sym[stream],ours_sym[smem]" --reps 10 --tag _paths \
   --out "$OUT" > "$OUT/bench_paths.log" 2>&1; echo "paths rc=$?"
 # split-K sweep of the streaming kernel at decode sizes (per-linear lines in bench_splits.log; kernels/NOTES.md v3)
 timeout 120 python eval/kernels.py --ms 1,16,32 --reps 10 --tag _splits --out "$OUT" --schemes \
   "ours_sym[stream],ours_sym[stream/s1],ours_sym[stream/s2],ours_sym[stream/s4],ours_sym[smem/s1],ours_sym[smem/s2],ours_sym[smem/s4]" \
   > "$OUT/bench_splits.log" 2>&1; echo "splits rc=$?"
-# Hardware counters of the streaming kernel (paths 2, 3 and 4) at M=1 on gate_up and o_proj (NOTES.md v3/v4: what
+# Hardware counters of the streaming kernel (paths 2 and 3) at M=1 on gate_up and o_proj (NOTES.md v3/v4: what
 # bounds it: DRAM throughput, issue-slot use, warp stall reasons). Needs a runtime that exposes counters.
-timeout 240 ncu --clock-control none --kernel-name regex:w4a16_stream --launch-count 6 \
+timeout 240 ncu --clock-control none --kernel-name regex:w4a16_stream --launch-count 4 \
   --section SpeedOfLight --section MemoryWorkloadAnalysis --section SchedulerStats --section WarpStateStats \
   --section LaunchStats --section Occupancy python -c "
 import sys, torch; sys.path.insert(0, 'tests')
 import kernels; from test_kernels import make_problem
 for N, K in ((28672, 4096), (4096, 4096)):
     x, q, s, z = make_problem(1, N, K, 128, True, torch.bfloat16, 'cuda', 0)
-    for path in (2, 3, 4):
+    for path in (2, 3):
         kernels.load_extension().gemm_path(x, *kernels.pack_w4(q, s, z, 128), 128, path)
 torch.cuda.synchronize()
 " > "$OUT/ncu.txt" 2>&1; echo "ncu rc=$? $(grep -cE 'Duration|Throughput' "$OUT/ncu.txt") metric lines"

@@ -26,8 +26,7 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 
 // Path heuristic: the ONE place that decides which kernel runs.
 // 0 = fused mma.sync kernel, 1 = dequantize to a 16-bit temporary + cuBLAS,
-// 2 = the streaming kernel (w4a16_kernel.cu), 3 = the same with its weight ring in shared memory
-// (4 = that ring filled by bulk copies: forced only, not yet measured).
+// 2 = the streaming kernel (w4a16_kernel.cu), 3 = the same with its weight ring in shared memory.
 // Thresholds from the microbenchmark on an H200, torch 2.11, 2026-11-29 (BENCHMARKS.md, "Kernel
 // microbenchmark"; kernels/NOTES.md v5): Llama-3-8B's four linears, g128 symmetric, sum in us.
 //   streaming, register ring (2) vs shared-memory ring (3):
@@ -43,7 +42,7 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 // kernel's smem-pipelined tiles tie it; past ~256 rows cuBLAS on a dequantized copy wins
 // despite writing and re-reading 2 bytes per weight (the H100 run of 2026-11-25 put the
 // tie at M=256 too: 611 vs 609 us, kernels/NOTES.md).
-// LOWBIT_W4A16_PATH=0..4 in the environment overrides it for every call of the process (end-to-end
+// LOWBIT_W4A16_PATH=0..3 in the environment overrides it for every call of the process (end-to-end
 // A/B runs of a path without a rebuild; read once).
 constexpr int64_t kRegRingMaxM = 16;
 constexpr int64_t kStreamMaxM = 32;
@@ -53,7 +52,7 @@ int64_t forced_path() {
     const char* env = std::getenv("LOWBIT_W4A16_PATH");
     if (env == nullptr || *env == '\0') return int64_t{-1};
     const std::string v(env);
-    TORCH_CHECK(v.size() == 1 && v[0] >= '0' && v[0] <= '4', "LOWBIT_W4A16_PATH must be 0, 1, 2, 3 or 4 (or unset), got '",
+    TORCH_CHECK(v.size() == 1 && v[0] >= '0' && v[0] <= '3', "LOWBIT_W4A16_PATH must be 0, 1, 2 or 3 (or unset), got '",
                 v, "'");
     return int64_t{v[0] - '0'};
   }();
@@ -185,7 +184,7 @@ struct StreamPlan {
   int64_t splits, kt_per_warp, groups_per_cta, s_off, z_off, ring_off, smem;
 };
 
-// smem_ring: paths 3 and 4, whose per-warp weight rings (stream_ring_bytes(mt) in all) follow
+// smem_ring: path 3, whose per-warp weight rings (8 warps x stream_ring_tiles(mt) x 512 bytes) follow
 // the staged scales and zeros. want_splits > 0 replaces the one-wave rule (benchmarks sweep it; see
 // gemm_path's `splits`).
 StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, bool smem_ring, int64_t ctas,
@@ -209,7 +208,7 @@ StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, boo
     pl.s_off = rows * tw * 128;
     pl.z_off = pl.s_off + pl.groups_per_cta * 256;
     pl.ring_off = pl.z_off + (has_z ? pl.groups_per_cta * 256 : 0);
-    pl.smem = std::max(pl.ring_off + (smem_ring ? stream_ring_bytes(mt) : 0), red);
+    pl.smem = std::max(pl.ring_off + (smem_ring ? 8 * stream_ring_tiles(mt) * 512 : 0), red);
     if (pl.smem <= smem_cap || tw == 4) {
       TORCH_CHECK(pl.smem <= d.smem_per_block - 128, "w4a16_gemm: the streaming kernel needs ", pl.smem,
                   " bytes of shared memory for M=", M, ", K=", K, "; this GPU allows ", d.smem_per_block);
@@ -221,9 +220,8 @@ StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, boo
 }
 
 // path: -1 = heuristic, 0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming kernel,
-// 3 = streaming kernel with its weight ring in shared memory, 4 = the same ring filled by bulk copies
-// (sm_90; forced only until measured against 2 and 3: kernels/NOTES.md v7).
-// splits: -1 = the launch plan's split-K count; > 0 asks for that many (paths 0, 2, 3, 4; the count
+// 3 = streaming kernel with its weight ring in shared memory (w4a16_kernel.cu; measured against 2 first).
+// splits: -1 = the launch plan's split-K count; > 0 asks for that many (paths 0, 2, 3; the count
 // actually run can differ: no split may be empty). A benchmark knob (eval/kernels.py "[stream/s4]").
 at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
                      const std::optional<at::Tensor>& z, int64_t gs, int64_t path, int64_t want_splits) {
@@ -244,7 +242,7 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
     return at::mm(x, w16.t());
   }
 
-  TORCH_CHECK(path >= 0 && path <= 4, "w4a16_gemm: path must be -1 (heuristic), 0, 1, 2, 3 or 4, got ", path);
+  TORCH_CHECK(path >= 0 && path <= 3, "w4a16_gemm: path must be -1 (heuristic), 0, 1, 2 or 3, got ", path);
   at::Tensor y = at::empty({M, N}, x.options());
   const int mt = mma_m_tiles((int)M);
   const int64_t m_blocks = (M + 16 * mt - 1) / (16 * mt);
@@ -257,12 +255,9 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   const int64_t ctas = m_blocks * n_blocks;
   int64_t splits = 1, kb_per_split = kb_total;
   StreamPlan plan{};
-  const bool streaming = path >= 2, smem_ring = path >= 3;
-  const int transport = path - 2;  // streaming only: 0 registers, 1 cp.async ring, 2 bulk-copy ring
+  const bool streaming = path >= 2, smem_ring = path == 3;
   if (streaming) {
-    TORCH_CHECK(path != 4 || d.major >= 9, "w4a16_gemm: path 4 (bulk copies) needs compute capability >= 9.0, got ",
-                d.major, ".", d.minor);
-    plan = plan_stream(M, K, gs, has_z, mt, smem_ring, ctas, stream_occupancy(fp16, has_z, mt, transport), d,
+    plan = plan_stream(M, K, gs, has_z, mt, smem_ring, ctas, stream_occupancy(fp16, has_z, mt, smem_ring), d,
                        want_splits);
     splits = plan.splits;
   } else {
@@ -303,7 +298,7 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
     p.s_off = (int)plan.s_off;
     p.z_off = (int)plan.z_off;
     p.ring_off = (int)plan.ring_off;
-    C10_CUDA_CHECK(launch_stream(p, fp16, has_z, mt, transport, (int)m_blocks, (int)n_blocks, (int)plan.smem,
+    C10_CUDA_CHECK(launch_stream(p, fp16, has_z, mt, smem_ring, (int)m_blocks, (int)n_blocks, (int)plan.smem,
                                  stream));
   } else {
     C10_CUDA_CHECK(launch_mma(p, fp16, has_z, mt, (int)m_blocks, (int)n_blocks, stream));
@@ -324,7 +319,7 @@ TORCH_LIBRARY_IMPL(lowbit, CUDA, m) { m.impl("w4a16_gemm", &lowbit::w4a16_gemm_c
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_path", &lowbit::gemm_path,
         "w4a16 GEMM with a forced path (-1 auto, 0 mma, 1 dequant+cuBLAS, 2 streaming, 3 streaming with a "
-        "shared-memory ring, 4 the same ring filled by bulk copies) and optionally a split-K count",
+        "shared-memory ring) and optionally a split-K count",
         py::arg("x"), py::arg("packed_w"), py::arg("scales"), py::arg("zeros"), py::arg("group_size"),
         py::arg("path"), py::arg("splits") = -1);
   m.def(
@@ -345,7 +340,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       py::arg("M"), py::arg("K"), py::arg("group_size"), py::arg("has_zeros"), py::arg("m_tiles"), py::arg("ctas"),
       py::arg("occupancy"), py::arg("sms"), py::arg("smem_per_sm"), py::arg("smem_per_block"),
       py::arg("splits") = -1, py::arg("smem_ring") = false);
-  m.def("choose_path", &lowbit::choose_path, "0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming, 3 = streaming with a shared-memory ring "
-        "(4, bulk copies, only forced)", py::arg("M"),
+  m.def("choose_path", &lowbit::choose_path, "0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming, 3 = streaming with a shared-memory ring", py::arg("M"),
         py::arg("N"), py::arg("K"));
 }
