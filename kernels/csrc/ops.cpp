@@ -33,7 +33,8 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 //     M=1 61.1 vs 65.2, M=8 62.1 vs 69.9, M=16 71.8 vs 77.7 (the code in the tree, v5); before v5
 //     64.3 vs 65.5, 64.5 vs 69.8, 73.1 vs 75.8.  M=32 (MT=2, unchanged by v5; three runs of the day):
 //     112.1 / 111.7 / 112.1 vs 102.5 / 104.1 / 103.1 (gate_up 50.5 vs 44.9: at MT=2 path 2's ring is
-//     4 tiles deep and drains every turn, path 3 keeps 7 in flight)
+//     4 tiles deep and drains every turn, path 3 keeps 7 in flight).  Path 3 for 17..32 waits on the
+//     GPU checks of the heuristic through it (odd-M sweep, opcheck): branch wip/unverified-kernels.
 //   streaming vs fused mma (before v5): M=1 64.5 vs 105.6, M=16 76.1 vs 109.2, M=32 112.9 vs 129.2,
 //                                       M=64 196.8 (path 3: 189.3) vs 189.7, M=128 345.2 vs 341.4
 //   fused mma vs dequant+cuBLAS: M=128 339 vs 471, M=256 608 vs 511, M=1024 2304 vs 895
@@ -44,7 +45,6 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 // tie at M=256 too: 611 vs 609 us, kernels/NOTES.md).
 // LOWBIT_W4A16_PATH=0..3 in the environment overrides it for every call of the process (end-to-end
 // A/B runs of a path without a rebuild; read once).
-constexpr int64_t kRegRingMaxM = 16;
 constexpr int64_t kStreamMaxM = 32;
 constexpr int64_t kDequantMinM = 256;
 int64_t forced_path() {
@@ -63,8 +63,7 @@ int64_t choose_path(int64_t M, int64_t N, int64_t K) {
   (void)N;
   (void)K;
   if (const int64_t forced = forced_path(); forced >= 0) return forced;
-  if (M <= kRegRingMaxM) return 2;
-  if (M <= kStreamMaxM) return 3;
+  if (M <= kStreamMaxM) return 2;
   return M >= kDequantMinM ? 1 : 0;
 }
 
@@ -99,12 +98,8 @@ const DeviceInfo& device_info(int dev) {
 // allocator hands out memory from the graph's private pool, and a tensor kept
 // from there outlives the graph's bookkeeping (cudagraph trees raised "1 tensor
 // in the cudagraph pool not tracked as outputs" for `generate.py --quant
-// int4-marlin --batch 32`, whose prefill never splits K).  Every call of the
-// op (not only split-K ones) makes sure they exist, so any earlier eager call
-// allocates them; if the very first call is captured, the allocation runs in
-// relaxed capture mode (cudaMalloc would otherwise invalidate a global-mode
-// capture) and only touches the capturing stream through this error.  Never
-// freed: 256 KB per device for the life of the process.
+// int4-marlin --batch 32`, whose prefill never splits K).  Never freed: 256 KB
+// per device for the life of the process.
 int* counters_for(const at::Tensor& like, cudaStream_t stream) {
   static std::mutex mu;
   static std::vector<int*> per_dev;
@@ -115,16 +110,12 @@ int* counters_for(const at::Tensor& like, cudaStream_t stream) {
     cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
     C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
     TORCH_CHECK(capturing == cudaStreamCaptureStatusNone,
-                "w4a16_gemm: the first call on a device allocates its split-K counters and cannot run "
+                "w4a16_gemm: the first split-K call on a device allocates its counters and cannot run "
                 "inside CUDA graph capture: call the op once before capturing");
-    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;  // another thread may be capturing
-    C10_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
     int* c = nullptr;
-    cudaError_t err = cudaMalloc(&c, kCounterCapacity * sizeof(int));
-    if (err == cudaSuccess) err = cudaMemsetAsync(c, 0, kCounterCapacity * sizeof(int), stream);
-    if (err == cudaSuccess) err = cudaStreamSynchronize(stream);  // zeroed before any stream uses them
-    C10_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
-    C10_CUDA_CHECK(err);
+    C10_CUDA_CHECK(cudaMalloc(&c, kCounterCapacity * sizeof(int)));
+    C10_CUDA_CHECK(cudaMemset(c, 0, kCounterCapacity * sizeof(int)));
+    C10_CUDA_CHECK(cudaDeviceSynchronize());  // zeroed before any stream uses them
     per_dev[dev] = c;
   }
   return per_dev[dev];
@@ -232,7 +223,6 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   const bool fp16 = x.scalar_type() == at::kHalf;
   const bool has_z = z.has_value();
   if (path < 0) path = choose_path(M, N, K);
-  int* counters = counters_for(x, stream);  // on every call, whatever the path: see counters_for
 
   if (path == 1) {
     at::Tensor w16 = at::empty({N, K}, x.options());
@@ -283,7 +273,7 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   p.z = has_z ? z->data_ptr() : nullptr;
   p.y = y.data_ptr();
   p.workspace = splits > 1 ? ws.data_ptr<float>() : nullptr;
-  p.counters = splits > 1 ? counters : nullptr;
+  p.counters = splits > 1 ? counters_for(x, stream) : nullptr;
   p.M = (int)M;
   p.N = (int)N;
   p.K = (int)K;
@@ -340,6 +330,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       py::arg("M"), py::arg("K"), py::arg("group_size"), py::arg("has_zeros"), py::arg("m_tiles"), py::arg("ctas"),
       py::arg("occupancy"), py::arg("sms"), py::arg("smem_per_sm"), py::arg("smem_per_block"),
       py::arg("splits") = -1, py::arg("smem_ring") = false);
-  m.def("choose_path", &lowbit::choose_path, "0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming, 3 = streaming with a shared-memory ring", py::arg("M"),
+  m.def("choose_path", &lowbit::choose_path, "0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming (3, a shared-memory ring, only forced)", py::arg("M"),
         py::arg("N"), py::arg("K"));
 }
