@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from rounding import nonzero_scale, pack_nibbles, quantize_int4, round_up, unpack_nibbles
+from rounding import FP8, pack_nibbles, quantize_fp8_rows, quantize_int4, quantize_int8_rows, round_up, unpack_nibbles
 
 _NOTICED: set[str] = set()
 
@@ -85,9 +85,7 @@ class Int8(QuantLinear):
 
     @classmethod
     def from_float(cls, linear: nn.Linear):
-        w = cls._weight(linear).float()
-        s = (w.abs().amax(1) / 127).to(linear.weight.dtype)
-        return cls((w / nonzero_scale(s)[:, None]).round().clamp(-127, 127).to(torch.int8), s)
+        return cls(*quantize_int8_rows(cls._weight(linear), linear.weight.dtype))
 
     @classmethod
     def empty(cls, in_features, out_features, dtype, device):
@@ -295,7 +293,6 @@ class FP8Rowwise(QuantLinear):
     in float32 (the reference), with a one-line notice.
     """
     PATTERN = NAME = "fp8-rowwise"
-    FP8, FP8_MAX = torch.float8_e4m3fn, torch.finfo(torch.float8_e4m3fn).max
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor):
         super().__init__(weight.shape[1], weight.shape[0])
@@ -306,26 +303,19 @@ class FP8Rowwise(QuantLinear):
             _notice("fp8-rowwise: torch._scaled_mm needs CUDA and N, K multiples of 16; using the float32 reference")
 
     @classmethod
-    def _rowwise(cls, t: torch.Tensor):
-        """t (R, K) -> fp8 (R, K) and float32 scales (R, 1), t ~ fp8 * scale."""
-        t = t.float()
-        s = nonzero_scale(t.abs().amax(-1, keepdim=True) / cls.FP8_MAX)
-        return (t / s).clamp(-cls.FP8_MAX, cls.FP8_MAX).to(cls.FP8), s
-
-    @classmethod
     def from_float(cls, linear: nn.Linear):
-        return cls(*cls._rowwise(cls._weight(linear)))
+        return cls(*quantize_fp8_rows(cls._weight(linear)))
 
     @classmethod
     def empty(cls, in_features, out_features, dtype, device):
-        return cls(torch.empty(out_features, in_features, dtype=cls.FP8, device=device),
+        return cls(torch.empty(out_features, in_features, dtype=FP8, device=device),
                    torch.empty(out_features, 1, dtype=torch.float32, device=device))
 
     def dequantize(self, dtype=None) -> torch.Tensor:
         return (self.weight.float() * self.scales).to(dtype or torch.float32)
 
     def forward(self, x):
-        xq, xs = self._rowwise(x.reshape(-1, self.in_features))  # (B, T, K) -> (B*T, K)
+        xq, xs = quantize_fp8_rows(x.reshape(-1, self.in_features))  # (B, T, K) -> (B*T, K)
         if x.is_cuda and self.scaled_mm_ok:
             y = torch._scaled_mm(xq, self.weight.t(), scale_a=xs, scale_b=self.scales.t(), out_dtype=torch.bfloat16)
         else:

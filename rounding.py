@@ -2,6 +2,7 @@
 
 `quantize_int4` holds the three int4 rules (symmetric as GGUF Q4_0, float zero as Q4_1/tinygemm/HQQ,
 integer zero as AWQ/GPTQ); `pack_nibbles` is tinygemm's byte order, also our checkpoints' int4 format;
+`quantize_int8_rows` and `quantize_fp8_rows` are the per-row (per output channel) rules of int8 and fp8;
 `nonzero_scale` turns scales into safe divisors for every scheme.
 """
 import torch
@@ -64,3 +65,21 @@ def quantize_int4(w: torch.Tensor, group_size: int, zero: str, dtype: torch.dtyp
     else:
         raise ValueError(f"unknown int4 zero mode {zero!r}; known: sym, asym, azp")
     return q.to(torch.uint8).view(N, Kp), s, m  # (N, G, group) -> (N, Kp)
+
+
+def quantize_int8_rows(w: torch.Tensor, dtype: torch.dtype):
+    """w (N, K) -> int8 q (N, K) in -127..127 and scales (N,) in dtype, w ~ scales[n] * q[n, k]."""
+    w = w.float()
+    s = (w.abs().amax(1) / 127).to(dtype)
+    return (w / nonzero_scale(s)[:, None]).round().clamp(-127, 127).to(torch.int8), s
+
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8).max
+
+
+def quantize_fp8_rows(t: torch.Tensor):
+    """t (R, K) -> fp8 e4m3 (R, K) and float32 scales (R, 1), t ~ fp8 * scale."""
+    t = t.float()
+    s = nonzero_scale(t.abs().amax(-1, keepdim=True) / FP8_MAX)
+    return (t / s).clamp(-FP8_MAX, FP8_MAX).to(FP8), s
