@@ -123,6 +123,8 @@ class Generator:
         self.sampling = (temperature, top_k, top_p)
         self.prefill, self.decode = prefill, decode_step
         self.compiled = compile
+        for layer in model.layers:  # trace one layer, call it n_layers times (model.py, _block_once)
+            layer.compile_once = compile and compile_once
         if compile:
             if model.tok_embeddings.weight.is_cuda:
                 # gpt-fast's setting. Besides tuning generated reductions, it makes inductor decompose a
@@ -130,8 +132,6 @@ class Generator:
                 # is what fuses int8-compile's cast into a GEMV at batch 1; it applies to bf16 batch 1
                 # too, instead of cuBLAS (BENCHMARKS.md, decode matrix). Process-wide.
                 torch._inductor.config.coordinate_descent_tuning = True
-            for layer in model.layers:  # trace one layer, call it n_layers times (model.py, _block_once)
-                layer.compile_once = compile_once
             self.decode = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True)
             if compile_prefill:  # about half the compile time; eval/bench.py measures decode only
                 # Static under compile_once: a dynamic trace turns module floats into symbolic floats,

@@ -137,17 +137,19 @@ def main(argv=None):
             "compile_once": args.compile_once}
     earlier = load_earlier(args.out / "bench.json", meta) if args.append else []
 
-    def write(rows):
+    def merged(rows):  # this run's cells replace the same (scheme, batch) cells of an appended-to run
         new = {(r["quant"], r["batch"]) for r in rows}
-        merged = [r for r in earlier if (r["quant"], r["batch"]) not in new] + rows
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench.json").write_text(json.dumps({"meta": meta, "rows": merged}, indent=2))
-        (args.out / "bench.md").write_text(markdown(merged, meta))
-        plot(merged, args.out / "bench.png",
-             f"{args.model}, prompt {args.prompt_len}, {args.max_new_tokens} new, {meta['device']}")
-        return merged
+        return [r for r in earlier if (r["quant"], r["batch"]) not in new] + rows
 
-    print(markdown(write(run_matrix(args, on_row=write)), meta))
+    def write(rows):  # after every cell
+        m = merged(rows)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench.json").write_text(json.dumps({"meta": meta, "rows": m}, indent=2))
+        (args.out / "bench.md").write_text(markdown(m, meta))
+        plot(m, args.out / "bench.png",
+             f"{args.model}, prompt {args.prompt_len}, {args.max_new_tokens} new, {meta['device']}")
+
+    print(markdown(merged(run_matrix(args, on_row=write)), meta))
 
 
 def load_earlier(path: Path, meta: dict) -> list[dict]:

@@ -106,7 +106,7 @@ def main(argv=None):
     prompts = random_prompts(args.batch, args.prompt_len, model.args.vocab_size, seed=0)
     cache_len = args.prompt_len + 1 + 2 * args.steps
     run = lambda n: gen(prompts, n, set(), 0, cache_len, show_progress=False)  # noqa: E731
-    run(1 + 2 * args.steps)  # compiles the decode step and records its CUDA graph
+    gen.warmup(prompts, 1 + 2 * args.steps, set(), 0, cache_len)  # compiles; records the decode CUDA graph
     short = totals(lambda: run(1 + args.steps), cuda)
     long = totals(lambda: run(1 + 2 * args.steps), cuda)
     rows = per_step(short, long, args.steps)

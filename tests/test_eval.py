@@ -95,8 +95,6 @@ def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikit
     for so short a context, differed by 0.17% and 0.41% on an H200, 2026-11-29)."""
     import copy
 
-    import torch.nn.functional as F
-
     import kernels
     from checkpoint import load_model
     from eval.perplexity import token_perplexity
@@ -110,9 +108,8 @@ def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikit
     quantize_(ker, f"int4-marlin-g128-{zero}")
     exact = copy.deepcopy(ref)
     for m in exact.modules():
-        if isinstance(m, Int4):  # x (.., K) -> zero-padded to Kp, float32 product with the exact weights
-            m.forward = lambda x, m=m: F.linear(F.pad(x.float(), (0, m.qweight.shape[1] * 2 - m.in_features)),
-                                                m._dequantize_padded(torch.float32)).to(x.dtype)
+        if isinstance(m, Int4):  # the reference's forward in float32: exact weights, float32 product
+            m.forward = lambda x, m=m: Int4.forward(m, x.float()).to(x.dtype)
     forced = os.environ.get("LOWBIT_W4A16_PATH")  # e.g. 3: every window through path 3
     for window, path in ((16, "stream"), (128, "mma"), (1024, "dequant_cublas")):
         taken = kernels.PATHS[int(forced)] if forced else path
