@@ -27,26 +27,27 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 // Path heuristic: the ONE place that decides which kernel runs.
 // 0 = fused mma.sync kernel, 1 = dequantize to a 16-bit temporary + cuBLAS,
 // 2 = the streaming kernel (w4a16_kernel.cu), 3 = the same with its weight ring in shared memory.
-// Thresholds from the microbenchmark on an H200, torch 2.11, 2026-11-29 (BENCHMARKS.md, "Kernel
-// microbenchmark"; kernels/NOTES.md v5): Llama-3-8B's four linears, g128 symmetric, sum in us.
-//   streaming, register ring (2) vs shared-memory ring (3):
-//     M=1 61.1 vs 65.2, M=8 62.1 vs 69.9, M=16 71.8 vs 77.7 (the code in the tree, v5); before v5
-//     64.3 vs 65.5, 64.5 vs 69.8, 73.1 vs 75.8.  M=32 (MT=2, unchanged by v5; three runs of the day):
-//     112.1 / 111.7 / 112.1 vs 102.5 / 104.1 / 103.1 (gate_up 50.5 vs 44.9: at MT=2 path 2's ring is
-//     4 tiles deep and drains every turn, path 3 keeps 7 in flight).  Path 3 for 17..32 waits on the
-//     GPU checks of the heuristic through it (odd-M sweep, opcheck): branch wip/unverified-kernels.
+// Thresholds from the microbenchmark on an H200, torch 2.11 (BENCHMARKS.md, "Kernel microbenchmark";
+// kernels/NOTES.md v5-v7): Llama-3-8B's four linears, g128 symmetric, sum in us.
+//   streaming, register ring (2) vs shared-memory ring (3), one process each line:
+//     2026-11-29 (v5): M=1 61.1 vs 65.2, M=8 62.1 vs 69.9, M=16 71.8 vs 77.7.  M=32 (MT=2): three runs
+//     that day 112.1 / 111.7 / 112.1 vs 102.5 / 104.1 / 103.1 (gate_up 50.5 vs 44.9: at MT=2 path 2's
+//     ring is 4 tiles deep and drains every turn, path 3 keeps 7 in flight); 2026-11-29 (this code):
+//     M=1 60.6 vs 64.3, M=16 71.8 vs 77.3, M=32 111.6 vs 102.4 (the heuristic there: 102.7).
 //   streaming vs fused mma (before v5): M=1 64.5 vs 105.6, M=16 76.1 vs 109.2, M=32 112.9 vs 129.2,
 //                                       M=64 196.8 (path 3: 189.3) vs 189.7, M=128 345.2 vs 341.4
-//   fused mma vs dequant+cuBLAS: M=128 339 vs 471, M=256 608 vs 511, M=1024 2304 vs 895
+//   fused mma vs dequantize (v6) + cuBLAS, 2026-11-29: M=128 345.4 vs 285.5, M=256 614.8 vs 322.6,
+//   M=1024 2318.7 vs 704.4 (cuBLAS on bf16 weights: 142.1, 184.6, 571.4).  M=64 to 127 not measured
+//   against path 1; before v6 (scattered stores) the tie was at M=256.
 // The streaming kernel stages x once and never waits on a barrier, so it wins while the
-// weights dominate (M <= 32, at most two 16-row m-tiles); from 64 rows on, the fused
-// kernel's smem-pipelined tiles tie it; past ~256 rows cuBLAS on a dequantized copy wins
-// despite writing and re-reading 2 bytes per weight (the H100 run of 2026-11-25 put the
-// tie at M=256 too: 611 vs 609 us, kernels/NOTES.md).
+// weights dominate (M <= 32, at most two 16-row m-tiles); at 64 rows it ties the fused
+// kernel's smem-pipelined tiles; from 128 rows cuBLAS on a dequantized copy wins despite
+// writing and re-reading 2 bytes per weight (~140 us of the 285 at M=128).
 // LOWBIT_W4A16_PATH=0..3 in the environment overrides it for every call of the process (end-to-end
 // A/B runs of a path without a rebuild; read once).
+constexpr int64_t kRegRingMaxM = 16;
 constexpr int64_t kStreamMaxM = 32;
-constexpr int64_t kDequantMinM = 256;
+constexpr int64_t kDequantMinM = 128;
 int64_t forced_path() {
   static const int64_t forced = [] {
     const char* env = std::getenv("LOWBIT_W4A16_PATH");
@@ -63,7 +64,8 @@ int64_t choose_path(int64_t M, int64_t N, int64_t K) {
   (void)N;
   (void)K;
   if (const int64_t forced = forced_path(); forced >= 0) return forced;
-  if (M <= kStreamMaxM) return 2;
+  if (M <= kRegRingMaxM) return 2;
+  if (M <= kStreamMaxM) return 3;
   return M >= kDequantMinM ? 1 : 0;
 }
 
@@ -98,8 +100,12 @@ const DeviceInfo& device_info(int dev) {
 // allocator hands out memory from the graph's private pool, and a tensor kept
 // from there outlives the graph's bookkeeping (cudagraph trees raised "1 tensor
 // in the cudagraph pool not tracked as outputs" for `generate.py --quant
-// int4-marlin --batch 32`, whose prefill never splits K).  Never freed: 256 KB
-// per device for the life of the process.
+// int4-marlin --batch 32`, whose prefill never splits K).  Every call of the
+// op (not only split-K ones) makes sure they exist, so any earlier eager call
+// allocates them; if the very first call is captured, the allocation runs in
+// relaxed capture mode (cudaMalloc would otherwise invalidate a global-mode
+// capture) and only touches the capturing stream through this error.  Never
+// freed: 256 KB per device for the life of the process.
 int* counters_for(const at::Tensor& like, cudaStream_t stream) {
   static std::mutex mu;
   static std::vector<int*> per_dev;
@@ -110,12 +116,16 @@ int* counters_for(const at::Tensor& like, cudaStream_t stream) {
     cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
     C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
     TORCH_CHECK(capturing == cudaStreamCaptureStatusNone,
-                "w4a16_gemm: the first split-K call on a device allocates its counters and cannot run "
+                "w4a16_gemm: the first call on a device allocates its split-K counters and cannot run "
                 "inside CUDA graph capture: call the op once before capturing");
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;  // another thread may be capturing
+    C10_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
     int* c = nullptr;
-    C10_CUDA_CHECK(cudaMalloc(&c, kCounterCapacity * sizeof(int)));
-    C10_CUDA_CHECK(cudaMemset(c, 0, kCounterCapacity * sizeof(int)));
-    C10_CUDA_CHECK(cudaDeviceSynchronize());  // zeroed before any stream uses them
+    cudaError_t err = cudaMalloc(&c, kCounterCapacity * sizeof(int));
+    if (err == cudaSuccess) err = cudaMemsetAsync(c, 0, kCounterCapacity * sizeof(int), stream);
+    if (err == cudaSuccess) err = cudaStreamSynchronize(stream);  // zeroed before any stream uses them
+    C10_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
+    C10_CUDA_CHECK(err);
     per_dev[dev] = c;
   }
   return per_dev[dev];
@@ -171,11 +181,15 @@ void check_inputs(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
 // is a multiple of 4 k-tiles (the kernel's unroll step), and the CTA's staged
 // x rows + scales/zeros must fit in shared memory without lowering the
 // register-limited occupancy.
+// `error` says why no plan fits (empty when one does): gemm_path raises it, the test binding returns
+// it, so that no C++ exception crosses pybind11 in the tests (kernels/NOTES.md, open issue 3: on the
+// torch 2.11 GPU machine the second such exception in a process crashed it).
 struct StreamPlan {
   int64_t splits, kt_per_warp, groups_per_cta, s_off, z_off, ring_off, smem;
+  std::string error;
 };
 
-// smem_ring: path 3, whose per-warp weight rings (8 warps x stream_ring_tiles(mt) x 512 bytes) follow
+// smem_ring: path 3, whose per-warp weight rings (stream_ring_bytes(mt) in all) follow
 // the staged scales and zeros. want_splits > 0 replaces the one-wave rule (benchmarks sweep it; see
 // gemm_path's `splits`).
 StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, bool smem_ring, int64_t ctas,
@@ -199,19 +213,20 @@ StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, boo
     pl.s_off = rows * tw * 128;
     pl.z_off = pl.s_off + pl.groups_per_cta * 256;
     pl.ring_off = pl.z_off + (has_z ? pl.groups_per_cta * 256 : 0);
-    pl.smem = std::max(pl.ring_off + (smem_ring ? 8 * stream_ring_tiles(mt) * 512 : 0), red);
+    pl.smem = std::max(pl.ring_off + (smem_ring ? stream_ring_bytes(mt) : 0), red);
     if (pl.smem <= smem_cap || tw == 4) {
-      TORCH_CHECK(pl.smem <= d.smem_per_block - 128, "w4a16_gemm: the streaming kernel needs ", pl.smem,
-                  " bytes of shared memory for M=", M, ", K=", K, "; this GPU allows ", d.smem_per_block);
-      TORCH_CHECK(pl.splits == 1 || ctas <= kCounterCapacity, "w4a16_gemm: M=", M,
-                  " is too large for split-K in the streaming kernel");
+      if (pl.smem > d.smem_per_block - 128)
+        pl.error = c10::str("w4a16_gemm: the streaming kernel needs ", pl.smem, " bytes of shared memory for M=", M,
+                            ", K=", K, "; this GPU allows ", d.smem_per_block);
+      else if (pl.splits > 1 && ctas > kCounterCapacity)
+        pl.error = c10::str("w4a16_gemm: M=", M, " is too large for split-K in the streaming kernel");
       return pl;
     }
   }
 }
 
 // path: -1 = heuristic, 0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming kernel,
-// 3 = streaming kernel with its weight ring in shared memory (w4a16_kernel.cu; measured against 2 first).
+// 3 = streaming kernel with its weight ring in shared memory.
 // splits: -1 = the launch plan's split-K count; > 0 asks for that many (paths 0, 2, 3; the count
 // actually run can differ: no split may be empty). A benchmark knob (eval/kernels.py "[stream/s4]").
 at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
@@ -223,6 +238,7 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   const bool fp16 = x.scalar_type() == at::kHalf;
   const bool has_z = z.has_value();
   if (path < 0) path = choose_path(M, N, K);
+  int* counters = counters_for(x, stream);  // on every call, whatever the path: see counters_for
 
   if (path == 1) {
     at::Tensor w16 = at::empty({N, K}, x.options());
@@ -245,10 +261,12 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   const int64_t ctas = m_blocks * n_blocks;
   int64_t splits = 1, kb_per_split = kb_total;
   StreamPlan plan{};
-  const bool streaming = path >= 2, smem_ring = path == 3;
+  const bool streaming = path >= 2, smem_ring = path >= 3;
+  const int transport = path - 2;  // streaming only: 0 registers, 1 cp.async ring
   if (streaming) {
-    plan = plan_stream(M, K, gs, has_z, mt, smem_ring, ctas, stream_occupancy(fp16, has_z, mt, smem_ring), d,
+    plan = plan_stream(M, K, gs, has_z, mt, smem_ring, ctas, stream_occupancy(fp16, has_z, mt, transport), d,
                        want_splits);
+    TORCH_CHECK(plan.error.empty(), plan.error);
     splits = plan.splits;
   } else {
     // Split K until one wave of resident CTAs is (nearly) full: memory-bound
@@ -273,7 +291,7 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   p.z = has_z ? z->data_ptr() : nullptr;
   p.y = y.data_ptr();
   p.workspace = splits > 1 ? ws.data_ptr<float>() : nullptr;
-  p.counters = splits > 1 ? counters_for(x, stream) : nullptr;
+  p.counters = splits > 1 ? counters : nullptr;
   p.M = (int)M;
   p.N = (int)N;
   p.K = (int)K;
@@ -288,7 +306,7 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
     p.s_off = (int)plan.s_off;
     p.z_off = (int)plan.z_off;
     p.ring_off = (int)plan.ring_off;
-    C10_CUDA_CHECK(launch_stream(p, fp16, has_z, mt, smem_ring, (int)m_blocks, (int)n_blocks, (int)plan.smem,
+    C10_CUDA_CHECK(launch_stream(p, fp16, has_z, mt, transport, (int)m_blocks, (int)n_blocks, (int)plan.smem,
                                  stream));
   } else {
     C10_CUDA_CHECK(launch_mma(p, fp16, has_z, mt, (int)m_blocks, (int)n_blocks, stream));
@@ -322,14 +340,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         d.smem_per_block = smem_per_block;
         const lowbit::StreamPlan pl =
             lowbit::plan_stream(M, K, gs, has_z, mt, smem_ring, ctas, occupancy, d, splits);
-        return std::vector<int64_t>{pl.splits, pl.kt_per_warp, pl.groups_per_cta, pl.s_off, pl.z_off, pl.smem,
-                                    pl.ring_off};
+        if (!pl.error.empty()) return std::make_pair(std::vector<int64_t>{}, pl.error);
+        return std::make_pair(std::vector<int64_t>{pl.splits, pl.kt_per_warp, pl.groups_per_cta, pl.s_off,
+                                                   pl.z_off, pl.smem, pl.ring_off},
+                              std::string{});
       },
-      "the streaming kernel's launch plan for a device description (tests): [splits, kt_per_warp, "
-      "groups_per_cta, s_off, z_off, smem, ring_off]",
+      "the streaming kernel's launch plan for a device description (tests): ([splits, kt_per_warp, "
+      "groups_per_cta, s_off, z_off, smem, ring_off], ''), or ([], why none fits)",
       py::arg("M"), py::arg("K"), py::arg("group_size"), py::arg("has_zeros"), py::arg("m_tiles"), py::arg("ctas"),
       py::arg("occupancy"), py::arg("sms"), py::arg("smem_per_sm"), py::arg("smem_per_block"),
       py::arg("splits") = -1, py::arg("smem_ring") = false);
-  m.def("choose_path", &lowbit::choose_path, "0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming (3, a shared-memory ring, only forced)", py::arg("M"),
-        py::arg("N"), py::arg("K"));
+  m.def("choose_path", &lowbit::choose_path,
+        "0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming, 3 = streaming with a shared-memory ring",
+        py::arg("M"), py::arg("N"), py::arg("K"));
 }

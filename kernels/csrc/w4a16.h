@@ -26,6 +26,8 @@ struct GemmParams {
 // warp's ring; 8 warps per CTA. Two CTAs per SM at MT 1 and 2 (registers), one at MT 4: 16 tiles
 // keep ~60 KB or more in flight per SM at MT 1 and 4 (15 per warp), 8 tiles ~56 KB at MT 2.
 constexpr int stream_ring_tiles(int mt) { return mt == 2 ? 8 : 16; }
+// Bytes of a CTA's shared-memory rings (path 3): 8 warps x R tiles.
+constexpr int stream_ring_bytes(int mt) { return 8 * stream_ring_tiles(mt) * 512; }
 
 struct DequantParams {
   const void* w;
@@ -42,9 +44,10 @@ int mma_m_tiles(int M);                           // m16 tiles per CTA for this 
 int mma_occupancy(bool fp16, bool has_z, int mt); // CTAs per SM
 cudaError_t launch_mma(const GemmParams& p, bool fp16, bool has_z, int mt, int m_blocks, int n_blocks,
                        cudaStream_t stream);
-// The streaming kernel; smem_ring: weight ring in shared memory (path 3) instead of registers (path 2).
-int stream_occupancy(bool fp16, bool has_z, int mt, bool smem_ring);  // CTAs per SM, by registers only
-cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, bool smem_ring, int m_blocks,
+// The streaming kernel; transport 0: weight ring in registers (path 2), 1: in shared memory filled by
+// cp.async (path 3).
+int stream_occupancy(bool fp16, bool has_z, int mt, int transport);  // CTAs per SM, by registers only
+cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, int transport, int m_blocks,
                           int n_blocks, int smem_bytes, cudaStream_t stream);
 cudaError_t launch_dequant(const DequantParams& p, bool fp16, bool has_z, cudaStream_t stream);
 

@@ -520,9 +520,12 @@ __device__ __forceinline__ int4 lds128(const uint8_t* ptr) {
   return v;
 }
 
-// SMEM_RING: false = path 2 (ring of D tiles in registers), true = path 3 (ring of R tiles in
-// shared memory, at p.ring_off, R = stream_ring_tiles(MT) per warp).
-template <typename T, int MT, bool HAS_Z, bool SMEM_RING>
+// The streaming kernel's weight transports (template argument TR): paths 2 and 3 of gemm_path.
+constexpr int kRegRing = 0;    // ring of D tiles in registers
+constexpr int kAsyncRing = 1;  // ring of R tiles in shared memory (at p.ring_off, R = stream_ring_tiles(MT)
+                               // per warp), per-lane cp.async
+
+template <typename T, int MT, bool HAS_Z, int TR>
 __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
     w4a16_stream_kernel(GemmParams p) {
   using Tr = Traits<T>;
@@ -556,8 +559,8 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
 
   // 1. path 2: the first D weight tiles of this warp's run, in flight while x is staged
   const int4* wp = reinterpret_cast<const int4*>(p.w) + ((size_t)gt * k_tiles + cta_kt0 + wkt0) * 32 + lane;
-  int4 wbuf[SMEM_RING ? 1 : D];
-  if constexpr (!SMEM_RING) {
+  int4 wbuf[TR == kRegRing ? D : 1];
+  if constexpr (TR == kRegRing) {
 #pragma unroll
     for (int d = 0; d < D; ++d)
       if (d < ntiles) wbuf[d] = ld_weights(wp + d * 32, evict_first);
@@ -594,7 +597,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
   // 3. path 3: the first R weight tiles, one cp.async group per tile (committed even when empty, so
   //    that group i is always tile i - 1: the x group above is group 0)
   uint8_t* ring = smem + p.ring_off + warp * (R * 512) + lane * 16;  // this lane's 16 bytes of slot 0
-  if constexpr (SMEM_RING) {
+  if constexpr (TR == kAsyncRing) {
 #pragma unroll
     for (int d = 0; d < R; ++d) {
       if (d < ntiles) cp_async16_evict_first(ring + d * 512, wp + d * 32, evict_first);
@@ -690,7 +693,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
     if (rows > 8) fold(std::integral_constant<int, 4>{}); else fold(std::integral_constant<int, 2>{});
   };
 
-  if constexpr (SMEM_RING) {
+  if constexpr (TR == kAsyncRing) {
     cp_async_wait_own<R>();  // the x and scale group; the R weight groups may still be in flight
   } else {
     cp_async_wait<0>();
@@ -703,7 +706,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
     const int t = t0 + d;
     const int slot = ((t0 & (R - 1)) + d) * 512;
     int4 wv;
-    if constexpr (SMEM_RING) {
+    if constexpr (TR == kAsyncRing) {
       cp_async_wait_own<R - 1>();  // groups are tiles in order: at most R-1 younger than tile t pending
       wv = lds128(ring + slot);
     } else {
@@ -772,52 +775,48 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
     // Refill this ring slot only now: wv is dead, so the load reuses its registers (issued at the
     // top of the body, both would be live and every tile would end with register moves). Path 3:
     // the slot's bytes are in registers (wv was used above), so the copy may overwrite them.
-    if constexpr (SMEM_RING) {
+    if constexpr (TR == kAsyncRing) {
       if (t + R < ntiles) cp_async16_evict_first(ring + slot, wp + (t + R) * 32, evict_first);
       cp_async_commit();
     } else {
       if (t + D < ntiles) wbuf[d] = ld_weights(wp + (t + D) * 32, evict_first);
     }
   };
-  // ntiles is a multiple of 4 (tw is, and K % 64 == 0).
-  if constexpr (SMEM_RING) {
-    for (int t0 = 0; t0 < ntiles; t0 += 4) {
+  // ntiles is a multiple of 4 (tw is, and K % 64 == 0), and so is D.
+  static_assert(kStreamDepth == 4, "path 2's loop steps by whole ring turns of 4 tiles");
+  for (int t0 = 0; t0 < ntiles; t0 += 4) {
 #pragma unroll
-      for (int d = 0; d < 4; ++d) tile(d, t0);
-    }
-    cp_async_wait_own<0>();  // no copy is left in flight (each went to a tile < ntiles), but be exact
-  } else {  // whole ring turns, then at most 4 tiles
-    int t0 = 0;
-    for (; t0 + D <= ntiles; t0 += D) {
-#pragma unroll
-      for (int d = 0; d < D; ++d) tile(d, t0);
-    }
-    if (D > 4 && t0 < ntiles) {
-#pragma unroll
-      for (int d = 0; d < 4; ++d) tile(d, t0);
-    }
+    for (int d = 0; d < 4; ++d) tile(d, t0);
   }
+  if constexpr (TR == kAsyncRing) cp_async_wait_own<0>();  // nothing is left in flight, but be exact
   if (kPost && ntiles > 0) fold_rows();  // the last group
   __syncthreads();  // every warp is done reading x: reuse shared memory for the reduction
   reduce_and_store<T, MT>(acc, smem, p, tid, lane, wn, wk, mb, nb, split, row0, ntile_ok);
 }
 
 // ---- dequantize kernel (large-M path: W16 = dequant(W4), then cuBLAS) --------
-// One thread per (tile, lane): reads its 16-byte fragment and writes the 32
-// values as 16 two-element stores.  Memory bound: 0.5 B read + 2 B written per
-// weight.
+// Memory bound: 0.5 B read + 2 B written per weight, so the stores decide its
+// speed.  A lane's 32 values of a tile land in 8 rows (n) and 2 four-byte
+// pieces each: written straight to global memory that is 16 scattered 4-byte
+// stores per lane (v1: ~1.4 TB/s, ~390 of the 959 us at M=1024, NOTES.md).  So
+// a CTA of 4 warps dequantizes 4 consecutive k-tiles of one n-tile (64 x 64
+// weights) into shared memory, then writes each of the 64 rows as 128
+// contiguous bytes with 16-byte stores.  Shared rows are padded to 144 bytes:
+// 36 words, so the 32 lanes' 4-byte writes of one (j, h) step (rows 8j + l/4,
+// word l%4) fall in 32 different banks.  Values: the same single rounding as
+// everywhere (hfma2/hmul2 of the exact q or q-8).
+constexpr int kDqRow = 72;  // shared row: 64 k + 8 pad, in elements
+
 template <typename T, bool HAS_Z>
-__global__ void __launch_bounds__(256) w4_dequant_kernel(DequantParams p) {
+__global__ void __launch_bounds__(128) w4_dequant_kernel(DequantParams p) {
   using Tr = Traits<T>;
   using T2 = typename Tr::T2;
+  __shared__ __align__(16) T tile[64 * kDqRow];
   const int K = p.K, N = p.N;
   const int k_tiles = K >> 4;
-  const size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (t >= (size_t)(N >> 6) * k_tiles * 32) return;
-  const int lane = t & 31;
-  const size_t tile = t >> 5;
-  const int nt = tile / k_tiles, kt = tile % k_tiles;
-  const int4 wv = reinterpret_cast<const int4*>(p.w)[t];
+  const int nt = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int kt = blockIdx.x * 4 + warp;  // K % 64 == 0: all four k-tiles exist
+  const int4 wv = reinterpret_cast<const int4*>(p.w)[((size_t)nt * k_tiles + kt) * 32 + lane];
   const int g = (kt * 16) / p.group_size;
   const size_t soff = (size_t)g * N + nt * 64 + (lane >> 2) * 8;  // this lane's 8 permuted scales
   const int4 sv = *reinterpret_cast<const int4*>(reinterpret_cast<const T*>(p.s) + soff);
@@ -827,22 +826,28 @@ __global__ void __launch_bounds__(256) w4_dequant_kernel(DequantParams p) {
   const uint32_t svals[4] = {(uint32_t)sv.x, (uint32_t)sv.y, (uint32_t)sv.z, (uint32_t)sv.w};
   const uint32_t zvals[4] = {(uint32_t)zv.x, (uint32_t)zv.y, (uint32_t)zv.z, (uint32_t)zv.w};
   const T2 magic = HAS_Z ? Tr::magic() : Tr::magic_sym();
-  T* out = reinterpret_cast<T*>(p.out);
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
     const uint32_t sh = (svals[j >> 1] >> ((j & 1) * 16)) & 0xFFFFu;
     const uint32_t zh = (zvals[j >> 1] >> ((j & 1) * 16)) & 0xFFFFu;
     const T2 s2 = as_t2<T2>(sh | (sh << 16)), z2 = as_t2<T2>(zh | (zh << 16));
-    const int n = nt * 64 + j * 8 + (lane >> 2);
+    const int n = j * 8 + (lane >> 2);  // row in the CTA's n-tile
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int pr = (j & 1) * 2 + h;
       const uint32_t v = ((words[j >> 1] >> (4 * pr)) & 0x000F000Fu) | Tr::kMagic;
       const T2 tq = __hsub2(as_t2<T2>(v), magic);
       const T2 w = HAS_Z ? __hfma2(tq, s2, z2) : __hmul2(tq, s2);
-      const int k = kt * 16 + (lane & 3) * 2 + h * 8;
-      *reinterpret_cast<T2*>(out + (size_t)n * K + k) = w;
+      const int k = warp * 16 + (lane & 3) * 2 + h * 8;  // column in the CTA's 64
+      *reinterpret_cast<T2*>(tile + n * kDqRow + k) = w;
     }
+  }
+  __syncthreads();
+  T* out = reinterpret_cast<T*>(p.out) + (size_t)nt * 64 * K + blockIdx.x * 64;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {  // 64 rows x 8 chunks of 16 bytes: 8 consecutive threads write one row
+    const int c = threadIdx.x + 128 * i, row = c >> 3, ch = c & 7;
+    *reinterpret_cast<int4*>(out + (size_t)row * K + ch * 8) = *reinterpret_cast<const int4*>(tile + row * kDqRow + ch * 8);
   }
 }
 
@@ -921,25 +926,28 @@ cudaError_t launch_mma(const GemmParams& p, bool fp16, bool has_z, int mt, int m
 
 // The streaming kernel for (dtype, zeros, MT) and the transport chosen at run time.
 template <class F>
-auto dispatch_stream(bool fp16, bool has_z, int mt, bool smem_ring, F&& f) {
+auto dispatch_stream(bool fp16, bool has_z, int mt, int transport, F&& f) {
   return dispatch(fp16, has_z, mt, [&](auto t, auto z, auto m) {
     using T = typename decltype(t)::type;
     constexpr int MT = decltype(m)::value;
     constexpr bool HAS_Z = decltype(z)::value;
-    return smem_ring ? f(w4a16_stream_kernel<T, MT, HAS_Z, true>) : f(w4a16_stream_kernel<T, MT, HAS_Z, false>);
+    switch (transport) {
+      case kAsyncRing: return f(w4a16_stream_kernel<T, MT, HAS_Z, kAsyncRing>);
+      default: return f(w4a16_stream_kernel<T, MT, HAS_Z, kRegRing>);
+    }
   });
 }
 
-int stream_occupancy(bool fp16, bool has_z, int mt, bool smem_ring) {
+int stream_occupancy(bool fp16, bool has_z, int mt, int transport) {
   static int cache[2][2][2][5] = {};
-  return cached(cache[smem_ring], fp16, has_z, mt, [&] {
-    return dispatch_stream(fp16, has_z, mt, smem_ring, [](auto kern) { return occupancy(kern, 0); });
+  return cached(cache[transport], fp16, has_z, mt, [&] {
+    return dispatch_stream(fp16, has_z, mt, transport, [](auto kern) { return occupancy(kern, 0); });
   });
 }
 
-cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, bool smem_ring, int m_blocks,
+cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, int transport, int m_blocks,
                           int n_blocks, int smem_bytes, cudaStream_t stream) {
-  return dispatch_stream(fp16, has_z, mt, smem_ring, [&](auto kern) {
+  return dispatch_stream(fp16, has_z, mt, transport, [&](auto kern) {
     cudaError_t attr = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
     if (attr != cudaSuccess) return attr;
     kern<<<dim3(m_blocks, n_blocks, p.k_splits), kThreads, smem_bytes, stream>>>(p);
@@ -948,10 +956,9 @@ cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, bo
 }
 
 cudaError_t launch_dequant(const DequantParams& p, bool fp16, bool has_z, cudaStream_t stream) {
-  const size_t threads = (size_t)(p.N / 64) * (p.K / 16) * 32;
-  const unsigned blocks = (unsigned)((threads + 255) / 256);
+  const dim3 grid(p.K / 64, p.N / 64);  // (64-wide k-blocks, n-tiles); N, K % 64 == 0 (checked by the op)
   return dispatch(fp16, has_z, 1, [&](auto t, auto z, auto) {
-    w4_dequant_kernel<typename decltype(t)::type, decltype(z)::value><<<blocks, 256, 0, stream>>>(p);
+    w4_dequant_kernel<typename decltype(t)::type, decltype(z)::value><<<grid, 128, 0, stream>>>(p);
     return cudaGetLastError();
   });
 }
