@@ -114,6 +114,21 @@ def measured_bandwidth(device: torch.device) -> float | None:
 
 
 # ----------------------------------------------------------------------------------------------- generation
+def compile_kwargs(model: Transformer, cuda: bool) -> tuple[dict, dict]:
+    """torch.compile arguments for the decode step (CUDA graphs) and the prefill of this model.
+
+    A quant scheme may ask for inductor options (quantize.QuantLinear.INDUCTOR_OPTIONS: int8-compile's
+    coordinate-descent tuning); they apply to this model's compiles only, on CUDA. Otherwise plain
+    mode="reduce-overhead" for decode and no options for prefill.
+    """
+    from torch._inductor import list_mode_options
+
+    opts = {k: v for m in model.modules() for k, v in getattr(m, "INDUCTOR_OPTIONS", {}).items()}
+    if not opts or not cuda:
+        return {"mode": "reduce-overhead"}, {}
+    return {"options": {**list_mode_options("reduce-overhead"), **opts}}, {"options": opts}
+
+
 class Generator:
     """Owns the compiled prefill/decode functions for one model and runs batched generation."""
 
@@ -126,17 +141,12 @@ class Generator:
         for layer in model.layers:  # trace one layer, call it n_layers times (model.py, _block_once)
             layer.compile_once = compile and compile_once
         if compile:
-            if model.tok_embeddings.weight.is_cuda:
-                # gpt-fast's setting. Besides tuning generated reductions, it makes inductor decompose a
-                # matmul with one row into multiply + sum (torch/_inductor/decomposition.py, `mm`), which
-                # is what fuses int8-compile's cast into a GEMV at batch 1; it applies to bf16 batch 1
-                # too, instead of cuBLAS (BENCHMARKS.md, decode matrix). Process-wide.
-                torch._inductor.config.coordinate_descent_tuning = True
-            self.decode = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True)
+            decode_kw, prefill_kw = compile_kwargs(model, model.tok_embeddings.weight.is_cuda)
+            self.decode = torch.compile(decode_step, fullgraph=True, **decode_kw)
             if compile_prefill:  # about half the compile time; eval/bench.py measures decode only
                 # Static under compile_once: a dynamic trace turns module floats into symbolic floats,
                 # which a nested compile region does not take as operands (torch 2.14).
-                self.prefill = torch.compile(prefill, dynamic=not compile_once, fullgraph=True)
+                self.prefill = torch.compile(prefill, dynamic=not compile_once, fullgraph=True, **prefill_kw)
 
     def warmup(self, prompts, max_new_tokens, eos_ids, pad_id, cache_len) -> float:
         """A short untimed run with the timed run's cache shape (so nothing recompiles later); returns seconds."""

@@ -47,6 +47,9 @@ class QuantLinear(nn.Module):
     PATTERN = ""  # scheme-name regex; its named groups become params
     NAME = ""  # canonical name, formatted with params
     DEFAULTS: dict = {}
+    # Inductor options the scheme's forward relies on when compiled on CUDA (generate.Generator passes
+    # them to its torch.compile calls, so they apply to that model only).
+    INDUCTOR_OPTIONS: dict = {}
 
     def __init__(self, in_features: int, out_features: int, **params):
         super().__init__()
@@ -102,6 +105,12 @@ class Int8(QuantLinear):
 class Int8Compile(Int8):
     """Int8's weights with gpt-fast's forward, left to torch.compile to fuse the cast into the matmul."""
     PATTERN = NAME = "int8-compile"
+    # gpt-fast's setting, which this recipe relies on: besides tuning generated reductions, it makes
+    # inductor decompose a matmul with one row into multiply + sum (torch/_inductor/decomposition.py, `mm`),
+    # the GEMV into which the int8 -> bf16 cast fuses at batch 1; without it the cast is a kernel of its own
+    # before cuBLAS (BENCHMARKS.md, decode matrix). It also lengthens compiles (every generated kernel is
+    # tuned), so no other scheme gets it.
+    INDUCTOR_OPTIONS = {"coordinate_descent_tuning": True}
 
     def forward(self, x):
         return F.linear(x, self.weight.to(dtype=x.dtype)) * self.scales

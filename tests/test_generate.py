@@ -28,6 +28,21 @@ def test_timed_run_does_not_recompile_after_warmup(batch):
         gen(prompts, 20, {5}, 0, cache_len=24, show_progress=False)
 
 
+def test_scheme_inductor_options_reach_only_that_models_compiles():
+    """int8-compile's coordinate-descent tuning (gpt-fast's recipe) is passed to torch.compile for a model
+    that uses it, on CUDA only; any other model compiles with plain reduce-overhead (no process-wide flag)."""
+    from quantize import quantize_
+    plain = tiny_model()
+    assert generate.compile_kwargs(plain, cuda=True) == ({"mode": "reduce-overhead"}, {})
+    q = tiny_model()
+    quantize_(q, "int8-compile")
+    decode_kw, prefill_kw = generate.compile_kwargs(q, cuda=True)
+    assert decode_kw == {"options": {"triton.cudagraphs": True, "coordinate_descent_tuning": True}}
+    assert prefill_kw == {"options": {"coordinate_descent_tuning": True}}
+    assert generate.compile_kwargs(q, cuda=False) == ({"mode": "reduce-overhead"}, {})
+    assert not torch._inductor.config.coordinate_descent_tuning
+
+
 @torch.no_grad()
 def test_compile_once_traces_one_layer_and_gives_the_eager_tokens():
     """--compile-once: every layer calls one nested compile region (KV-cache writes inside it) under
