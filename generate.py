@@ -144,9 +144,14 @@ class Generator:
             decode_kw, prefill_kw = compile_kwargs(model, model.tok_embeddings.weight.is_cuda)
             self.decode = torch.compile(decode_step, fullgraph=True, **decode_kw)
             if compile_prefill:  # about half the compile time; eval/bench.py measures decode only
+                # dynamic=None: static for the first prompt length, one dynamic-shape recompile if another
+                # length comes (torch's automatic dynamic shapes), after which lengths never recompile.  One
+                # generation per process (generate.py) compiles only the static graph: SmolLM2's first
+                # compile took 144 s instead of 218 with dynamic=True (CPU, BENCHMARKS.md "Compile time").
                 # Static under compile_once: a dynamic trace turns module floats into symbolic floats,
                 # which a nested compile region does not take as operands (torch 2.14).
-                self.prefill = torch.compile(prefill, dynamic=not compile_once, fullgraph=True, **prefill_kw)
+                self.prefill = torch.compile(prefill, dynamic=False if compile_once else None, fullgraph=True,
+                                             **prefill_kw)
 
     def warmup(self, prompts, max_new_tokens, eos_ids, pad_id, cache_len) -> float:
         """A short untimed run with the timed run's cache shape (so nothing recompiles later); returns seconds."""

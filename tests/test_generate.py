@@ -20,12 +20,26 @@ def test_timed_run_does_not_recompile_after_warmup(batch):
     torch._dynamo.reset()
     m = tiny_model()
     gen = Generator(m, compile=False)
-    gen.prefill = torch.compile(prefill, backend="eager", dynamic=True, fullgraph=True)
+    gen.prefill = torch.compile(prefill, backend="eager", dynamic=None, fullgraph=True)  # as Generator's
     gen.decode = torch.compile(decode_step, backend="eager", fullgraph=True)
     prompts = [[1, 2, 3, 4][: 2 + b % 3] for b in range(batch)]
     gen.warmup(prompts, 20, {5}, 0, cache_len=24)
     with torch._dynamo.config.patch(error_on_recompile=True), torch.no_grad():
         gen(prompts, 20, {5}, 0, cache_len=24, show_progress=False)
+
+
+def test_prefill_turns_dynamic_after_a_second_prompt_length():
+    """Generator's prefill compiles static for the first prompt length (the one shape of a generate.py run)
+    and once more with dynamic shapes at the second length; later lengths reuse that graph."""
+    torch._dynamo.reset()
+    m = tiny_model()
+    gen = Generator(m, compile=False)
+    gen.prefill = torch.compile(prefill, backend="eager", dynamic=None, fullgraph=True)  # as Generator's
+    for T in (3, 5):
+        gen([[1] * T, [2] * (T - 1)], 2, set(), 0, cache_len=24, show_progress=False)
+    with torch._dynamo.config.patch(error_on_recompile=True), torch.no_grad():
+        for T in (7, 11):
+            gen([[1] * T, [2] * (T - 1)], 2, set(), 0, cache_len=24, show_progress=False)
 
 
 def test_scheme_inductor_options_reach_only_that_models_compiles():
