@@ -57,7 +57,7 @@ san() {
   timeout 300 compute-sanitizer --tool "$1" --error-exitcode 9 python -c "
 import sys, torch; sys.path.insert(0, 'tests')
 from test_kernels import check_gpu
-for path in (0, 2, 3):
+for path in (0, 1, 2, 3):
     for M, N, K, gs, sym in ((1, 256, 512, 128, True), (17, 192, 320, 64, False), (33, 128, 4096, 32, False)):
         check_gpu(M, N, K, gs, sym, torch.bfloat16, 5, path)
 " > "$OUT/san_$1.log" 2>&1

@@ -86,9 +86,9 @@ def test_smollm2_int4_g32_float_zero_reproduces_float_perplexity(smollm2_gguf, w
 @torch.no_grad()
 def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikitext, zero):
     """Issue 4: SmolLM2's perplexity through w4a16_gemm (int4-marlin) is within 0.1% of the PyTorch reference
-    of the same scheme, in bf16. Windows of 16, 64 and 1024 tokens (one window per forward, so M = the
-    window) send the linears through each of the op's paths: streaming, fused mma, dequantize + cuBLAS
-    (or all through the one LOWBIT_W4A16_PATH forces).  The mma and dequantize paths round every weight to
+    of the same scheme, in bf16. Windows of 16, 32, 64 and 1024 tokens (one window per forward, so M =
+    the window) send the linears through each of the op's paths: streaming (register ring, shared-memory
+    ring), fused mma, dequantize + cuBLAS (or all through the one LOWBIT_W4A16_PATH forces).  The mma and dequantize paths round every weight to
     bf16 before the product, as `int4-g128-*` does; the streaming kernel at M <= 16 uses the exact weights
     (fp32 sums scaled per group, w4a16_kernel.cu), so its reference is the same scheme with the product
     taken in float32 on the exact weights (against the bf16-weight one, the window-16 perplexities, ~400-600
@@ -96,7 +96,7 @@ def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikit
     Both sides round activations to bf16 after fp32 sums taken in different orders (cuBLAS may also
     reduce split-K partials in 16 bits), which moves the mean token log-likelihood at random: over 4,096
     tokens the azp scheme at 128-token windows (then the fused mma path) came out 0.112% apart on an H200
-    (2026-11-29), sym within 0.1%.  So the 64- and 1024-token windows score 16,384 tokens (such noise
+    (2026-11-29), sym within 0.1%.  So the windows of 32 tokens and more score 16,384 tokens (such noise
     shrinks with the square root of the count, a systematic difference does not); 16-token windows score
     4,096 (1,024 forwards)."""
     import copy
@@ -118,7 +118,7 @@ def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikit
         if isinstance(m, Int4):  # the reference's forward in float32: exact weights, float32 product
             m.forward = lambda x, m=m: Int4.forward(m, x.float()).to(x.dtype)
     forced = os.environ.get("LOWBIT_W4A16_PATH")  # e.g. 3: every window through path 3
-    for window, path in ((16, "stream"), (64, "mma"), (1024, "dequant_cublas")):
+    for window, path in ((16, "stream"), (32, "stream_smem"), (64, "mma"), (1024, "dequant_cublas")):
         taken = kernels.PATHS[int(forced)] if forced else path
         assert kernels.choose_path(window, 1536, 576) == taken
         exact_weights = taken in ("stream", "stream_smem") and window <= 16

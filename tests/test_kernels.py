@@ -226,7 +226,8 @@ def test_path_override_from_environment():
 def test_stream_kernel_plan(has_z, smem_ring, gpu):
     """Host-side launch plan of the streaming kernel (runs without a GPU, for a device description: SMs,
     shared memory per SM and per CTA; an H100, an A100, and an sm_89 part whose 100 KB per SM cannot hold
-    two CTAs of path 3's 64 KB ring at MT=1, nor at MT=2 since path 3 is the default there): whole runs of
+    two CTAs of path 3's 64 KB ring at MT=1, nor its 32 KB ring at MT=2 with zeros; kernels/NOTES.md open
+    issue 7): whole runs of
     4 k-tiles, every k-tile covered once, staging (and path 3's weight rings) that fits, scales of every
     group the CTA touches, no more splits than needed."""
     mod = kernels.load_extension()
@@ -470,7 +471,7 @@ def test_bad_inputs_cuda(case):
 @needs_cuda
 def test_first_split_call_inside_cudagraph_trees():
     """A fresh process whose FIRST split-K call runs inside torch.compile's CUDA-graph warm-up (as in
-    `generate.py --quant int4-marlin --batch 32`: the prefill dequantizes, so decode splits K first):
+    `generate.py --quant int4-marlin --batch 32`, whose prefill dequantizes and never splits K):
     the op's persistent counters must not come from the graph's memory pool (that raised "tensor in
     the cudagraph pool not tracked as outputs"), and the replayed results must match the reference."""
     import subprocess

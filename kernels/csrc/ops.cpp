@@ -102,10 +102,10 @@ const DeviceInfo& device_info(int dev) {
 // in the cudagraph pool not tracked as outputs" for `generate.py --quant
 // int4-marlin --batch 32`, whose prefill never splits K).  Every call of the
 // op (not only split-K ones) makes sure they exist, so any earlier eager call
-// allocates them; if the very first call is captured, the allocation runs in
-// relaxed capture mode (cudaMalloc would otherwise invalidate a global-mode
-// capture) and only touches the capturing stream through this error.  Never
-// freed: 256 KB per device for the life of the process.
+// (a prefill through any path) allocates them; a very first call inside a
+// capture is refused with a clear error.  The allocation runs in relaxed
+// capture mode, so that a capture in another thread is not invalidated by
+// cudaMalloc.  Never freed: 256 KB per device for the life of the process.
 int* counters_for(const at::Tensor& like, cudaStream_t stream) {
   static std::mutex mu;
   static std::vector<int*> per_dev;
