@@ -9,8 +9,10 @@ them exceeds 2x the L2 (>= 200 MB), one CUDA graph calls the op once per copy, a
 time per call = median replay time / copies.  Before timing, every scheme's output is checked against the
 float reference on fresh random inputs.  The bandwidth bound of a call is its minimal bytes (int4 weights,
 scales (+zeros), x read once, y written once) over the D2D copy rate (--bandwidth measures it: bytes read
-+ bytes written over time; default 3.0e12 B/s, the H100 figure).  Writes <out>/kernels_bench.json and
-<out>/kernels_bench.md; prints a short table last.
++ bytes written over time; default 3.0e12 B/s, the H100 figure).  The scheme `read_int4` is a floor, not
+a GEMM: one PyTorch reduction (amax) over the same packed int4 weight bytes in the same harness, i.e. what
+merely reading them costs per call, launch and tail included (no output to check).  Writes
+<out>/kernels_bench.json and <out>/kernels_bench.md; prints a short table last.
 """
 from __future__ import annotations
 
@@ -119,6 +121,7 @@ def bench_linear(name, N, K, gs, ms, schemes, bw, reps, device, seed):
         "tinygemm": N * K // 2 + (K // gs) * N * 4,
         "ours_sym": int4_bytes,
         "ours_asym": int4_bytes + (K // gs) * N * 2,
+        "read_int4": N * K // 2,
     }
     weights = {}
     if "tinygemm" in schemes:
@@ -137,6 +140,9 @@ def bench_linear(name, N, K, gs, ms, schemes, bw, reps, device, seed):
         elif scheme == "tinygemm":
             base, ref_w = weights["tinygemm"], w_asym
             copy_list = [tuple(t.clone() for t in base) for _ in range(copies)]
+        elif scheme == "read_int4":
+            base, ref_w = packed["sym"][0], None  # (N, K/8) int32: the packed nibbles alone
+            copy_list = [base.clone() for _ in range(copies)]
         else:
             kind = "sym" if "sym" == scheme.split("_")[1].split("[")[0] else "asym"
             base, ref_w = packed[kind], (w_sym if kind == "sym" else w_asym)
@@ -148,13 +154,14 @@ def bench_linear(name, N, K, gs, ms, schemes, bw, reps, device, seed):
                 fn = lambda c: F.linear(x, copy_list[c])  # noqa: E731
             elif scheme == "tinygemm":
                 fn = lambda c: torch.ops.aten._weight_int4pack_mm(x, copy_list[c][0], gs, copy_list[c][1])  # noqa: E731
+            elif scheme == "read_int4":
+                fn = lambda c: copy_list[c].amax()  # noqa: E731
             else:
                 fn = lambda c: ext.gemm_path(x, *copy_list[c], gs, path, splits)  # noqa: E731
-            ref = x.float() @ ref_w.float().t()
-            err = rel_err(fn(0), ref)
+            err = 0.0 if ref_w is None else rel_err(fn(0), x.float() @ ref_w.float().t())
             ok = err < 1e-2
             t = time_graph(fn, copies, reps, device)
-            bytes_total = wbytes + M * K * 2 + M * N * 2
+            bytes_total = wbytes if ref_w is None else wbytes + M * K * 2 + M * N * 2
             bound_int4 = (int4_bytes + M * K * 2 + M * N * 2) / bw
             rows.append(dict(linear=name, N=N, K=K, M=M, scheme=scheme, us=t * 1e6, rel_err=err, check=ok,
                              copies=copies, bytes=bytes_total, GBps=bytes_total / t / 1e9,
@@ -243,7 +250,8 @@ def main():
     ap.add_argument("--schemes", default="cublas,tinygemm,ours_sym,ours_asym",
                     help="also: ours_sym[mma], ours_sym[dq], ours_sym[stream], ours_sym[smem] (force the mma "
                          "kernel / dequantize+cuBLAS / the streaming kernel with its ring in registers / in shared "
-                         "memory), ours_sym[stream/s4] (and split K in 4); likewise ours_asym[...]")
+                         "memory), ours_sym[stream/s4] (and split K in 4); likewise ours_asym[...]; read_int4 "
+                         "(a floor: one reduction reading the packed int4 weights, no GEMM)")
     ap.add_argument("--bandwidth", action="store_true", help="measure the D2D copy bandwidth first")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", default=os.environ.get("OUT", "out"))

@@ -66,7 +66,7 @@ for path in (0, 1, 2, 3):
 san memcheck
 san racecheck
 timeout 240 python eval/kernels.py --bandwidth --out "$OUT" \
-  --schemes "cublas,tinygemm,ours_sym,ours_asym,ours_sym[stream],ours_asym[stream],ours_sym[smem],ours_asym[smem]" > "$OUT/bench.log" 2>&1
+  --schemes "cublas,tinygemm,ours_sym,ours_asym,ours_sym[stream],ours_asym[stream],ours_sym[smem],ours_asym[smem],read_int4" > "$OUT/bench.log" 2>&1
 echo "bench rc=$?"
 timeout 90 python eval/kernels.py --ms 64,128,256,1024 --schemes "ours_sym[mma],ours_sym[dq],ours_sym[stream],ours_sym[smem]" --reps 10 --tag _paths \
   --out "$OUT" > "$OUT/bench_paths.log" 2>&1; echo "paths rc=$?"
