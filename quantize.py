@@ -189,7 +189,8 @@ class Int4Marlin(QuantLinear):
         if kernels.extension_available():
             self._gemm = kernels.w4a16_gemm
         else:
-            _notice("int4-marlin: the kernels CUDA extension is unavailable; running its PyTorch reference")
+            _notice("int4-marlin: the kernels CUDA extension is unavailable (it needs nvcc and a GPU of compute "
+                    "capability 8.0 or newer); running its PyTorch reference")
             self._gemm = kernels.reference_w4a16_gemm
 
     @staticmethod

@@ -57,11 +57,13 @@ _available: bool | None = None
 
 
 def extension_available() -> bool:
-    """True when a CUDA GPU is present and the extension builds/loads (may compile on first call)."""
+    """True when a CUDA GPU of compute capability >= 8.0 (the kernels' bf16 mma.sync) is present and the
+    extension builds/loads (may compile on first call)."""
     global _available
     if _available is None:
         try:
-            _available = torch.cuda.is_available() and find_cuda_home() is not None and load_extension() is not None
+            _available = (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+                          and find_cuda_home() is not None and load_extension() is not None)
         except Exception:  # noqa: BLE001 - any build/load failure means "not available"
             _available = False
     return _available

@@ -28,6 +28,10 @@ def check_inputs(x, packed_w, scales, zeros, group_size) -> tuple[int, int, int]
         raise TypeError(f"w4a16_gemm: x must be bfloat16 or float16, got {x.dtype}")
     if x.dim() != 2:
         raise ValueError(f"w4a16_gemm: x must be 2-D (M, K), got shape {tuple(x.shape)}")
+    if x.is_cuda and torch.cuda.get_device_capability(x.device)[0] < 8:
+        major, minor = torch.cuda.get_device_capability(x.device)
+        raise RuntimeError(f"w4a16_gemm: unsupported GPU with compute capability {major}.{minor}: the kernels "
+                           f"need 8.0 or newer (bf16 mma.sync); int4-marlin runs its PyTorch reference there")
     if packed_w.dtype != torch.int32 or packed_w.dim() != 2:
         raise TypeError(
             f"w4a16_gemm: packed_w must be a 2-D int32 tensor (N, K/8) from pack_w4, "

@@ -187,6 +187,32 @@ def _bad_cases(device):
     ]
 
 
+def test_gpu_older_than_sm80_is_not_offered_the_kernels(monkeypatch):
+    """On a GPU below compute capability 8.0 (no bf16 mma.sync) the extension counts as unavailable without
+    being built, so int4-marlin takes its reference path and says why."""
+    import quantize
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(kernels, "load_extension", lambda *a, **k: pytest.fail("must not build for sm_75"))
+    monkeypatch.setattr(kernels, "_available", None)
+    assert not kernels.extension_available()
+    notices = []
+    monkeypatch.setattr(quantize, "_notice", notices.append)
+    q, s, z = kernels.pack_w4(*make_problem(1, 64, 128, 64, False, torch.bfloat16, "cpu", 0)[1:], 64)
+    lin = quantize.Int4Marlin(128, 64, q, s, z, 64, "asym")
+    assert lin._gemm is kernels.reference_w4a16_gemm and "compute capability 8.0" in notices[0]
+
+
+@needs_cuda
+def test_gpu_older_than_sm80_is_a_clear_error_in_the_op(monkeypatch):
+    """A direct call of the op on such a GPU is refused in Python (no C++ throw), naming the capability."""
+    x, q, s, z = make_problem(1, 64, 128, 64, False, torch.bfloat16, "cuda", 0)
+    packed = kernels.pack_w4(q, s, z, 64)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    with pytest.raises(RuntimeError, match=r"compute capability 7\.5: the kernels need 8\.0"):
+        kernels.w4a16_gemm(x, *packed, 64)
+
+
 @pytest.mark.parametrize("case", range(11))
 def test_bad_inputs_cpu(case):
     name, args, msg = _bad_cases("cpu")[case]
