@@ -285,15 +285,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "(the default when the model has no tokenizer: 128)")
     p.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
     p.add_argument("--batch", type=int, default=1, help="rows generated together")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per row (a row stops "
+                   "early at EOS unless --ignore-eos)")
     p.add_argument("--cache-len", type=int, help="KV cache positions (default: longest prompt + new tokens)")
     p.add_argument("--ignore-eos", action="store_true",
                    help="always generate --max-new-tokens (implied for random weights, whose EOS means nothing)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0, help="seeds sampling, random weights and synthetic prompts")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda, cuda:N or cpu (default: cuda when a GPU is visible)")
     p.add_argument("--dtype", choices=list(DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--quant", default="none", help="quantize on the fly: a scheme from quantize.py (e.g. int8, "
                                                   "int4-g128-asym, int4-marlin), or none")

@@ -115,12 +115,12 @@ def main(argv=None):
     p.add_argument("--append", action="store_true",
                    help="merge into the bench.json already in --out (same model, device, torch and lengths): "
                         "fill a matrix over several runs; a cell measured again replaces the old one")
-    p.add_argument("--prompt-len", type=int, default=128)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--prompt-len", type=int, default=128, help="synthetic prompt tokens per row")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="new tokens per row: the first from the prefill, the others timed as decode steps")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    p.add_argument("--no-compile", action="store_true", help="eager decode (no torch.compile, no CUDA graphs)")
     p.add_argument("--compile-once", action="store_true", help="as generate.py --compile-once (shorter compiles)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the random weights and prompts")
     p.add_argument("--out", type=Path, default=Path("out/bench"), help="folder for bench.json, .md, .png")
     p.add_argument("--smoke", action="store_true", help="tiny model, CPU, eager: checks the script runs")
     args = p.parse_args(argv)
