@@ -261,10 +261,9 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   const int64_t ctas = m_blocks * n_blocks;
   int64_t splits = 1, kb_per_split = kb_total;
   StreamPlan plan{};
-  const bool streaming = path >= 2, smem_ring = path >= 3;
-  const int transport = path - 2;  // streaming only: 0 registers, 1 cp.async ring
+  const bool streaming = path >= 2, smem_ring = path == 3;
   if (streaming) {
-    plan = plan_stream(M, K, gs, has_z, mt, smem_ring, ctas, stream_occupancy(fp16, has_z, mt, transport), d,
+    plan = plan_stream(M, K, gs, has_z, mt, smem_ring, ctas, stream_occupancy(fp16, has_z, mt, smem_ring), d,
                        want_splits);
     TORCH_CHECK(plan.error.empty(), plan.error);
     splits = plan.splits;
@@ -306,7 +305,7 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
     p.s_off = (int)plan.s_off;
     p.z_off = (int)plan.z_off;
     p.ring_off = (int)plan.ring_off;
-    C10_CUDA_CHECK(launch_stream(p, fp16, has_z, mt, transport, (int)m_blocks, (int)n_blocks, (int)plan.smem,
+    C10_CUDA_CHECK(launch_stream(p, fp16, has_z, mt, smem_ring, (int)m_blocks, (int)n_blocks, (int)plan.smem,
                                  stream));
   } else {
     C10_CUDA_CHECK(launch_mma(p, fp16, has_z, mt, (int)m_blocks, (int)n_blocks, stream));

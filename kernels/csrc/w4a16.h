@@ -44,10 +44,9 @@ int mma_m_tiles(int M);                           // m16 tiles per CTA for this 
 int mma_occupancy(bool fp16, bool has_z, int mt); // CTAs per SM
 cudaError_t launch_mma(const GemmParams& p, bool fp16, bool has_z, int mt, int m_blocks, int n_blocks,
                        cudaStream_t stream);
-// The streaming kernel; transport 0: weight ring in registers (path 2), 1: in shared memory filled by
-// cp.async (path 3).
-int stream_occupancy(bool fp16, bool has_z, int mt, int transport);  // CTAs per SM, by registers only
-cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, int transport, int m_blocks,
+// The streaming kernel; smem_ring: weight ring in shared memory (path 3) instead of registers (path 2).
+int stream_occupancy(bool fp16, bool has_z, int mt, bool smem_ring);  // CTAs per SM, by registers only
+cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, bool smem_ring, int m_blocks,
                           int n_blocks, int smem_bytes, cudaStream_t stream);
 cudaError_t launch_dequant(const DequantParams& p, bool fp16, bool has_z, cudaStream_t stream);
 

@@ -89,6 +89,22 @@ constexpr int kWBytes = (kNBlk / 64) * (kKBlk / 16) * 512;  // 8 KB
 constexpr int kSBytes = kMaxGroupsPerBlk * kNBlk * 2;        // 1 KB
 
 // ---- dtype traits ---------------------------------------------------------
+// m16n8k16 tensor-core products with fp32 accumulators for the 16-bit type TY ("bf16" or "f16"):
+// mma: c += a·b; mma_zc: c = a·b (the accumulator input is zero).
+#define LOWBIT_MMA16(TY)                                                                              \
+  static __device__ __forceinline__ void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {   \
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." TY "." TY ".f32 "                             \
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"                              \
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                       \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));                       \
+  }                                                                                                    \
+  static __device__ __forceinline__ void mma_zc(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {\
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." TY "." TY ".f32 "                             \
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"                          \
+                 : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])                                       \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.f));             \
+  }
+
 template <typename T> struct Traits;
 template <> struct Traits<__nv_bfloat16> {
   using T2 = __nv_bfloat162;
@@ -103,21 +119,7 @@ template <> struct Traits<__nv_bfloat16> {
   }
   static __device__ __forceinline__ T2 magic() { return __floats2bfloat162_rn(128.f, 128.f); }
   static __device__ __forceinline__ T2 from_floats(float a, float b) { return __floats2bfloat162_rn(a, b); }
-  static __device__ __forceinline__ void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  // c = a·b (the accumulator input is zero)
-  static __device__ __forceinline__ void mma_zc(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
-        : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.f));
-  }
+  LOWBIT_MMA16("bf16")
 };
 template <> struct Traits<__half> {
   using T2 = __half2;
@@ -128,21 +130,9 @@ template <> struct Traits<__half> {
   static __device__ __forceinline__ T2 magic_sym() { return __floats2half2_rn(1032.f, 1032.f); }
   static __device__ __forceinline__ T2 magic() { return __floats2half2_rn(1024.f, 1024.f); }
   static __device__ __forceinline__ T2 from_floats(float a, float b) { return __floats2half2_rn(a, b); }
-  static __device__ __forceinline__ void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  static __device__ __forceinline__ void mma_zc(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
-        : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.f));
-  }
+  LOWBIT_MMA16("f16")
 };
+#undef LOWBIT_MMA16
 
 template <typename T2> __device__ __forceinline__ uint32_t as_u32(T2 v) {
   return *reinterpret_cast<uint32_t*>(&v);
@@ -520,12 +510,9 @@ __device__ __forceinline__ int4 lds128(const uint8_t* ptr) {
   return v;
 }
 
-// The streaming kernel's weight transports (template argument TR): paths 2 and 3 of gemm_path.
-constexpr int kRegRing = 0;    // ring of D tiles in registers
-constexpr int kAsyncRing = 1;  // ring of R tiles in shared memory (at p.ring_off, R = stream_ring_tiles(MT)
-                               // per warp), per-lane cp.async
-
-template <typename T, int MT, bool HAS_Z, int TR>
+// SMEM_RING: false = path 2 (ring of D tiles in registers), true = path 3 (ring of R tiles in
+// shared memory, at p.ring_off, R = stream_ring_tiles(MT) per warp, filled by per-lane cp.async).
+template <typename T, int MT, bool HAS_Z, bool SMEM_RING>
 __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
     w4a16_stream_kernel(GemmParams p) {
   using Tr = Traits<T>;
@@ -559,8 +546,8 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
 
   // 1. path 2: the first D weight tiles of this warp's run, in flight while x is staged
   const int4* wp = reinterpret_cast<const int4*>(p.w) + ((size_t)gt * k_tiles + cta_kt0 + wkt0) * 32 + lane;
-  int4 wbuf[TR == kRegRing ? D : 1];
-  if constexpr (TR == kRegRing) {
+  int4 wbuf[SMEM_RING ? 1 : D];
+  if constexpr (!SMEM_RING) {
 #pragma unroll
     for (int d = 0; d < D; ++d)
       if (d < ntiles) wbuf[d] = ld_weights(wp + d * 32, evict_first);
@@ -597,7 +584,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
   // 3. path 3: the first R weight tiles, one cp.async group per tile (committed even when empty, so
   //    that group i is always tile i - 1: the x group above is group 0)
   uint8_t* ring = smem + p.ring_off + warp * (R * 512) + lane * 16;  // this lane's 16 bytes of slot 0
-  if constexpr (TR == kAsyncRing) {
+  if constexpr (SMEM_RING) {
 #pragma unroll
     for (int d = 0; d < R; ++d) {
       if (d < ntiles) cp_async16_evict_first(ring + d * 512, wp + d * 32, evict_first);
@@ -693,7 +680,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
     if (rows > 8) fold(std::integral_constant<int, 4>{}); else fold(std::integral_constant<int, 2>{});
   };
 
-  if constexpr (TR == kAsyncRing) {
+  if constexpr (SMEM_RING) {
     cp_async_wait_own<R>();  // the x and scale group; the R weight groups may still be in flight
   } else {
     cp_async_wait<0>();
@@ -706,7 +693,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
     const int t = t0 + d;
     const int slot = ((t0 & (R - 1)) + d) * 512;
     int4 wv;
-    if constexpr (TR == kAsyncRing) {
+    if constexpr (SMEM_RING) {
       cp_async_wait_own<R - 1>();  // groups are tiles in order: at most R-1 younger than tile t pending
       wv = lds128(ring + slot);
     } else {
@@ -775,7 +762,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
     // Refill this ring slot only now: wv is dead, so the load reuses its registers (issued at the
     // top of the body, both would be live and every tile would end with register moves). Path 3:
     // the slot's bytes are in registers (wv was used above), so the copy may overwrite them.
-    if constexpr (TR == kAsyncRing) {
+    if constexpr (SMEM_RING) {
       if (t + R < ntiles) cp_async16_evict_first(ring + slot, wp + (t + R) * 32, evict_first);
       cp_async_commit();
     } else {
@@ -788,7 +775,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
 #pragma unroll
     for (int d = 0; d < 4; ++d) tile(d, t0);
   }
-  if constexpr (TR == kAsyncRing) cp_async_wait_own<0>();  // nothing is left in flight, but be exact
+  if constexpr (SMEM_RING) cp_async_wait_own<0>();  // nothing is left in flight, but be exact
   if (kPost && ntiles > 0) fold_rows();  // the last group
   __syncthreads();  // every warp is done reading x: reuse shared memory for the reduction
   reduce_and_store<T, MT>(acc, smem, p, tid, lane, wn, wk, mb, nb, split, row0, ntile_ok);
@@ -926,28 +913,25 @@ cudaError_t launch_mma(const GemmParams& p, bool fp16, bool has_z, int mt, int m
 
 // The streaming kernel for (dtype, zeros, MT) and the transport chosen at run time.
 template <class F>
-auto dispatch_stream(bool fp16, bool has_z, int mt, int transport, F&& f) {
+auto dispatch_stream(bool fp16, bool has_z, int mt, bool smem_ring, F&& f) {
   return dispatch(fp16, has_z, mt, [&](auto t, auto z, auto m) {
     using T = typename decltype(t)::type;
     constexpr int MT = decltype(m)::value;
     constexpr bool HAS_Z = decltype(z)::value;
-    switch (transport) {
-      case kAsyncRing: return f(w4a16_stream_kernel<T, MT, HAS_Z, kAsyncRing>);
-      default: return f(w4a16_stream_kernel<T, MT, HAS_Z, kRegRing>);
-    }
+    return smem_ring ? f(w4a16_stream_kernel<T, MT, HAS_Z, true>) : f(w4a16_stream_kernel<T, MT, HAS_Z, false>);
   });
 }
 
-int stream_occupancy(bool fp16, bool has_z, int mt, int transport) {
+int stream_occupancy(bool fp16, bool has_z, int mt, bool smem_ring) {
   static int cache[2][2][2][5] = {};
-  return cached(cache[transport], fp16, has_z, mt, [&] {
-    return dispatch_stream(fp16, has_z, mt, transport, [](auto kern) { return occupancy(kern, 0); });
+  return cached(cache[smem_ring], fp16, has_z, mt, [&] {
+    return dispatch_stream(fp16, has_z, mt, smem_ring, [](auto kern) { return occupancy(kern, 0); });
   });
 }
 
-cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, int transport, int m_blocks,
+cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, bool smem_ring, int m_blocks,
                           int n_blocks, int smem_bytes, cudaStream_t stream) {
-  return dispatch_stream(fp16, has_z, mt, transport, [&](auto kern) {
+  return dispatch_stream(fp16, has_z, mt, smem_ring, [&](auto kern) {
     cudaError_t attr = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
     if (attr != cudaSuccess) return attr;
     kern<<<dim3(m_blocks, n_blocks, p.k_splits), kThreads, smem_bytes, stream>>>(p);
