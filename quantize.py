@@ -10,11 +10,9 @@ Scheme names (`SCHEMES` maps each base name to its class; `parse_scheme` reads t
   int4-marlin[-g{32,64,128}-{sym,asym,azp}]  our CUDA kernel (`kernels.w4a16_gemm`), default g128 asym
   fp8-rowwise                    fp8 e4m3 weights per output channel x dynamic per-row fp8 activations
 
-Every int4 scheme stores q unsigned in 0..15 with w = s*q + m per group of K: `sym` keeps q+8 and no
-m (m = -8s), `asym` uses the group min as a float m (tinygemm/HQQ/GGUF Q4_1), `azp` an integer zero
-point z in 0..15 stored as m = -s*z (AWQ/GPTQ); `sym` takes s = -(the signed weight of largest magnitude)/8
-(GGUF Q4_0's rule). Checkpoints record the scheme through `quant_config`; `apply_quant_config` rebuilds
-empty modules of the right shapes before `load_state_dict(assign=True)`.
+The rounding rules (int4 sym/asym/azp, int8 and fp8 per row) live in rounding.py. Checkpoints record
+the scheme through `quant_config`; `apply_quant_config` rebuilds empty modules of the right shapes
+before `load_state_dict(assign=True)`.
 """
 import argparse
 import re
@@ -105,11 +103,9 @@ class Int8(QuantLinear):
 class Int8Compile(Int8):
     """Int8's weights with gpt-fast's forward, left to torch.compile to fuse the cast into the matmul."""
     PATTERN = NAME = "int8-compile"
-    # gpt-fast's setting, which this recipe relies on: besides tuning generated reductions, it makes
-    # inductor decompose a matmul with one row into multiply + sum (torch/_inductor/decomposition.py, `mm`),
-    # the GEMV into which the int8 -> bf16 cast fuses at batch 1; without it the cast is a kernel of its own
-    # before cuBLAS (BENCHMARKS.md, decode matrix). It also lengthens compiles (every generated kernel is
-    # tuned), so no other scheme gets it.
+    # gpt-fast's setting: it makes inductor decompose a one-row matmul into multiply + sum, the GEMV the
+    # int8 -> bf16 cast fuses into at batch 1 (BENCHMARKS.md, decode matrix). It tunes every generated
+    # kernel, so no other scheme pays its compile time.
     INDUCTOR_OPTIONS = {"coordinate_descent_tuning": True}
 
     def forward(self, x):

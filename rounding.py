@@ -4,6 +4,11 @@
 integer zero as AWQ/GPTQ); `pack_nibbles` is tinygemm's byte order, also our checkpoints' int4 format;
 `quantize_int8_rows` and `quantize_fp8_rows` are the per-row (per output channel) rules of int8 and fp8;
 `nonzero_scale` turns scales into safe divisors for every scheme.
+
+Every int4 scheme stores q unsigned in 0..15 with w = s*q + m per group of K: `sym` keeps q+8 and no
+m (m = -8s), `asym` uses the group min as a float m (tinygemm/HQQ/GGUF Q4_1), `azp` an integer zero
+point z in 0..15 stored as m = -s*z (AWQ/GPTQ); `sym` takes s = -(the signed weight of largest magnitude)/8
+(GGUF Q4_0's rule).
 """
 import torch
 

@@ -28,8 +28,8 @@ def check_inputs(x, packed_w, scales, zeros, group_size) -> tuple[int, int, int]
         raise TypeError(f"w4a16_gemm: x must be bfloat16 or float16, got {x.dtype}")
     if x.dim() != 2:
         raise ValueError(f"w4a16_gemm: x must be 2-D (M, K), got shape {tuple(x.shape)}")
-    if x.is_cuda and torch.cuda.get_device_capability(x.device)[0] < 8:
-        major, minor = torch.cuda.get_device_capability(x.device)
+    major, minor = torch.cuda.get_device_capability(x.device) if x.is_cuda else (8, 0)
+    if major < 8:
         raise RuntimeError(f"w4a16_gemm: unsupported GPU with compute capability {major}.{minor}: the kernels "
                            f"need 8.0 or newer (bf16 mma.sync); int4-marlin runs its PyTorch reference there")
     if packed_w.dtype != torch.int32 or packed_w.dim() != 2:
