@@ -88,8 +88,8 @@ def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikit
     """Issue 4: SmolLM2's perplexity through w4a16_gemm (int4-marlin) is within 0.1% of the PyTorch reference
     of the same scheme, in bf16. Windows of 16, 32, 64 and 1024 tokens (one window per forward, so M =
     the window) send the linears through each of the op's paths: streaming (register ring, shared-memory
-    ring), fused mma, dequantize + cuBLAS (or all through the one LOWBIT_W4A16_PATH forces).  The mma and dequantize paths round every weight to
-    bf16 before the product, as `int4-g128-*` does; the streaming kernel at M <= 16 uses the exact weights
+    ring), fused mma, dequantize + cuBLAS (or all through the one LOWBIT_W4A16_PATH forces).  The mma and
+    dequantize paths round every weight to bf16 before the product, as `int4-g128-*` does; the streaming kernel at M <= 16 uses the exact weights
     (fp32 sums scaled per group, w4a16_kernel.cu), so its reference is the same scheme with the product
     taken in float32 on the exact weights (against the bf16-weight one, the window-16 perplexities, ~400-600
     for so short a context, differed by 0.17% and 0.41% on an H200, 2026-11-29).

@@ -253,9 +253,8 @@ def test_stream_kernel_plan(has_z, smem_ring, gpu):
     """Host-side launch plan of the streaming kernel (runs without a GPU, for a device description: SMs,
     shared memory per SM and per CTA; an H100, an A100, and an sm_89 part whose 100 KB per SM cannot hold
     two CTAs of path 3's 64 KB ring at MT=1, nor its 32 KB ring at MT=2 with zeros; kernels/NOTES.md open
-    issue 7): whole runs of
-    4 k-tiles, every k-tile covered once, staging (and path 3's weight rings) that fits, scales of every
-    group the CTA touches, no more splits than needed."""
+    issue 7): whole runs of 4 k-tiles, every k-tile covered once, staging (and path 3's weight rings) that
+    fits, scales of every group the CTA touches, no more splits than needed."""
     mod = kernels.load_extension()
     sms, per_sm, per_block = {"H100": (132, 233472, 232448), "A100": (108, 167936, 166912),
                               "L4": (58, 102400, 101376)}[gpu]
