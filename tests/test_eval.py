@@ -85,20 +85,19 @@ def test_smollm2_int4_g32_float_zero_reproduces_float_perplexity(smollm2_gguf, w
 @pytest.mark.parametrize("zero", ["sym", "azp", "asym"])
 @torch.no_grad()
 def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikitext, zero):
-    """Issue 4: SmolLM2's perplexity through w4a16_gemm (int4-marlin) is within 0.1% of the PyTorch reference
-    of the same scheme, in bf16. Windows of 16, 32, 64 and 1024 tokens (one window per forward, so M =
-    the window) send the linears through each of the op's paths: streaming (register ring, shared-memory
-    ring), fused mma, dequantize + cuBLAS (or all through the one LOWBIT_W4A16_PATH forces).  The mma and
-    dequantize paths round every weight to bf16 before the product, as `int4-g128-*` does; the streaming kernel at M <= 16 uses the exact weights
-    (fp32 sums scaled per group, w4a16_kernel.cu), so its reference is the same scheme with the product
-    taken in float32 on the exact weights (against the bf16-weight one, the window-16 perplexities, ~400-600
-    for so short a context, differed by 0.17% and 0.41% on an H200, 2026-11-29).
-    Both sides round activations to bf16 after fp32 sums taken in different orders (cuBLAS may also
-    reduce split-K partials in 16 bits), which moves the mean token log-likelihood at random: over 4,096
-    tokens the azp scheme at 128-token windows (then the fused mma path) came out 0.112% apart on an H200
-    (2026-11-29), sym within 0.1%.  So the windows of 32 tokens and more score 16,384 tokens (such noise
-    shrinks with the square root of the count, a systematic difference does not); 16-token windows score
-    4,096 (1,024 forwards)."""
+    """Issue 4: SmolLM2's perplexity through w4a16_gemm (int4-marlin) is within 0.1% of the PyTorch reference of
+    the same scheme, in bf16. Windows of 16, 32, 64 and 1024 tokens (one window per forward, so M = the window)
+    send the linears through each of the op's paths: streaming (register ring, shared-memory ring), fused mma,
+    dequantize + cuBLAS (or all through the one LOWBIT_W4A16_PATH forces).  The mma and dequantize paths round
+    every weight to bf16 before the product, as `int4-g128-*` does; the streaming kernel at M <= 16 uses the
+    exact weights (fp32 sums scaled per group, w4a16_kernel.cu), so its reference is the same scheme with the
+    product taken in float32 on the exact weights (against the bf16-weight one, the window-16 perplexities,
+    ~400-600 for so short a context, differed by 0.17% and 0.41% on an H200, 2026-11-29). Both sides round
+    activations to bf16 after fp32 sums taken in different orders (cuBLAS may also reduce split-K partials in 16
+    bits), which moves the mean token log-likelihood at random: over 4,096 tokens the azp scheme at 128-token
+    windows (then the fused mma path) came out 0.112% apart on an H200 (2026-11-29), sym within 0.1%.  So the
+    windows of 32 tokens and more score 16,384 tokens (such noise shrinks with the square root of the count, a
+    systematic difference does not); 16-token windows score 4,096 (1,024 forwards)."""
     import copy
 
     import kernels
