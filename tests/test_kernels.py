@@ -266,13 +266,13 @@ def test_stream_kernel_plan(has_z, smem_ring, gpu):
             ctas = -(-M // (16 * mt)) * -(-N // 128)
             rows = min(M, 16) if mt == 1 else 16 * mt
             shortest = rows * 4 * 128 + (2 if has_z else 1) * 256 * (1 if gs == K else -(-256 // gs)) + ring
-            plan, error = mod.plan_stream(M, K, gs, has_z, mt, ctas, occ, sms, per_sm, per_block, smem_ring=smem_ring)
-            if max(shortest, mt * 16384) > per_block - 128:  # even runs of 4 k-tiles do not fit: a clear error
-                assert not plan and f"needs {max(shortest, mt * 16384)} bytes of shared memory" in error, error
+            *plan, error = mod.plan_stream(M, K, gs, has_z, mt, ctas, occ, sms, per_sm, per_block, smem_ring=smem_ring)
+            splits, tw, ngroups, s_off, z_off, smem, ring_off = plan
+            if max(shortest, mt * 16384) > per_block - 128:  # even runs of 4 k-tiles do not fit: gemm_path refuses
+                assert error == 1 and tw == 4 and smem == max(shortest, mt * 16384), (error, plan)
                 assert gpu == "L4" and smem_ring and mt == 4  # (path 3 at MT=4: forced only)
                 continue
-            assert error == "", error
-            splits, tw, ngroups, s_off, z_off, smem, ring_off = plan
+            assert error == 0, (error, plan)
             what = f"M={M} N={N} K={K} gs={gs}: plan {splits, tw, ngroups, s_off, z_off, smem, ring_off}"
             k_tiles = K // 16
             assert tw % 4 == 0 and tw >= 4, what
@@ -297,9 +297,9 @@ def test_stream_kernel_plan_forced_splits():
     mod = kernels.load_extension()
     K = 4096  # 256 k-tiles
     for want, (splits, tw) in {1: (1, 64), 2: (2, 32), 3: (3, 24), 8: (8, 8), 64: (16, 4)}.items():
-        got, _ = mod.plan_stream(1, K, 128, False, 1, 32, 2, 132, 233472, 232448, splits=want)
+        got = mod.plan_stream(1, K, 128, False, 1, 32, 2, 132, 233472, 232448, splits=want)
         assert tuple(got[:2]) == (splits, tw), (want, got)
-    assert mod.plan_stream(1, K, 128, False, 1, 32, 2, 132, 233472, 232448)[0][0] == 8  # 264 slots / 32 CTAs
+    assert mod.plan_stream(1, K, 128, False, 1, 32, 2, 132, 233472, 232448)[0] == 8  # 264 slots / 32 CTAs
 
 
 # ----------------------------------------------------------------------------- GPU

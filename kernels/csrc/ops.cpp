@@ -181,12 +181,14 @@ void check_inputs(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
 // is a multiple of 4 k-tiles (the kernel's unroll step), and the CTA's staged
 // x rows + scales/zeros must fit in shared memory without lowering the
 // register-limited occupancy.
-// `error` says why no plan fits (empty when one does): gemm_path raises it, the test binding returns
-// it, so that no C++ exception crosses pybind11 in the tests (kernels/NOTES.md, open issue 3: on the
-// torch 2.11 GPU machine the second such exception in a process crashed it).
+// `error` says why no plan fits (kPlanFits when one does) as a number: gemm_path raises it with a
+// message, the test binding returns it.  No string and no C++ exception crosses pybind11 in the plan
+// tests: on the torch 2.11 GPU machine both an exception and a returned error string from this binding
+// crashed the process (kernels/NOTES.md, open issue 3).
+enum PlanError : int64_t { kPlanFits = 0, kPlanSmem = 1, kPlanSplitCtas = 2 };
 struct StreamPlan {
   int64_t splits, kt_per_warp, groups_per_cta, s_off, z_off, ring_off, smem;
-  std::string error;
+  PlanError error;
 };
 
 // smem_ring: path 3, whose per-warp weight rings (stream_ring_bytes(mt) in all) follow
@@ -215,11 +217,9 @@ StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, boo
     pl.ring_off = pl.z_off + (has_z ? pl.groups_per_cta * 256 : 0);
     pl.smem = std::max(pl.ring_off + (smem_ring ? stream_ring_bytes(mt) : 0), red);
     if (pl.smem <= smem_cap || tw == 4) {
-      if (pl.smem > d.smem_per_block - 128)
-        pl.error = c10::str("w4a16_gemm: the streaming kernel needs ", pl.smem, " bytes of shared memory for M=", M,
-                            ", K=", K, "; this GPU allows ", d.smem_per_block);
-      else if (pl.splits > 1 && ctas > kCounterCapacity)
-        pl.error = c10::str("w4a16_gemm: M=", M, " is too large for split-K in the streaming kernel");
+      pl.error = pl.smem > d.smem_per_block - 128               ? kPlanSmem
+                 : pl.splits > 1 && ctas > kCounterCapacity ? kPlanSplitCtas
+                                                            : kPlanFits;
       return pl;
     }
   }
@@ -265,7 +265,9 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   if (streaming) {
     plan = plan_stream(M, K, gs, has_z, mt, smem_ring, ctas, stream_occupancy(fp16, has_z, mt, smem_ring), d,
                        want_splits);
-    TORCH_CHECK(plan.error.empty(), plan.error);
+    TORCH_CHECK(plan.error != kPlanSmem, "w4a16_gemm: the streaming kernel needs ", plan.smem,
+                " bytes of shared memory for M=", M, ", K=", K, "; this GPU allows ", d.smem_per_block);
+    TORCH_CHECK(plan.error != kPlanSplitCtas, "w4a16_gemm: M=", M, " is too large for split-K in the streaming kernel");
     splits = plan.splits;
   } else {
     // Split K until one wave of resident CTAs is (nearly) full: memory-bound
@@ -339,13 +341,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         d.smem_per_block = smem_per_block;
         const lowbit::StreamPlan pl =
             lowbit::plan_stream(M, K, gs, has_z, mt, smem_ring, ctas, occupancy, d, splits);
-        if (!pl.error.empty()) return std::make_pair(std::vector<int64_t>{}, pl.error);
-        return std::make_pair(std::vector<int64_t>{pl.splits, pl.kt_per_warp, pl.groups_per_cta, pl.s_off,
-                                                   pl.z_off, pl.smem, pl.ring_off},
-                              std::string{});
+        return std::vector<int64_t>{pl.splits, pl.kt_per_warp, pl.groups_per_cta, pl.s_off,
+                                    pl.z_off,  pl.smem,        pl.ring_off,        pl.error};
       },
-      "the streaming kernel's launch plan for a device description (tests): ([splits, kt_per_warp, "
-      "groups_per_cta, s_off, z_off, smem, ring_off], ''), or ([], why none fits)",
+      "the streaming kernel's launch plan for a device description (tests): [splits, kt_per_warp, "
+      "groups_per_cta, s_off, z_off, smem, ring_off, error] with error 0 = fits, 1 = shared memory too "
+      "small (smem: what the shortest runs need), 2 = too many CTAs for split-K",
       py::arg("M"), py::arg("K"), py::arg("group_size"), py::arg("has_zeros"), py::arg("m_tiles"), py::arg("ctas"),
       py::arg("occupancy"), py::arg("sms"), py::arg("smem_per_sm"), py::arg("smem_per_block"),
       py::arg("splits") = -1, py::arg("smem_ring") = false);
