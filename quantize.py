@@ -104,8 +104,10 @@ class Int8Compile(Int8):
     """Int8's weights with gpt-fast's forward, left to torch.compile to fuse the cast into the matmul."""
     PATTERN = NAME = "int8-compile"
     # gpt-fast's setting: it makes inductor decompose a one-row matmul into multiply + sum, the GEMV the
-    # int8 -> bf16 cast fuses into at batch 1 (BENCHMARKS.md, decode matrix). It tunes every generated
-    # kernel, so no other scheme pays its compile time.
+    # int8 -> bf16 cast fuses into at batch 1. From two rows on, inductor rewrites this forward into
+    # aten._weight_int8pack_mm (seen on the CPU; the likely cause of its collapse at batch 8 on the GPU:
+    # BENCHMARKS.md, decode matrix). The setting tunes every generated kernel, so no other scheme pays
+    # its compile time.
     INDUCTOR_OPTIONS = {"coordinate_descent_tuning": True}
 
     def forward(self, x):
