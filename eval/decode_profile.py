@@ -83,13 +83,14 @@ def markdown(rows: list[dict], title: str, top: int) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="llama-3-8b", help="preset name (random weights)")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1, help="rows decoded together")
     p.add_argument("--quant", default="none", help="a scheme from quantize.py, or none")
     p.add_argument("--quant-output", action="store_true", help="quantize the output head too")
-    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--prompt-len", type=int, default=128, help="synthetic prompt tokens per row")
     p.add_argument("--steps", type=int, default=32, help="S: decode steps in the difference of the two runs")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="default: cuda if available")
+    p.add_argument("--no-compile", action="store_true", help="profile the eager model (the default on CPU)")
     p.add_argument("--top", type=int, default=15, help="kernels listed one by one")
     p.add_argument("--json", type=Path, help="write the rows here")
     p.add_argument("--smoke", action="store_true", help="tiny model, CPU, eager: checks the script runs")

@@ -244,20 +244,22 @@ def smoke(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="llama-3-8b", choices=list(PRESETS))
-    ap.add_argument("--group-size", type=int, default=128)
-    ap.add_argument("--ms", default=",".join(map(str, DEFAULT_MS)))
+    ap.add_argument("--preset", default="llama-3-8b", choices=list(PRESETS), metavar="PRESET",
+                    help="model whose linear shapes (N, K) are timed (default: llama-3-8b; any model.py preset)")
+    ap.add_argument("--group-size", type=int, default=128, help="int4 group size along K (default: 128)")
+    ap.add_argument("--ms", default=",".join(map(str, DEFAULT_MS)),
+                    help="comma-separated M values (rows of x: batch x tokens) (default: %(default)s)")
     ap.add_argument("--schemes", default="cublas,tinygemm,ours_sym,ours_asym",
                     help="also: ours_sym[mma], ours_sym[dq], ours_sym[stream], ours_sym[smem] (force the mma "
                          "kernel / dequantize+cuBLAS / the streaming kernel with its ring in registers / in shared "
                          "memory), ours_sym[stream/s4] (and split K in 4); likewise ours_asym[...]; read_int4 "
                          "(a floor: one reduction reading the packed int4 weights, no GEMM)")
     ap.add_argument("--bandwidth", action="store_true", help="measure the D2D copy bandwidth first")
-    ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--out", default=os.environ.get("OUT", "out"))
-    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--reps", type=int, default=20, help="graph replays per timing; the median is reported")
+    ap.add_argument("--out", default=os.environ.get("OUT", "out"), help="output folder (default: $OUT or ./out)")
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, reference paths only: checks the script runs (CI)")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
     args = ap.parse_args()
     if args.smoke:
         return smoke(args)
