@@ -257,7 +257,8 @@ def main():
     ap.add_argument("--bandwidth", action="store_true", help="measure the D2D copy bandwidth first")
     ap.add_argument("--reps", type=int, default=20, help="graph replays per timing; the median is reported")
     ap.add_argument("--out", default=os.environ.get("OUT", "out"), help="output folder (default: $OUT or ./out)")
-    ap.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, reference paths only: checks the script runs (CI)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="CPU, tiny shapes, reference paths only: checks the script runs (CI)")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
     args = ap.parse_args()

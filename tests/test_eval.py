@@ -92,9 +92,9 @@ def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikit
     every weight to bf16 before the product, as `int4-g128-*` does; the streaming kernel at M <= 16 uses the
     exact weights (fp32 sums scaled per group, w4a16_kernel.cu), so its reference is the same scheme with the
     product taken in float32 on the exact weights.  Windows of 32 tokens and more score 16,384 tokens, 16-token
-    windows 4,096 (1,024 forwards).  Status (H200, 2026-11-29): sym passes; azp is 0.109% below the reference
-    at 32-token windows and asym 0.16% below at 16, while five other summation orders of the reference (CPU and
-    GPU) agree among themselves within 0.06% (BENCHMARKS.md, "Perplexity through the op"): not explained yet."""
+    windows 4,096 (256 forwards).  Status (H200, 2026-11-29): sym passes; azp is 0.109% below the reference
+    at 32-token windows and asym 0.16% below at 16, while other summation orders of the reference move it by up to
+    0.05% with the weights held fixed (BENCHMARKS.md, "Perplexity through the op"): not explained yet."""
     import copy
 
     import kernels
