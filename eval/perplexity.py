@@ -57,8 +57,8 @@ def token_perplexity(model, ids, window: int, stride: int | None = None, batch: 
                      max_tokens: int | None = None, progress=True) -> dict:
     """Perplexity of `model` on `ids` (list or 1-D tensor of token ids), `batch` windows per forward.
 
-    Returns {"ppl", "nll" (mean per scored token), "tokens" (scored), "windows", "window", "stride"};
-    the NLL is summed in float64.
+    Returns {"ppl", "nll" (mean per scored token), "tokens" (scored), "windows", "window", "stride",
+    "window_nll" (each window's summed NLL, for `paired_difference`)}; the NLL is summed in float64.
     """
     ids = torch.as_tensor(ids, dtype=torch.long).flatten()
     if max_tokens is not None:
@@ -67,7 +67,7 @@ def token_perplexity(model, ids, window: int, stride: int | None = None, batch: 
     device = model.tok_embeddings.weight.device
     ids = ids.to(device)
     positions = torch.arange(window, device=device)
-    nll, scored, cache_batch = 0.0, 0, 0
+    nll, scored, cache_batch, window_nll = 0.0, 0, 0, []
     from generate import progress as progress_bar
     bar = progress_bar() if progress else None
     task = bar.add_task("perplexity", total=len(plan)) if bar else None
@@ -83,7 +83,8 @@ def token_perplexity(model, ids, window: int, stride: int | None = None, batch: 
         for row, (_, off) in enumerate(group):
             # logits at column j predict token j + 1
             loss = F.cross_entropy(logits[row, off - 1:-1].float(), tokens[row, off:], reduction="sum")
-            nll += loss.double().item()
+            window_nll.append(loss.double().item())
+            nll += window_nll[-1]
             scored += window - off
         if bar:
             bar.update(task, advance=len(group), description=f"perplexity {math.exp(nll / scored):.3f}")
@@ -91,7 +92,21 @@ def token_perplexity(model, ids, window: int, stride: int | None = None, batch: 
         bar.stop()
     covered = plan[-1][0] + window  # ids[:covered] is the text the windows span
     return {"ppl": math.exp(nll / scored), "nll": nll / scored, "tokens": scored, "windows": len(plan),
-            "window": window, "stride": stride, "covered_tokens": covered}
+            "window": window, "stride": stride, "covered_tokens": covered, "window_nll": window_nll}
+
+
+def paired_difference(a: dict, b: dict) -> tuple[float, float]:
+    """log(ppl_a / ppl_b) of two `token_perplexity` results on the same tokens and windows, and its standard
+    error from the spread of the per-window differences (windows as independent samples). For small
+    differences both read as relative differences of the perplexity. Two correct implementations of the
+    same scheme differ by rounding flips that every later layer amplifies; this says how much of a
+    difference such noise explains at the given token count (BENCHMARKS.md, "Perplexity through the op")."""
+    if (a["tokens"], a["windows"], a["window"], a["stride"]) != (b["tokens"], b["windows"], b["window"], b["stride"]):
+        raise ValueError("paired_difference needs results on the same tokens and windows")
+    d = torch.tensor(a["window_nll"], dtype=torch.float64) - torch.tensor(b["window_nll"], dtype=torch.float64)
+    n = len(d)
+    se = (d.std() * math.sqrt(n) / a["tokens"]).item() if n > 1 else float("nan")
+    return d.sum().item() / a["tokens"], se
 
 
 def main(argv=None):
@@ -144,9 +159,14 @@ def main(argv=None):
     stride = "non-overlapping" if args.stride is None else f"stride {args.stride}"
     print(f"\n{args.model}, {args.corpus.name}, windows of {args.window} ({stride}, no BOS), "
           f"{rows[0]['windows']} windows, {rows[0]['tokens']:,} scored tokens, {args.device}, torch {torch.__version__}\n")
-    print("| scheme | dtype | token ppl | word ppl (lm-eval style) |\n|---|---|---:|---:|")
+    first = f"{rows[0]['scheme']}:{rows[0]['dtype']}"
+    print(f"| scheme | dtype | token ppl | vs {first} (± paired s.e.) | word ppl (lm-eval style) |\n"
+          "|---|---|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['scheme']} | {r['dtype']} | {r['ppl']:.3f} | {r['word_ppl']:.2f} |")
+        diff, se = paired_difference(r, rows[0])
+        r.update(vs_first=diff, vs_first_se=se)
+        vs = "" if r is rows[0] else f"{100 * diff:+.3f}% ± {100 * se:.3f}%"
+        print(f"| {r['scheme']} | {r['dtype']} | {r['ppl']:.3f} | {vs} | {r['word_ppl']:.2f} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"model": args.model, "corpus": str(args.corpus), "rows": rows}, indent=2))

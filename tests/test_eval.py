@@ -43,6 +43,26 @@ def test_perplexity_smoke(tmp_path):
     rows = json.loads((tmp_path / "p.json").read_text())["rows"]
     assert [r["scheme"] for r in rows] == ["none", "int8", "int4-g32-asym"]
     assert all(r["ppl"] > 1 for r in rows)
+    assert rows[0]["vs_first"] == 0 and abs(rows[1]["vs_first"]) < 0.01  # int8 close to float, int4 further
+    assert abs(rows[2]["vs_first"]) > abs(rows[1]["vs_first"]) and rows[2]["vs_first_se"] > 0
+
+
+def test_paired_difference():
+    """log(ppl_a / ppl_b) from per-window NLLs and its standard error across windows."""
+    import math
+
+    from eval.perplexity import paired_difference
+    b = {"tokens": 40, "windows": 4, "window": 11, "stride": None, "window_nll": [10.0, 20.0, 30.0, 40.0]}
+    same = dict(b)
+    assert paired_difference(same, b) == (0.0, 0.0)
+    shifted = dict(b, window_nll=[11.0, 21.0, 31.0, 41.0])  # +1 nat per window of 10 tokens, no spread
+    diff, se = paired_difference(shifted, b)
+    assert diff == pytest.approx(4 / 40) and se == pytest.approx(0.0)
+    noisy = dict(b, window_nll=[11.0, 19.0, 31.0, 39.0])  # differences +1, -1, +1, -1: mean 0, std 2/sqrt(3)
+    diff, se = paired_difference(noisy, b)
+    assert diff == pytest.approx(0.0) and se == pytest.approx(math.sqrt(4 / 3) * 2 / 40)
+    with pytest.raises(ValueError, match="same tokens and windows"):
+        paired_difference(dict(b, windows=3), b)
 
 
 @torch.no_grad()
@@ -102,7 +122,7 @@ def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikit
 
     import kernels
     from checkpoint import load_model
-    from eval.perplexity import token_perplexity
+    from eval.perplexity import paired_difference, token_perplexity
     from quantize import Int4, quantize_
     if not kernels.extension_available():
         pytest.skip("the kernels CUDA extension is unavailable")
@@ -122,9 +142,13 @@ def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikit
         assert kernels.choose_path(window, 1536, 576) == taken
         exact_weights = taken in ("stream", "stream_smem") and window <= 16
         scored = ids[:4096] if window <= 16 else ids
-        want = token_perplexity(exact if exact_weights else ref, scored, window, progress=False)["ppl"]
-        got = token_perplexity(ker, scored, window, progress=False)["ppl"]
-        assert got == pytest.approx(want, rel=3e-3), (window, path, "exact weights" if exact_weights else "bf16 weights")
+        want = token_perplexity(exact if exact_weights else ref, scored, window, progress=False)
+        got = token_perplexity(ker, scored, window, progress=False)
+        diff, se = paired_difference(got, want)
+        print(f"{zero} window {window} ({taken}): {got['ppl']:.4f} vs {want['ppl']:.4f}, "
+              f"{100 * diff:+.3f}% ± {100 * se:.3f}% (paired s.e.)")
+        assert got["ppl"] == pytest.approx(want["ppl"], rel=3e-3), \
+            (window, path, "exact weights" if exact_weights else "bf16 weights", f"{100 * diff:+.3f}% ± {100 * se:.3f}%")
 
 
 def test_decode_profile_smoke(tmp_path):
