@@ -4,8 +4,9 @@
     python eval/bench.py --smoke          # tiny model on the CPU, seconds (CI runs this)
 
 Every (scheme, batch) cell runs generate.py's Generator: a warm-up call (compiles the decode step and
-records its CUDA graph; prefill runs eagerly here, so end-to-end numbers come from generate.py), then one timed generation with random weights and synthetic prompts of
---prompt-len tokens. Writes bench.json, bench.md and bench.png (total tokens/s against batch size).
+records its CUDA graph; prefill runs eagerly here, so end-to-end numbers come from generate.py), then
+--repeats timed generations (the median is reported, with the spread) with random weights and synthetic
+prompts of --prompt-len tokens. Writes bench.json, bench.md and bench.png (total tokens/s against batch size).
 """
 import argparse
 import gc
@@ -42,9 +43,12 @@ def run_matrix(args, on_row=lambda rows: None) -> list[dict]:
             compile_s = compile_s if compile else None
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            run = gen(prompts, args.max_new_tokens, set(), 0, cache_len, show_progress=False)
-            r = make_report(run, model, bandwidth, compile_s)
-            r.update(quant=scheme, model=args.model, dtype=str(dtype).removeprefix("torch."))
+            reports = [make_report(gen(prompts, args.max_new_tokens, set(), 0, cache_len, show_progress=False),
+                                   model, bandwidth, compile_s) for _ in range(args.repeats)]
+            reports.sort(key=lambda x: x["decode_tok_s_total"])
+            r = reports[len(reports) // 2]  # the median timed generation (the upper one of an even count)
+            r.update(quant=scheme, model=args.model, dtype=str(dtype).removeprefix("torch."), repeats=args.repeats,
+                     decode_tok_s_total_range=[reports[0]["decode_tok_s_total"], reports[-1]["decode_tok_s_total"]])
             rows.append(r)
             on_row(rows)
             console.print(f"{scheme:>16} batch {batch:>3}: decode {r['decode_tok_s_total']:>9,.1f} tok/s total, "
@@ -72,6 +76,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
         vals = [f"{cell[s, b]['decode_tok_s_total']:,.0f} ({cell[s, b]['decode_tok_s_per_seq']:,.1f})"
                 if (s, b) in cell else "" for b in batches]
         out.append(f"| {s} | " + " | ".join(vals) + " |")
+    if rows and "repeats" in rows[0]:
+        spread = max((r["decode_tok_s_total_range"][1] - r["decode_tok_s_total_range"][0]) / r["decode_tok_s_total"]
+                     for r in rows)
+        out += ["", f"Each cell: the median of {meta['repeats']} timed generations after one warm-up; the largest "
+                    f"spread (max - min) / median over the cells: {100 * spread:.1f}%."]
     out += ["", "Effective bandwidth (weights + KV cache read per decode step / step time), % of the measured "
             "copy bandwidth, peak memory:", "",
             "| scheme | " + " | ".join(f"batch {b}" for b in batches) + " |", "|---|" + "---:|" * len(batches)]
@@ -120,6 +129,8 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
     p.add_argument("--no-compile", action="store_true", help="eager decode (no torch.compile, no CUDA graphs)")
     p.add_argument("--compile-once", action="store_true", help="as generate.py --compile-once (shorter compiles)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed generations per cell; the median is reported, with the spread (default: 3)")
     p.add_argument("--seed", type=int, default=0, help="seeds the random weights and prompts")
     p.add_argument("--out", type=Path, default=Path("out/bench"), help="folder for bench.json, .md, .png")
     p.add_argument("--smoke", action="store_true", help="tiny model, CPU, eager: checks the script runs")
@@ -134,7 +145,7 @@ def main(argv=None):
     meta = {"model": args.model, "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d"), "commands": [" ".join(sys.argv)], "prefill": "eager",
-            "compile_once": args.compile_once}
+            "compile_once": args.compile_once, "repeats": args.repeats}
     earlier = load_earlier(args.out / "bench.json", meta) if args.append else []
 
     def merged(rows):  # this run's cells replace the same (scheme, batch) cells of an appended-to run
@@ -157,8 +168,8 @@ def load_earlier(path: Path, meta: dict) -> list[dict]:
     if not path.exists():
         return []
     old = json.loads(path.read_text())
-    for key in ("model", "prompt_len", "max_new_tokens", "device", "torch", "prefill", "compile_once"):
-        if old["meta"].get(key) != meta[key]:
+    for key in ("model", "prompt_len", "max_new_tokens", "device", "torch", "prefill", "compile_once", "repeats"):
+        if old["meta"].get(key, 1 if key == "repeats" else None) != meta[key]:  # runs before --repeats: 1
             raise SystemExit(f"--append: {path} was measured with {key}={old['meta'].get(key)!r}, "
                              f"this run has {meta[key]!r}; use another --out")
     meta["commands"] = old["meta"].get("commands", []) + meta["commands"]

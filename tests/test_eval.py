@@ -23,6 +23,9 @@ def test_bench_smoke(tmp_path):
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     assert {r["quant"] for r in rows} == {"none", "int8", "int4-g64-asym", "int4-marlin"}
     assert (tmp_path / "bench.png").stat().st_size > 1000 and "| scheme |" in out.stdout
+    lo, hi = zip(*(r["decode_tok_s_total_range"] for r in rows))  # the median of --repeats (3) timed runs
+    assert all(r["repeats"] == 3 and a <= r["decode_tok_s_total"] <= b for r, a, b in zip(rows, lo, hi))
+    assert "the median of 3 timed generations" in out.stdout
 
 
 def test_bench_append_merges_cells_and_refuses_another_setting(tmp_path):
