@@ -76,9 +76,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
         vals = [f"{cell[s, b]['decode_tok_s_total']:,.0f} ({cell[s, b]['decode_tok_s_per_seq']:,.1f})"
                 if (s, b) in cell else "" for b in batches]
         out.append(f"| {s} | " + " | ".join(vals) + " |")
-    if rows and "repeats" in rows[0]:
+    ranged = [r for r in rows if "decode_tok_s_total_range" in r]
+    if meta.get("repeats", 1) > 1 and ranged:
         spread = max((r["decode_tok_s_total_range"][1] - r["decode_tok_s_total_range"][0]) / r["decode_tok_s_total"]
-                     for r in rows)
+                     for r in ranged)
         out += ["", f"Each cell: the median of {meta['repeats']} timed generations after one warm-up; the largest "
                     f"spread (max - min) / median over the cells: {100 * spread:.1f}%."]
     out += ["", "Effective bandwidth (weights + KV cache read per decode step / step time), % of the measured "
@@ -139,6 +140,8 @@ def main(argv=None):
         args.model, args.device, args.no_compile = "tiny", "cpu", True
         args.batch, args.quant = "1,3", "none,int8,int4-g64-asym,int4-marlin"
         args.prompt_len, args.max_new_tokens = 8, 4
+    if args.repeats < 1:
+        p.error(f"--repeats must be at least 1, got {args.repeats}")
     args.batch = [int(b) for b in args.batch.split(",")]
     args.quant = args.quant.split(",")
     dev = torch.device(args.device)
@@ -169,8 +172,9 @@ def load_earlier(path: Path, meta: dict) -> list[dict]:
         return []
     old = json.loads(path.read_text())
     for key in ("model", "prompt_len", "max_new_tokens", "device", "torch", "prefill", "compile_once", "repeats"):
-        if old["meta"].get(key, 1 if key == "repeats" else None) != meta[key]:  # runs before --repeats: 1
-            raise SystemExit(f"--append: {path} was measured with {key}={old['meta'].get(key)!r}, "
+        was = old["meta"].get(key, 1 if key == "repeats" else None)  # runs from before --repeats: 1
+        if was != meta[key]:
+            raise SystemExit(f"--append: {path} was measured with {key}={was!r}, "
                              f"this run has {meta[key]!r}; use another --out")
     meta["commands"] = old["meta"].get("commands", []) + meta["commands"]
     meta["date"] = " / ".join(dict.fromkeys([old["meta"]["date"], meta["date"]]))

@@ -245,7 +245,8 @@ def smoke(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="llama-3-8b", choices=list(PRESETS), metavar="PRESET",
-                    help="model whose linear shapes (N, K) are timed (default: llama-3-8b; any model.py preset)")
+                    help="model whose linear shapes (N, K) are timed (default: llama-3-8b): "
+                         + ", ".join(PRESETS))
     ap.add_argument("--group-size", type=int, default=128, help="int4 group size along K (default: 128)")
     ap.add_argument("--ms", default=",".join(map(str, DEFAULT_MS)),
                     help="comma-separated M values (rows of x: batch x tokens) (default: %(default)s)")

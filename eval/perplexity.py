@@ -58,7 +58,8 @@ def token_perplexity(model, ids, window: int, stride: int | None = None, batch: 
     """Perplexity of `model` on `ids` (list or 1-D tensor of token ids), `batch` windows per forward.
 
     Returns {"ppl", "nll" (mean per scored token), "tokens" (scored), "windows", "window", "stride",
-    "window_nll" (each window's summed NLL, for `paired_difference`)}; the NLL is summed in float64.
+    "window_nll", "window_tokens" (each window's summed NLL and scored tokens, for `paired_difference`)};
+    the NLL is summed in float64.
     """
     ids = torch.as_tensor(ids, dtype=torch.long).flatten()
     if max_tokens is not None:
@@ -67,7 +68,7 @@ def token_perplexity(model, ids, window: int, stride: int | None = None, batch: 
     device = model.tok_embeddings.weight.device
     ids = ids.to(device)
     positions = torch.arange(window, device=device)
-    nll, scored, cache_batch, window_nll = 0.0, 0, 0, []
+    nll, scored, cache_batch, window_nll, window_tokens = 0.0, 0, 0, [], []
     from generate import progress as progress_bar
     bar = progress_bar() if progress else None
     task = bar.add_task("perplexity", total=len(plan)) if bar else None
@@ -84,6 +85,7 @@ def token_perplexity(model, ids, window: int, stride: int | None = None, batch: 
             # logits at column j predict token j + 1
             loss = F.cross_entropy(logits[row, off - 1:-1].float(), tokens[row, off:], reduction="sum")
             window_nll.append(loss.double().item())
+            window_tokens.append(window - off)
             nll += window_nll[-1]
             scored += window - off
         if bar:
@@ -92,21 +94,26 @@ def token_perplexity(model, ids, window: int, stride: int | None = None, batch: 
         bar.stop()
     covered = plan[-1][0] + window  # ids[:covered] is the text the windows span
     return {"ppl": math.exp(nll / scored), "nll": nll / scored, "tokens": scored, "windows": len(plan),
-            "window": window, "stride": stride, "covered_tokens": covered, "window_nll": window_nll}
+            "window": window, "stride": stride, "covered_tokens": covered, "window_nll": window_nll,
+            "window_tokens": window_tokens}
 
 
-def paired_difference(a: dict, b: dict) -> tuple[float, float]:
+def paired_difference(a: dict, b: dict) -> tuple[float, float | None]:
     """log(ppl_a / ppl_b) of two `token_perplexity` results on the same tokens and windows, and its standard
-    error from the spread of the per-window differences (windows as independent samples). For small
-    differences both read as relative differences of the perplexity. Two correct implementations of the
-    same scheme differ by rounding flips that every later layer amplifies; this says how much of a
-    difference such noise explains at the given token count (BENCHMARKS.md, "Perplexity through the op")."""
+    error with windows as independent samples (a ratio estimate: windows may score different token counts,
+    as with --stride); None with one window. For small differences both read as relative differences of the
+    perplexity. Two correct implementations of the same scheme differ by rounding flips that every later
+    layer amplifies; this says how much of a difference such noise explains at the given token count
+    (BENCHMARKS.md, "Perplexity through the op")."""
     if (a["tokens"], a["windows"], a["window"], a["stride"]) != (b["tokens"], b["windows"], b["window"], b["stride"]):
         raise ValueError("paired_difference needs results on the same tokens and windows")
     d = torch.tensor(a["window_nll"], dtype=torch.float64) - torch.tensor(b["window_nll"], dtype=torch.float64)
-    n = len(d)
-    se = (d.std() * math.sqrt(n) / a["tokens"]).item() if n > 1 else float("nan")
-    return d.sum().item() / a["tokens"], se
+    t = torch.tensor(a["window_tokens"], dtype=torch.float64)
+    n, diff = len(d), d.sum().item() / a["tokens"]
+    if n < 2:
+        return diff, None
+    resid = d - diff * t  # per-window deviation from the common per-token difference
+    return diff, math.sqrt(n / (n - 1) * resid.pow(2).sum().item()) / a["tokens"]
 
 
 def main(argv=None):
@@ -165,7 +172,7 @@ def main(argv=None):
     for r in rows:
         diff, se = paired_difference(r, rows[0])
         r.update(vs_first=diff, vs_first_se=se)
-        vs = "" if r is rows[0] else f"{100 * diff:+.3f}% ± {100 * se:.3f}%"
+        vs = "" if r is rows[0] else f"{100 * diff:+.3f}%" + (f" ± {100 * se:.3f}%" if se is not None else "")
         print(f"| {r['scheme']} | {r['dtype']} | {r['ppl']:.3f} | {vs} | {r['word_ppl']:.2f} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,8 @@ def test_paired_difference():
     import math
 
     from eval.perplexity import paired_difference
-    b = {"tokens": 40, "windows": 4, "window": 11, "stride": None, "window_nll": [10.0, 20.0, 30.0, 40.0]}
+    b = {"tokens": 40, "windows": 4, "window": 11, "stride": None, "window_nll": [10.0, 20.0, 30.0, 40.0],
+         "window_tokens": [10, 10, 10, 10]}
     same = dict(b)
     assert paired_difference(same, b) == (0.0, 0.0)
     shifted = dict(b, window_nll=[11.0, 21.0, 31.0, 41.0])  # +1 nat per window of 10 tokens, no spread
@@ -66,6 +67,11 @@ def test_paired_difference():
     assert diff == pytest.approx(0.0) and se == pytest.approx(math.sqrt(4 / 3) * 2 / 40)
     with pytest.raises(ValueError, match="same tokens and windows"):
         paired_difference(dict(b, windows=3), b)
+    one = {"tokens": 10, "windows": 1, "window": 11, "stride": None, "window_nll": [5.0], "window_tokens": [10]}
+    assert paired_difference(dict(one, window_nll=[6.0]), one) == (0.1, None)  # no spread from one window
+    # windows of unequal length (--stride): a difference proportional to the tokens has no spread
+    u = {"tokens": 30, "windows": 2, "window": 21, "stride": 10, "window_nll": [40.0, 20.0], "window_tokens": [20, 10]}
+    assert paired_difference(dict(u, window_nll=[42.0, 21.0]), u) == (pytest.approx(0.1), pytest.approx(0.0))
 
 
 @torch.no_grad()
@@ -149,7 +155,7 @@ def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikit
         got = token_perplexity(ker, scored, window, progress=False)
         diff, se = paired_difference(got, want)
         print(f"{zero} window {window} ({taken}): {got['ppl']:.4f} vs {want['ppl']:.4f}, "
-              f"{100 * diff:+.3f}% ± {100 * se:.3f}% (paired s.e.)")
+              f"{100 * diff:+.3f}% ± {100 * se:.3f}% (paired s.e.)")  # >= 4,096 tokens: many windows
         assert got["ppl"] == pytest.approx(want["ppl"], rel=3e-3), \
             (window, path, "exact weights" if exact_weights else "bf16 weights", f"{100 * diff:+.3f}% ± {100 * se:.3f}%")
 
