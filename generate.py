@@ -341,6 +341,14 @@ def build_prompts(args, tokenizer, vocab_size: int) -> list[list[int]]:
     return [ids[i % len(ids)] for i in range(args.batch)]
 
 
+def slow_path_notice(quant: str | None, compiled: bool, batch: int) -> str | None:
+    """A warning for a combination known to run far below its batch-1 speed (BENCHMARKS.md, decode matrix)."""
+    if quant == "int8-compile" and compiled and batch > 1:
+        return ("notice: int8-compile is a batch-1 baseline: from 2 rows on, inductor rewrites its forward into "
+                "aten._weight_int8pack_mm, 54.5 tok/s in total at batch 8 on an H200 (BENCHMARKS.md)")
+    return None
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch < 1 or args.max_new_tokens < 1:
@@ -371,6 +379,8 @@ def main(argv=None) -> int:
     eos_ids = set() if (args.ignore_eos or args.random_weights or tokenizer is None) else set(tokenizer.eos_ids)
     pad_id = tokenizer.pad_id if tokenizer is not None else 0
     compile = device.type == "cuda" and not args.no_compile
+    if (notice := slow_path_notice(quant, compile, len(prompts))) is not None:
+        console.print(notice, highlight=False, soft_wrap=True)
     gen = Generator(model, compile, args.temperature, args.top_k, args.top_p, compile_once=args.compile_once)
     bandwidth = measured_bandwidth(device)
 

@@ -58,6 +58,13 @@ def test_scheme_inductor_options_reach_only_that_models_compiles():
     assert not torch._inductor.config.coordinate_descent_tuning
 
 
+def test_int8_compile_above_one_row_gets_a_notice():
+    assert "aten._weight_int8pack_mm" in generate.slow_path_notice("int8-compile", True, 8)
+    assert generate.slow_path_notice("int8-compile", True, 1) is None  # its fused GEMV: a fair baseline
+    assert generate.slow_path_notice("int8-compile", False, 8) is None  # eager: nothing rewritten
+    assert generate.slow_path_notice("int4-marlin", True, 32) is None
+
+
 @torch.no_grad()
 def test_compile_once_traces_one_layer_and_gives_the_eager_tokens():
     """--compile-once: every layer calls one nested compile region (KV-cache writes inside it) under
