@@ -344,8 +344,9 @@ def build_prompts(args, tokenizer, vocab_size: int) -> list[list[int]]:
 def slow_path_notice(quant: str | None, compiled: bool, batch: int) -> str | None:
     """A warning for a combination known to run far below its batch-1 speed (BENCHMARKS.md, decode matrix)."""
     if quant == "int8-compile" and compiled and batch > 1:
-        return ("notice: int8-compile is a batch-1 baseline: from 2 rows on, inductor rewrites its forward into "
-                "aten._weight_int8pack_mm, 54.5 tok/s in total at batch 8 on an H200 (BENCHMARKS.md)")
+        return ("notice: int8-compile is a batch-1 baseline: from 2 rows on it ran at 54.5 tok/s in total at batch 8 "
+                "on an H200, most likely because inductor rewrites its forward into aten._weight_int8pack_mm "
+                "(BENCHMARKS.md)")
     return None
 
 
