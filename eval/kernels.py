@@ -178,8 +178,21 @@ def bench_linear(name, N, K, gs, ms, schemes, bw, reps, device, seed):
     return rows
 
 
+def launch_fit(sel) -> tuple[float, float] | tuple[None, None]:
+    """Least squares of t = fixed + bytes / rate over linears of different sizes (each row: its own bytes and
+    us): (fixed us, rate in TB/s), or Nones with fewer than two sizes. Separates what every launch pays
+    (start-up, tail, reductions) from the streaming rate (kernels/NOTES.md, open issue 1)."""
+    xs = [r["bytes"] for r in sel]
+    if len(set(xs)) < 2:
+        return None, None
+    ys = [r["us"] for r in sel]
+    n, mx, my = len(xs), sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)  # us per byte
+    return my - slope * mx, (1e-6 / slope if slope > 0 else None)  # 1/slope B per us = 1e-6/slope TB/s
+
+
 def summarize(rows, ms, schemes):
-    """Sum over the linears per (scheme, M)."""
+    """Sum over the linears per (scheme, M), and the per-launch fit."""
     out = []
     for scheme in schemes:
         for M in ms:
@@ -188,8 +201,9 @@ def summarize(rows, ms, schemes):
                 continue
             us = sum(r["us"] for r in sel)
             bound = sum(r["bound_int4_us"] for r in sel)
+            fixed, rate = launch_fit(sel)
             out.append(dict(scheme=scheme, M=M, us=us, bound_int4_us=bound, pct_int4_bound=100 * bound / us,
-                            linears=len(sel)))
+                            linears=len(sel), fit_fixed_us=fixed, fit_rate_tb_s=rate))
     return out
 
 
@@ -210,6 +224,15 @@ def markdown(rows, summary, meta):
             r = next((r for r in summary if r["M"] == M and r["scheme"] == s), None)
             cells.append("-" if r is None else f"{r['us']:.1f} ({r['pct_int4_bound']:.0f}%)")
         lines.append(f"| {M} | {bound:.1f} | " + " | ".join(cells) + " |")
+    lines += ["", "## Per-launch fit: t = fixed + bytes / rate over the linears (us, TB/s)", "",
+              "| M | " + " | ".join(schemes) + " |", "|---|" + "---|" * len(schemes)]
+    for M in ms:
+        cells = []
+        for s in schemes:
+            r = next((r for r in summary if r["M"] == M and r["scheme"] == s), None)
+            ok = r is not None and r["fit_rate_tb_s"] is not None
+            cells.append(f"{r['fit_fixed_us']:.1f} + B / {r['fit_rate_tb_s']:.2f}" if ok else "-")
+        lines.append(f"| {M} | " + " | ".join(cells) + " |")
     lines += ["", "## Per linear", "", "| linear | M | scheme | path | us | GB/s | % own bound | % int4 bound | rel err |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

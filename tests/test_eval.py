@@ -180,3 +180,17 @@ def test_decode_profile_kinds():
 def test_kernel_microbenchmark_smoke(tmp_path):
     out = run_script("eval/kernels.py", "--smoke", "--out", str(tmp_path))
     assert "reference_asym" in out.stdout and list(tmp_path.glob("*.json"))
+
+
+def test_kernel_bench_launch_fit_and_markdown():
+    """eval/kernels.py separates a per-launch fixed cost from the streaming rate (least squares over linears)."""
+    from eval.kernels import markdown, summarize
+    rows = [dict(linear=n, N=64, K=64, M=1, scheme="s", path="-", us=5.0 + b / 2e6, bytes=b, GBps=b / (5.0 + b / 2e6) / 1e3,
+                 pct_own_bound=50.0, pct_int4_bound=40.0, rel_err=1e-3, bound_int4_us=1.0)
+            for n, b in (("a", 8e6), ("b", 30e6), ("c", 60e6))]  # t = 5 us + bytes / 2 TB/s
+    (s,) = summarize(rows, [1], ["s"])
+    assert s["fit_fixed_us"] == pytest.approx(5.0) and s["fit_rate_tb_s"] == pytest.approx(2.0)
+    meta = dict(preset="x", group_size=128, device="d", torch="t", bandwidth=3e12, bandwidth_source="assumed", reps=1)
+    assert "| 1 | 5.0 + B / 2.00 |" in markdown(rows, [s], meta)
+    (one,) = summarize(rows[:1], [1], ["s"])  # one size: no fit
+    assert one["fit_fixed_us"] is None and "| 1 | - |" in markdown(rows[:1], [one], meta)
