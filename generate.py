@@ -341,13 +341,11 @@ def build_prompts(args, tokenizer, vocab_size: int) -> list[list[int]]:
     return [ids[i % len(ids)] for i in range(args.batch)]
 
 
-def slow_path_notice(quant: str | None, compiled: bool, batch: int) -> str | None:
-    """A warning for a combination known to run far below its batch-1 speed (BENCHMARKS.md, decode matrix)."""
-    if quant == "int8-compile" and compiled and batch > 1:
-        return ("notice: int8-compile is a batch-1 baseline: from 2 rows on it ran at 54.5 tok/s in total at batch 8 "
-                "on an H200, most likely because inductor rewrites its forward into aten._weight_int8pack_mm "
-                "(BENCHMARKS.md)")
-    return None
+def slow_path_notices(model: Transformer, compiled: bool, batch: int) -> set[str]:
+    """What the model's quant schemes declare about compiled batches (quantize.QuantLinear.BATCHED_NOTICE)."""
+    if not compiled or batch < 2:
+        return set()
+    return {n for m in model.modules() if (n := getattr(m, "BATCHED_NOTICE", ""))}
 
 
 def main(argv=None) -> int:
@@ -380,8 +378,8 @@ def main(argv=None) -> int:
     eos_ids = set() if (args.ignore_eos or args.random_weights or tokenizer is None) else set(tokenizer.eos_ids)
     pad_id = tokenizer.pad_id if tokenizer is not None else 0
     compile = device.type == "cuda" and not args.no_compile
-    if (notice := slow_path_notice(quant, compile, len(prompts))) is not None:
-        console.print(notice, highlight=False, soft_wrap=True)
+    for notice in slow_path_notices(model, compile, len(prompts)):
+        console.print(f"notice: {notice}", highlight=False, soft_wrap=True)
     gen = Generator(model, compile, args.temperature, args.top_k, args.top_p, compile_once=args.compile_once)
     bandwidth = measured_bandwidth(device)
 

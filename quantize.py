@@ -48,6 +48,8 @@ class QuantLinear(nn.Module):
     # Inductor options the scheme's forward relies on when compiled on CUDA (generate.Generator passes
     # them to its torch.compile calls, so they apply to that model only).
     INDUCTOR_OPTIONS: dict = {}
+    # Printed by generate.py when the compiled model decodes more than one row: a known slow combination.
+    BATCHED_NOTICE = ""
 
     def __init__(self, in_features: int, out_features: int, **params):
         super().__init__()
@@ -104,11 +106,12 @@ class Int8Compile(Int8):
     """Int8's weights with gpt-fast's forward, left to torch.compile to fuse the cast into the matmul."""
     PATTERN = NAME = "int8-compile"
     # gpt-fast's setting: it makes inductor decompose a one-row matmul into multiply + sum, the GEMV the
-    # int8 -> bf16 cast fuses into at batch 1. From two rows on, inductor rewrites this forward into
-    # aten._weight_int8pack_mm (seen on the CPU; the likely cause of its collapse at batch 8 on the GPU:
-    # BENCHMARKS.md, decode matrix). The setting tunes every generated kernel, so no other scheme pays
+    # int8 -> bf16 cast fuses into at batch 1. It tunes every generated kernel, so no other scheme pays
     # its compile time.
     INDUCTOR_OPTIONS = {"coordinate_descent_tuning": True}
+    BATCHED_NOTICE = ("int8-compile is a batch-1 baseline: from 2 rows on it ran at 54.5 tok/s in total at batch 8 "
+                      "on an H200, most likely because inductor rewrites its forward into aten._weight_int8pack_mm "
+                      "(seen on the CPU; BENCHMARKS.md, decode matrix)")
 
     def forward(self, x):
         return F.linear(x, self.weight.to(dtype=x.dtype)) * self.scales

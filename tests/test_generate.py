@@ -59,10 +59,13 @@ def test_scheme_inductor_options_reach_only_that_models_compiles():
 
 
 def test_int8_compile_above_one_row_gets_a_notice():
-    assert "aten._weight_int8pack_mm" in generate.slow_path_notice("int8-compile", True, 8)
-    assert generate.slow_path_notice("int8-compile", True, 1) is None  # its fused GEMV: a fair baseline
-    assert generate.slow_path_notice("int8-compile", False, 8) is None  # eager: nothing rewritten
-    assert generate.slow_path_notice("int4-marlin", True, 32) is None
+    from quantize import quantize_
+    i8, marlin = quantize_(tiny_model(), "int8-compile"), quantize_(tiny_model(), "int4-marlin")
+    (notice,) = generate.slow_path_notices(i8, True, 8)
+    assert "aten._weight_int8pack_mm" in notice
+    assert not generate.slow_path_notices(i8, True, 1)  # its fused GEMV: a fair baseline
+    assert not generate.slow_path_notices(i8, False, 8)  # eager: nothing rewritten
+    assert not generate.slow_path_notices(marlin, True, 32)
 
 
 @torch.no_grad()
