@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from model import PRESETS, ModelArgs, RMSNorm, Transformer, rope_frequencies
+from quantize import KNOWN, QuantLinear, parse_scheme, swap_linears
 
 ROOT = Path(__file__).resolve().parent
 CHECKPOINTS = ROOT / "checkpoints"
@@ -463,12 +464,11 @@ def _load_hf(folder: Path, device, dtype):
 # Our checkpoints
 
 
-def save_checkpoint(path: "str | Path", model: Transformer, tokenizer_file: "str | Path | None",
-                    quant: "dict | None") -> None:
+def save_checkpoint(path: "str | Path", model: Transformer, tokenizer_file: "str | Path | None") -> None:
     """Write {"format", "version", "model_args", "quant", "tokenizer", "state_dict"} with torch.save.
 
     The tokenizer travels inside as the bytes of its file ({"filename", "data": uint8 tensor}); a GGUF
-    source contributes a tokenizer-only GGUF. quant is `quantize.quant_config(model)` (None for float).
+    source contributes a tokenizer-only GGUF. "quant" is `quant_config(model)` (None for float).
     The file appears atomically (written next to it, then renamed).
     """
     path = Path(path)
@@ -483,12 +483,38 @@ def save_checkpoint(path: "str | Path", model: Transformer, tokenizer_file: "str
     sd = model.state_dict()
     if model.args.tie_embeddings and isinstance(model.output, nn.Linear):
         sd.pop("output.weight")
-    ckpt = {"format": FORMAT, "version": VERSION, "model_args": dataclasses.asdict(model.args), "quant": quant,
-            "tokenizer": tokenizer, "state_dict": {k: v.detach().cpu() for k, v in sd.items()}}
+    ckpt = {"format": FORMAT, "version": VERSION, "model_args": dataclasses.asdict(model.args),
+            "quant": quant_config(model), "tokenizer": tokenizer, "state_dict": {k: v.detach().cpu() for k, v in sd.items()}}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(ckpt, tmp)
     os.replace(tmp, path)
+
+
+def quant_config(model: nn.Module) -> dict | None:
+    """{"scheme", "params", "include_output"} describing the model's quantization, or None if unquantized."""
+    mods = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    if not mods:
+        return None
+    return {"scheme": mods[0].scheme, "params": dict(mods[0].params),
+            "include_output": isinstance(getattr(model, "output", None), QuantLinear)}
+
+
+def apply_quant_config(model: nn.Module, config: dict | None) -> nn.Module:
+    """Swap in empty quantized modules as `config` (from quant_config) describes, ready for
+    `model.load_state_dict(state, assign=True)`. Shapes, dtype and device come from the float linears."""
+    if config is None:
+        return model
+    try:
+        cls, parsed = parse_scheme(config["scheme"])
+    except ValueError:
+        raise ValueError(f"checkpoint uses unknown quantization scheme {config['scheme']!r}; known: {KNOWN}") from None
+    if cls is None:
+        return model
+    params = {**parsed, **config.get("params", {})}
+    return swap_linears(model, config.get("include_output", False),
+                        lambda lin: cls.empty(lin.in_features, lin.out_features, lin.weight.dtype, lin.weight.device,
+                                              **params))
 
 
 _TOKENIZER_DIR = None  # embedded tokenizers are unpacked here; removed when the process exits
@@ -533,7 +559,6 @@ def _load_checkpoint(path: Path, device, dtype):
     model = _meta_model(args, dtype)
     quant = ckpt["quant"]
     if quant:
-        from quantize import apply_quant_config
         try:
             apply_quant_config(model, quant)
         except (ValueError, KeyError, TypeError) as e:

@@ -10,9 +10,8 @@ Scheme names (`SCHEMES` maps each base name to its class; `parse_scheme` reads t
   int4-marlin[-g{32,64,128}-{sym,asym,azp}]  our CUDA kernel (`kernels.w4a16_gemm`), default g128 asym
   fp8-rowwise                    fp8 e4m3 weights per output channel x dynamic per-row fp8 activations
 
-The rounding rules (int4 sym/asym/azp, int8 and fp8 per row) live in rounding.py. Checkpoints record
-the scheme through `quant_config`; `apply_quant_config` rebuilds empty modules of the right shapes
-before `load_state_dict(assign=True)`.
+The rounding rules (int4 sym/asym/azp, int8 and fp8 per row) live in rounding.py; how checkpoints record
+a scheme and rebuild its modules, in checkpoint.py (`quant_config`, `apply_quant_config`).
 """
 import argparse
 import re
@@ -351,15 +350,15 @@ def parse_scheme(name: str) -> tuple[type | None, dict]:
     raise ValueError(f"unknown quantization scheme {name!r}; known: {KNOWN}")
 
 
-def _targets(model: nn.Module, include_output: bool) -> list[str]:
-    """Names of the nn.Linear modules to swap: all but the head `output` unless include_output."""
-    return [name for name, mod in model.named_modules()
-            if type(mod) is nn.Linear and (name != "output" or include_output)]
-
-
-def _swap(model: nn.Module, name: str, new: nn.Module):
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
+def swap_linears(model: nn.Module, include_output: bool, make, desc: str | None = None) -> nn.Module:
+    """Replace every nn.Linear (the head `output` only with include_output) by make(linear), in place;
+    a progress bar when `desc` is given."""
+    names = [name for name, mod in model.named_modules()
+             if type(mod) is nn.Linear and (name != "output" or include_output)]
+    for name in tqdm(names, desc=desc, unit="linear", disable=desc is None):
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, make(model.get_submodule(name)))
+    return model
 
 
 @torch.no_grad()
@@ -372,36 +371,8 @@ def quantize_(model: nn.Module, scheme: str, include_output: bool = False, **par
     cls, parsed = parse_scheme(scheme)
     if cls is None:
         return model
-    for name in tqdm(_targets(model, include_output), desc=f"quantizing {scheme}", unit="linear"):
-        _swap(model, name, cls.from_float(model.get_submodule(name), **{**parsed, **params}))
-    return model
-
-
-def quant_config(model: nn.Module) -> dict | None:
-    """{"scheme", "params", "include_output"} describing the model's quantization, or None if unquantized."""
-    mods = [m for m in model.modules() if isinstance(m, QuantLinear)]
-    if not mods:
-        return None
-    return {"scheme": mods[0].scheme, "params": dict(mods[0].params),
-            "include_output": isinstance(getattr(model, "output", None), QuantLinear)}
-
-
-def apply_quant_config(model: nn.Module, config: dict | None) -> nn.Module:
-    """Swap in empty quantized modules as `config` (from quant_config) describes, ready for
-    `model.load_state_dict(state, assign=True)`. Shapes, dtype and device come from the float linears."""
-    if config is None:
-        return model
-    try:
-        cls, parsed = parse_scheme(config["scheme"])
-    except ValueError:
-        raise ValueError(f"checkpoint uses unknown quantization scheme {config['scheme']!r}; known: {KNOWN}") from None
-    if cls is None:
-        return model
-    params = {**parsed, **config.get("params", {})}
-    for name in _targets(model, config.get("include_output", False)):
-        lin = model.get_submodule(name)
-        _swap(model, name, cls.empty(lin.in_features, lin.out_features, lin.weight.dtype, lin.weight.device, **params))
-    return model
+    return swap_linears(model, include_output, lambda lin: cls.from_float(lin, **{**parsed, **params}),
+                        desc=f"quantizing {scheme}")
 
 
 def main(argv=None):
@@ -426,7 +397,7 @@ def main(argv=None):
     if info["quant"] is not None:
         sys.exit(f"{args.model} is already quantized ({info['quant']['scheme']}); start from float weights")
     quantize_(model, args.quant, include_output=args.include_output)
-    save_checkpoint(args.out, model, info["tokenizer_file"], quant=quant_config(model))
+    save_checkpoint(args.out, model, info["tokenizer_file"])
     print(f"wrote {args.out} ({args.quant})", file=sys.stderr)
 
 

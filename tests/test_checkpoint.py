@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import CheckpointError, load_model, save_checkpoint
+from checkpoint import CheckpointError, load_model, quant_config, save_checkpoint
 from model import PRESETS, ModelArgs, Transformer
 
 TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, ffn_dim=96, max_seq_len=256)
@@ -189,7 +189,7 @@ def test_checkpoint_round_trip_with_embedded_tokenizer(smollm2_gguf, tmp_path):
     from tokenizer import load_tokenizer
     ref = random_model(tie_embeddings=True, rope_scaling=L31)
     path = tmp_path / "tiny.pt"
-    save_checkpoint(path, ref, smollm2_gguf, quant=None)
+    save_checkpoint(path, ref, smollm2_gguf)
     assert path.stat().st_size < 3_000_000  # a tokenizer-only GGUF (~1.8 MB), not the 98 MB model
     model, tok, info = load_model(path, device="cpu", dtype=torch.float32)
     assert info == {"source": str(path), "kind": "checkpoint", "quant": None, "tokenizer_file": info["tokenizer_file"]}
@@ -202,7 +202,7 @@ def test_checkpoint_round_trip_with_embedded_tokenizer(smollm2_gguf, tmp_path):
     assert tok.encode(text) == full.encode(text)
     assert (tok.bos_id, tok.eos_ids, tok.pad_id) == (full.bos_id, full.eos_ids, full.pad_id)
     # what load_model reports feeds save_checkpoint again, and the embedded file is stable
-    save_checkpoint(tmp_path / "again.pt", model, info["tokenizer_file"], quant=None)
+    save_checkpoint(tmp_path / "again.pt", model, info["tokenizer_file"])
     embedded = [torch.load(p, weights_only=True)["tokenizer"] for p in (path, tmp_path / "again.pt")]
     assert embedded[0]["filename"] == embedded[1]["filename"]
     assert torch.equal(embedded[0]["data"], embedded[1]["data"])
@@ -211,7 +211,7 @@ def test_checkpoint_round_trip_with_embedded_tokenizer(smollm2_gguf, tmp_path):
 @torch.no_grad()
 def test_checkpoint_loads_in_another_dtype(tmp_path):
     ref = random_model()
-    save_checkpoint(tmp_path / "x.pt", ref, None, quant=None)
+    save_checkpoint(tmp_path / "x.pt", ref, None)
     half, tok, _ = load_model(tmp_path / "x.pt", device="cpu", dtype=torch.bfloat16)
     assert tok is None and half.inv_freq.dtype == torch.float32  # RoPE frequencies stay float32
     for name, t in ref.state_dict().items():
@@ -225,9 +225,9 @@ def test_quantized_checkpoint_round_trip(tmp_path, scheme):
     quantize = pytest.importorskip("quantize")
     ref = quantize.quantize_(random_model(), scheme)
     path = tmp_path / "q.pt"
-    save_checkpoint(path, ref, None, quant=quantize.quant_config(ref))
+    save_checkpoint(path, ref, None)
     model, tok, info = load_model(path, device="cpu", dtype=torch.float32)
-    assert tok is None and info["quant"] == quantize.quant_config(ref)
+    assert tok is None and info["quant"] == quant_config(ref)
     ids = list(range(5, 45))
     assert torch.equal(logits(model, ids), logits(ref, ids))
     for name, t in ref.state_dict().items():
@@ -236,7 +236,7 @@ def test_quantized_checkpoint_round_trip(tmp_path, scheme):
 
 def test_truncated_checkpoint_is_named(tmp_path):
     path = tmp_path / "cut.pt"
-    save_checkpoint(path, random_model(), None, quant=None)
+    save_checkpoint(path, random_model(), None)
     data = path.read_bytes()
     path.write_bytes(data[:len(data) // 2])
     with pytest.raises(CheckpointError, match=r"cut\.pt: not a readable checkpoint \(truncated or corrupt"):
@@ -245,7 +245,7 @@ def test_truncated_checkpoint_is_named(tmp_path):
 
 def test_shape_mismatch_names_tensor_and_shapes(tmp_path):
     path = tmp_path / "x.pt"
-    save_checkpoint(path, random_model(), None, quant=None)
+    save_checkpoint(path, random_model(), None)
     ckpt = torch.load(path, weights_only=True)
     ckpt["state_dict"]["layers.1.attention.wo.weight"] = torch.zeros(64, 32)
     torch.save(ckpt, path)

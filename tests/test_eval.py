@@ -78,12 +78,12 @@ def test_paired_difference():
 def test_quantize_save_load_generate_gives_identical_tokens(tmp_path):
     from checkpoint import load_model, save_checkpoint
     from generate import Generator
-    from quantize import quant_config, quantize_
+    from quantize import quantize_
     m = tiny_model()
     quantize_(m, "int4-g32-asym", include_output=True)
     prompts = [[3, 1, 4, 1, 5], [9, 2]]
     before = Generator(m, compile=False)(prompts, 12, set(), 0, show_progress=False)["tokens"]
-    save_checkpoint(tmp_path / "q.pt", m, None, quant_config(m))
+    save_checkpoint(tmp_path / "q.pt", m, None)
     loaded, _, info = load_model(str(tmp_path / "q.pt"), device="cpu", dtype=torch.float32)
     assert info["quant"]["scheme"] == "int4-g32-asym"
     assert Generator(loaded, compile=False)(prompts, 12, set(), 0, show_progress=False)["tokens"] == before

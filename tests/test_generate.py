@@ -156,7 +156,7 @@ def test_cli_bad_input_is_one_clear_line(args, message):
 def test_cli_truncated_checkpoint_is_one_clear_line(tmp_path):
     from checkpoint import save_checkpoint
     path = tmp_path / "tiny.pt"
-    save_checkpoint(path, tiny_model(), None, None)
+    save_checkpoint(path, tiny_model(), None)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     out = run_cli("--model", str(path))
     assert out.returncode == 2 and "Traceback" not in out.stderr

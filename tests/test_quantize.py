@@ -1,10 +1,11 @@
 """quantize.py on CPU: packing, each scheme against its own dequantization, error bands, checkpoint
-round trips through quant_config/apply_quant_config, K padding, torch.compile, and GGUF Q4_1."""
+round trips through checkpoint.quant_config/apply_quant_config, K padding, torch.compile, and GGUF Q4_1."""
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import checkpoint as C
 import quantize as Q
 import rounding
 from model import ModelArgs, Transformer
@@ -197,7 +198,7 @@ def test_quantize_model_tied_head():
     assert isinstance(model.tok_embeddings, nn.Embedding) and torch.equal(model.tok_embeddings.weight, emb)
     assert not any(type(m) is nn.Linear for m in model.modules())
     assert rel(logits(model), ref) < 0.35  # int4 weight errors (~6%) compound over 9 linears
-    assert Q.quant_config(model) == {"scheme": "int4-g32-asym", "params": {"group_size": 32, "zero": "asym"},
+    assert C.quant_config(model) == {"scheme": "int4-g32-asym", "params": {"group_size": 32, "zero": "asym"},
                                      "include_output": True}
 
 
@@ -207,8 +208,8 @@ def test_quantize_model_keeps_head_by_default():
     Q.quantize_(model, "int8")
     assert rel(logits(model), ref) < 0.05
     assert type(model.output) is nn.Linear and model.output.weight is model.tok_embeddings.weight
-    assert Q.quant_config(model)["include_output"] is False
-    assert Q.quantize_(tiny_model(), "none") is not None and Q.quant_config(tiny_model()) is None
+    assert C.quant_config(model)["include_output"] is False
+    assert Q.quantize_(tiny_model(), "none") is not None and C.quant_config(tiny_model()) is None
 
 
 @pytest.mark.parametrize("scheme,include_output", [
@@ -218,11 +219,11 @@ def test_quantize_model_keeps_head_by_default():
 def test_checkpoint_round_trip(scheme, include_output, tie):
     model = tiny_model(tie=tie, dtype=torch.bfloat16)
     Q.quantize_(model, scheme, include_output=include_output)
-    config, state = Q.quant_config(model), model.state_dict()
+    config, state = C.quant_config(model), model.state_dict()
     fresh = tiny_model(tie=tie, dtype=torch.bfloat16, seed=1)
-    Q.apply_quant_config(fresh, config)
+    C.apply_quant_config(fresh, config)
     fresh.load_state_dict(state, assign=True)
-    assert Q.quant_config(fresh) == config
+    assert C.quant_config(fresh) == config
     assert torch.equal(logits(fresh), logits(model))
 
 
@@ -231,7 +232,7 @@ def test_checkpoint_round_trip_meta_device():
     Q.quantize_(model, "int4-g128-asym", include_output=True)
     with torch.device("meta"):
         fresh = tiny_model(dtype=torch.bfloat16)
-    Q.apply_quant_config(fresh, Q.quant_config(model))
+    C.apply_quant_config(fresh, C.quant_config(model))
     fresh.load_state_dict(model.state_dict(), assign=True)
     fresh.inv_freq = model.inv_freq  # a non-persistent buffer: built on meta, not in the state_dict
     assert torch.equal(logits(fresh), logits(model))
@@ -239,7 +240,7 @@ def test_checkpoint_round_trip_meta_device():
 
 def test_unknown_scheme_refused():
     with pytest.raises(ValueError, match=r"checkpoint uses unknown quantization scheme 'int2-g16'; known: none, int8"):
-        Q.apply_quant_config(tiny_model(), {"scheme": "int2-g16", "params": {}, "include_output": False})
+        C.apply_quant_config(tiny_model(), {"scheme": "int2-g16", "params": {}, "include_output": False})
     with pytest.raises(ValueError, match="unknown quantization scheme 'int5'"):
         Q.quantize_(tiny_model(), "int5")
 

@@ -86,7 +86,7 @@ def test_torchrun_generate_matches_single_process(tmp_path):
 
     from checkpoint import save_checkpoint
     from conftest import ROOT
-    save_checkpoint(tmp_path / "tiny.pt", tiny_model(ffn_dim=128), None, None)
+    save_checkpoint(tmp_path / "tiny.pt", tiny_model(ffn_dim=128), None)
     flags = ["--model", str(tmp_path / "tiny.pt"), "--batch", "2", "--prompt-len", "6", "--max-new-tokens", "6",
              "--quant", "int4-g32-asym"]
     one = subprocess.run([sys.executable, "generate.py", *flags], cwd=ROOT, capture_output=True, text=True, timeout=300)
