@@ -182,6 +182,16 @@ def test_kernel_microbenchmark_smoke(tmp_path):
     assert "reference_asym" in out.stdout and list(tmp_path.glob("*.json"))
 
 
+def test_kernel_bench_pads_k_like_the_int4_schemes(capsys):
+    """SmolLM2's K = 576 at g128 is timed at 640, as Int4Marlin stores it (it crashed the GPU run before)."""
+    from eval.kernels import layer_linears
+    assert layer_linears("smollm2-135m", 128) == [("qkv", 960, 640), ("o", 576, 640), ("gate_up", 3072, 640),
+                                                  ("down", 576, 1536)]
+    assert "K=576 is not a multiple of group 128: timed at K=640" in capsys.readouterr().out
+    assert layer_linears("smollm2-135m", 64)[0] == ("qkv", 960, 576)
+    assert layer_linears("llama-3-8b", 128)[3] == ("down", 4096, 14336)
+
+
 def test_kernel_bench_launch_fit_and_markdown():
     """eval/kernels.py separates a per-launch fixed cost from the streaming rate (least squares over linears)."""
     from eval.kernels import markdown, summarize
