@@ -108,9 +108,9 @@ class Int8Compile(Int8):
     # int8 -> bf16 cast fuses into at batch 1. It tunes every generated kernel, so no other scheme pays
     # its compile time.
     INDUCTOR_OPTIONS = {"coordinate_descent_tuning": True}
-    BATCHED_NOTICE = ("int8-compile is a batch-1 baseline: from 2 rows on it ran at 54.5 tok/s in total at batch 8 "
-                      "on an H200, most likely because inductor rewrites its forward into aten._weight_int8pack_mm "
-                      "(seen on the CPU; BENCHMARKS.md, decode matrix)")
+    BATCHED_NOTICE = ("int8-compile is a batch-1 baseline: from 2 rows on, inductor rewrites its forward into "
+                      "aten._weight_int8pack_mm, which ran at 55-64 tok/s in total at batch 8-64 on an H200 "
+                      "(BENCHMARKS.md, decode matrix)")
 
     def forward(self, x):
         return F.linear(x, self.weight.to(dtype=x.dtype)) * self.scales
