@@ -301,11 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "int4-g128-asym, int4-marlin), or none")
     p.add_argument("--quant-output", action="store_true", help="quantize the output head too")
     p.add_argument("--no-compile", action="store_true", help="run eagerly (the default on CPU)")
-    p.add_argument("--compile-once", action="store_true",
+    p.add_argument("--compile-once", action=argparse.BooleanOptionalAction, default=True,
                    help="compile one transformer layer and call it for every layer "
                         "(torch.compiler.nested_compile_region; the prefill is then compiled for this prompt "
-                        "length only): compile 4x shorter for a 16-layer model on the CPU, same tokens "
-                        "(BENCHMARKS.md); on an H200, Llama-3-8B bf16 decodes at the same speed with it")
+                        "length only); --no-compile-once compiles the whole model as one graph. On an H200 "
+                        "the decode step compiles in about half the time at the same speed (Llama-3-8B bf16 "
+                        "and int4-marlin, BENCHMARKS.md \"Compile time\")")
     p.add_argument("--show", type=int, default=3, help="generated rows to print")
     p.add_argument("--json", type=Path, help="write the report (and generated ids) here")
     return p

@@ -91,6 +91,8 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="default: cuda if available")
     p.add_argument("--no-compile", action="store_true", help="profile the eager model (the default on CPU)")
+    p.add_argument("--compile-once", action=argparse.BooleanOptionalAction, default=True,
+                   help="as generate.py (default: on, as generate.py runs)")
     p.add_argument("--top", type=int, default=15, help="kernels listed one by one")
     p.add_argument("--json", type=Path, help="write the rows here")
     p.add_argument("--smoke", action="store_true", help="tiny model, CPU, eager: checks the script runs")
@@ -103,7 +105,7 @@ def main(argv=None):
     model, _, _ = load_model(args.model, device=device, dtype=dtype, random_weights=True)
     if args.quant != "none":
         quantize_(model, args.quant, include_output=args.quant_output)
-    gen = Generator(model, cuda and not args.no_compile, compile_prefill=False)
+    gen = Generator(model, cuda and not args.no_compile, compile_prefill=False, compile_once=args.compile_once)
     prompts = random_prompts(args.batch, args.prompt_len, model.args.vocab_size, seed=0)
     cache_len = args.prompt_len + 1 + 2 * args.steps
     run = lambda n: gen(prompts, n, set(), 0, cache_len, show_progress=False)  # noqa: E731

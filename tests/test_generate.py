@@ -68,6 +68,14 @@ def test_int8_compile_above_one_row_gets_a_notice():
     assert not generate.slow_path_notices(marlin, True, 32)
 
 
+def test_compile_once_is_the_cli_default():
+    """generate.py compiles one layer unless told otherwise (same decode speed, about half the compile time on
+    an H200 for bf16 and int4-marlin: BENCHMARKS.md "Compile time")."""
+    parser = generate.build_parser()
+    assert parser.parse_args([]).compile_once is True
+    assert parser.parse_args(["--no-compile-once"]).compile_once is False
+
+
 @torch.no_grad()
 def test_compile_once_traces_one_layer_and_gives_the_eager_tokens():
     """--compile-once: every layer calls one nested compile region (KV-cache writes inside it) under
