@@ -76,12 +76,15 @@ def test_compile_once_is_the_cli_default():
     assert parser.parse_args(["--no-compile-once"]).compile_once is False
 
 
+@pytest.mark.parametrize("scheme", ["none", "int8", "int4-g64-asym", "int4-marlin"])
 @torch.no_grad()
-def test_compile_once_traces_one_layer_and_gives_the_eager_tokens():
-    """--compile-once: every layer calls one nested compile region (KV-cache writes inside it) under
-    fullgraph; the tokens equal the eager ones. aot_eager checks the tracing without code generation."""
+def test_compile_once_traces_one_layer_and_gives_the_eager_tokens(scheme):
+    """--compile-once (the CLI default): every layer calls one nested compile region (KV-cache writes inside it)
+    under fullgraph, quantized layers too; the tokens equal the eager ones. aot_eager checks the tracing without
+    code generation."""
+    from quantize import quantize_
     torch._dynamo.reset()
-    m = tiny_model()
+    m = tiny_model() if scheme == "none" else quantize_(tiny_model(), scheme)
     prompts = [[3, 1, 4], [1, 5, 9, 2, 6, 5, 3]]
     eager = Generator(m, compile=False)(prompts, 10, set(), 0, show_progress=False)["tokens"]
     gen = Generator(m, compile=True, compile_once=True)
