@@ -150,7 +150,7 @@ def main(argv=None):
     meta = {"model": args.model, "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d"), "commands": [" ".join(sys.argv)], "prefill": "eager",
-            "compile_once": args.compile_once, "repeats": args.repeats}
+            "compile_once": args.compile_once and dev.type == "cuda" and not args.no_compile, "repeats": args.repeats}
     earlier = load_earlier(args.out / "bench.json", meta) if args.append else []
 
     def merged(rows):  # this run's cells replace the same (scheme, batch) cells of an appended-to run
