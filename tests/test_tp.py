@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from generate import Generator
+from generate import Generator, decode_step, prefill
 from test_model import tiny_model
 from tp import check_groups, init_distributed, shard_model
 
@@ -66,6 +66,30 @@ def test_two_ranks_match_one_process(case, tmp_path):
     torch.testing.assert_close(got["logits"], ref_logits, rtol=tol, atol=tol)
     if CASES[case][1] == torch.float32:
         assert got["tokens"] == ref_tokens
+
+
+def _compiled_worker(rank, world, port, out_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    init_distributed("cpu")
+    m = build("float32", rank, world)
+    with torch.no_grad():
+        gen = Generator(m, compile=True, compile_once=True)  # what generate.py runs on CUDA by default
+        gen.prefill = torch.compile(prefill, backend="aot_eager", dynamic=False, fullgraph=True)  # as Generator's
+        gen.decode = torch.compile(decode_step, backend="aot_eager", fullgraph=True)
+        tokens = gen(PROMPTS, 6, set(), 0, show_progress=False)["tokens"]
+    if rank == 0:
+        torch.save(tokens, out_path)
+    dist.destroy_process_group()
+
+
+def test_two_ranks_compiled_once_match_eager(tmp_path):
+    """--compile-once (the CUDA default) with sharded layers: the all-reduce hooks trace inside the one-layer
+    compile region under fullgraph (aot_eager: tracing without code generation), same tokens as eager."""
+    want = Generator(build("float32"), compile=False)(PROMPTS, 6, set(), 0, show_progress=False)["tokens"]
+    mp.spawn(_compiled_worker, args=(2, free_port(), tmp_path / "r0.pt"), nprocs=2, join=True)
+    assert torch.load(tmp_path / "r0.pt") == want
 
 
 def test_split_that_cuts_a_group_is_refused():
