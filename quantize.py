@@ -109,7 +109,7 @@ class Int8Compile(Int8):
     # its compile time.
     INDUCTOR_OPTIONS = {"coordinate_descent_tuning": True}
     BATCHED_NOTICE = ("int8-compile is a batch-1 baseline: from 2 rows on, inductor rewrites its forward into "
-                      "aten._weight_int8pack_mm, which ran at 55-64 tok/s in total at batch 8-64 on an H200 "
+                      "aten._weight_int8pack_mm, which ran at 54-64 tok/s in total at batch 8-64 on an H200 "
                       "(BENCHMARKS.md, decode matrix)")
 
     def forward(self, x):

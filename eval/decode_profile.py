@@ -114,8 +114,10 @@ def main(argv=None):
     long = totals(lambda: run(1 + 2 * args.steps), cuda)
     rows = per_step(short, long, args.steps)
     where = torch.cuda.get_device_name(device) if cuda else "cpu (aten op self times)"
-    title = (f"Decode step of {args.model}, {args.quant}, batch {args.batch}, prompt {args.prompt_len}: {where}, "
-             f"torch {torch.__version__}; difference of {1 + args.steps} and {1 + 2 * args.steps} new tokens.")
+    compiled = ("eager" if not gen.compiled else "compiled once per layer" if args.compile_once
+                else "compiled as a whole")
+    title = (f"Decode step of {args.model}, {args.quant}, batch {args.batch}, prompt {args.prompt_len}, {compiled}: "
+             f"{where}, torch {torch.__version__}; difference of {1 + args.steps} and {1 + 2 * args.steps} new tokens.")
     print(markdown(rows, title, args.top))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

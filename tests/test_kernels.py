@@ -20,11 +20,14 @@ exact-weight kernel then failed 1 element in ~1e5 against it, by up to 1.1x the 
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import kernels
+from conftest import ROOT
 from kernels import build as kbuild
 from kernels.reference import dequantize
 
@@ -454,10 +457,16 @@ def test_gpu_forced_m_tiles(path):
 
 @needs_cuda
 def test_gpu_bad_m_tiles_raises():
-    x, q, s, z = make_problem(4, 256, 512, 128, True, torch.bfloat16, "cuda", seed=1)
-    pw, sp, zp = kernels.pack_w4(q, s, z, 128)
-    with pytest.raises(RuntimeError, match="m_tiles must be -1"):
-        kernels.load_extension().gemm_path(x, pw, sp, zp, 128, 0, -1, 3)
+    """In its own process: a C++ error thrown through this extension's binding has crashed torch 2.11's process
+    (kernels/NOTES.md, open issue 3), which must not take the rest of this file with it."""
+    code = ("import sys, torch; sys.path.insert(0, 'tests'); import kernels; from test_kernels import make_problem\n"
+            "x, q, s, z = make_problem(4, 256, 512, 128, True, torch.bfloat16, 'cuda', seed=1)\n"
+            "pw, sp, zp = kernels.pack_w4(q, s, z, 128)\n"
+            "try:\n    kernels.load_extension().gemm_path(x, pw, sp, zp, 128, 0, -1, 3)\n"
+            "except RuntimeError as e:\n    print('raised:', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "raised: w4a16_gemm: m_tiles must be -1 (by M), 1, 2 or 4, got 3" in out.stdout, \
+        out.stderr[-2000:]
 
 
 @needs_cuda
