@@ -271,6 +271,16 @@ def print_report(r: dict, title: str):
 
 
 # ----------------------------------------------------------------------------------------------- CLI
+def add_compile_once_flag(p: argparse.ArgumentParser):
+    """--compile-once / --no-compile-once, shared by generate.py and the eval scripts that compile its Generator."""
+    p.add_argument("--compile-once", action=argparse.BooleanOptionalAction, default=True,
+                   help="compile one transformer layer and call it for every layer "
+                        "(torch.compiler.nested_compile_region; the prefill is then compiled for this prompt "
+                        "length only); --no-compile-once compiles the whole model as one graph. On an H200 "
+                        "the decode step compiles in about half the time at the same speed (Llama-3-8B bf16 "
+                        "and int4-marlin, BENCHMARKS.md \"Compile time\")")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Batched generation from a Llama-family model with a static KV cache, and a speed report.",
@@ -301,12 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "int4-g128-asym, int4-marlin), or none")
     p.add_argument("--quant-output", action="store_true", help="quantize the output head too")
     p.add_argument("--no-compile", action="store_true", help="run eagerly (the default on CPU)")
-    p.add_argument("--compile-once", action=argparse.BooleanOptionalAction, default=True,
-                   help="compile one transformer layer and call it for every layer "
-                        "(torch.compiler.nested_compile_region; the prefill is then compiled for this prompt "
-                        "length only); --no-compile-once compiles the whole model as one graph. On an H200 "
-                        "the decode step compiles in about half the time at the same speed (Llama-3-8B bf16 "
-                        "and int4-marlin, BENCHMARKS.md \"Compile time\")")
+    add_compile_once_flag(p)
     p.add_argument("--show", type=int, default=3, help="generated rows to print")
     p.add_argument("--json", type=Path, help="write the report (and generated ids) here")
     return p

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
-from generate import Generator, console, make_report, measured_bandwidth, random_prompts  # noqa: E402
+from generate import Generator, add_compile_once_flag, console, make_report, measured_bandwidth, random_prompts  # noqa: E402,E501
 from quantize import quantize_  # noqa: E402
 
 
@@ -129,9 +129,7 @@ def main(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=256, help="new tokens per row: the first from the prefill, the others timed as decode steps")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
     p.add_argument("--no-compile", action="store_true", help="eager decode (no torch.compile, no CUDA graphs)")
-    p.add_argument("--compile-once", action=argparse.BooleanOptionalAction, default=True,
-                   help="as generate.py: compile one layer and call it for every layer (shorter compiles, same "
-                        "speed); --no-compile-once compiles the whole model (default: on)")
+    add_compile_once_flag(p)
     p.add_argument("--repeats", type=int, default=3,
                    help="timed generations per cell; the median is reported, with the spread (default: 3)")
     p.add_argument("--seed", type=int, default=0, help="seeds the random weights and prompts")

@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
-from generate import Generator, random_prompts  # noqa: E402
+from generate import Generator, add_compile_once_flag, random_prompts  # noqa: E402
 from quantize import quantize_  # noqa: E402
 
 KINDS = (  # (kind, pattern on the kernel or op name); the first match wins
@@ -91,8 +91,7 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="default: cuda if available")
     p.add_argument("--no-compile", action="store_true", help="profile the eager model (the default on CPU)")
-    p.add_argument("--compile-once", action=argparse.BooleanOptionalAction, default=True,
-                   help="as generate.py (default: on, as generate.py runs)")
+    add_compile_once_flag(p)
     p.add_argument("--top", type=int, default=15, help="kernels listed one by one")
     p.add_argument("--json", type=Path, help="write the rows here")
     p.add_argument("--smoke", action="store_true", help="tiny model, CPU, eager: checks the script runs")
