@@ -22,7 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from rounding import FP8, pack_nibbles, quantize_fp8_rows, quantize_int4, quantize_int8_rows, round_up, unpack_nibbles
+from rounding import (FP8, pack_nibbles, pad_cols, quantize_fp8_rows, quantize_int4, quantize_int8_rows, round_up,
+                      unpack_nibbles)
 
 _NOTICED: set[str] = set()
 
@@ -32,11 +33,6 @@ def _notice(msg: str):
     if msg not in _NOTICED:
         _NOTICED.add(msg)
         print(f"notice: {msg}", file=sys.stderr)
-
-
-def _pad_cols(x2: torch.Tensor, Kp: int) -> torch.Tensor:
-    """x2 (M, K) -> (M, Kp) contiguous, zero columns appended (a no-op when already so)."""
-    return (x2 if x2.shape[1] == Kp else F.pad(x2, (0, Kp - x2.shape[1]))).contiguous()
 
 
 class QuantLinear(nn.Module):
@@ -156,9 +152,7 @@ class Int4(QuantLinear):
     def forward(self, x):
         # Zero-pad x to Kp rather than slice the weight: inductor's CPU codegen (torch 2.14) miscompiles
         # the sliced dequantized weight when K % group != 0.
-        Kp = self.qweight.shape[1] * 2
-        x = x if Kp == self.in_features else F.pad(x, (0, Kp - self.in_features))
-        return F.linear(x, self._dequantize_padded(x.dtype))
+        return F.linear(pad_cols(x, self.qweight.shape[1] * 2), self._dequantize_padded(x.dtype))
 
 
 def _kernels():
@@ -223,7 +217,7 @@ class Int4Marlin(QuantLinear):
 
     def forward(self, x):
         # x (B, T, K) -> x2 (B*T, Kp) -> y (B*T, Np) -> (B*T, N) -> (B, T, N)
-        x2 = _pad_cols(x.reshape(-1, self.in_features).to(self.scales.dtype), self.qweight.shape[1] * 8)
+        x2 = pad_cols(x.reshape(-1, self.in_features).to(self.scales.dtype), self.qweight.shape[1] * 8)
         y = self._gemm(x2, self.qweight, self.scales, self.zeros, self.group_size)
         return y[:, :self.out_features].to(x.dtype).view(*x.shape[:-1], self.out_features)
 
@@ -284,7 +278,7 @@ class Int4Tinygemm(QuantLinear):
         if x2.device.type != self.layout:
             raise RuntimeError(f"int4-tinygemm weights packed for {self.layout} cannot run on {x2.device.type}; "
                                "re-quantize on this device")
-        x2 = _pad_cols(x2.to(torch.bfloat16), self._padded_k(self.in_features, self.group_size))
+        x2 = pad_cols(x2.to(torch.bfloat16), self._padded_k(self.in_features, self.group_size))
         return self.OPS[self.layout][1](x2, self.qweight, self.group_size, self.scales_and_zeros)
 
     def dequantize(self, dtype=None) -> torch.Tensor:

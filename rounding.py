@@ -3,7 +3,8 @@
 `quantize_int4` holds the three int4 rules (symmetric as GGUF Q4_0, float zero as Q4_1/tinygemm/HQQ,
 integer zero as AWQ/GPTQ); `pack_nibbles` is tinygemm's byte order, also our checkpoints' int4 format;
 `quantize_int8_rows` and `quantize_fp8_rows` are the per-row (per output channel) rules of int8 and fp8;
-`nonzero_scale` turns scales into safe divisors for every scheme.
+`nonzero_scale` turns scales into safe divisors for every scheme; `round_up` and `pad_cols` size and fill
+the K padding.
 
 Every int4 scheme stores q unsigned in 0..15 with w = s*q + m per group of K: `sym` keeps q+8 and no
 m (m = -8s), `asym` uses the group min as a float m (tinygemm/HQQ/GGUF Q4_1), `azp` an integer zero
@@ -15,6 +16,12 @@ import torch
 
 def round_up(a: int, b: int) -> int:
     return -(-a // b) * b
+
+
+def pad_cols(x: torch.Tensor, Kp: int) -> torch.Tensor:
+    """x (..., K) -> (..., Kp) contiguous, zero columns appended (a no-op when already so): the activations'
+    side of the K padding that quantize_int4's k_multiple gives the weights."""
+    return (x if x.shape[-1] == Kp else torch.nn.functional.pad(x, (0, Kp - x.shape[-1]))).contiguous()
 
 
 def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
