@@ -188,7 +188,8 @@ class Int4Marlin(QuantLinear):
             self._gemm = kernels.reference_w4a16_gemm
 
     @staticmethod
-    def _padded(N: int, K: int, group_size: int) -> tuple[int, int]:
+    def padded_shape(N: int, K: int, group_size: int) -> tuple[int, int]:
+        """(Np, Kp): the kernel's multiples of 64, K also of the group (eval/kernels.py times these)."""
         return round_up(N, 64), round_up(K, max(group_size, 64))
 
     @staticmethod
@@ -199,13 +200,13 @@ class Int4Marlin(QuantLinear):
     def from_float(cls, linear: nn.Linear, group_size: int = 128, zero: str = "asym"):
         w = cls._weight(linear)
         (N, K), dtype = w.shape, cls._dtype(w.dtype)
-        Np, Kp = cls._padded(N, K, group_size)
+        Np, Kp = cls.padded_shape(N, K, group_size)
         q, s, m = quantize_int4(F.pad(w, (0, 0, 0, Np - N)), group_size, zero, dtype, Kp)  # zero rows
         return cls(K, N, *_kernels().pack_w4(q, s, m, group_size), group_size, zero)
 
     @classmethod
     def empty(cls, in_features, out_features, dtype, device, group_size=128, zero="asym"):
-        (Np, Kp), dtype = cls._padded(out_features, in_features, group_size), cls._dtype(dtype)
+        (Np, Kp), dtype = cls.padded_shape(out_features, in_features, group_size), cls._dtype(dtype)
         scales = torch.empty(Kp // group_size, Np, dtype=dtype, device=device)
         return cls(in_features, out_features, torch.empty(Np, Kp // 8, dtype=torch.int32, device=device),
                    scales, None if zero == "sym" else torch.empty_like(scales), group_size, zero)

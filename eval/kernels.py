@@ -32,13 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import kernels  # noqa: E402
 from generate import measured_bandwidth  # noqa: E402
 from model import PRESETS, ModelArgs  # noqa: E402
-from rounding import round_up  # noqa: E402
+from quantize import Int4Marlin  # noqa: E402
 
 def layer_linears(preset: str, group_size: int) -> list[tuple[str, int, int]]:
     """(name, N, K) of one decoder layer's fused linears, from model.py's preset.
 
     A K that is not a multiple of the group (SmolLM2's 576 at g128) is timed zero-padded up to the next
-    multiple of max(group, 64), as quantize.py's int4 schemes store it (and says so): every scheme, cuBLAS
+    multiple of max(group, 64) by Int4Marlin.padded_shape, as int4-marlin stores it (and says so): every scheme, cuBLAS
     included, then runs the same padded (N, K), which is what the model runs.
     """
     a = ModelArgs.from_name(preset)
@@ -46,7 +46,7 @@ def layer_linears(preset: str, group_size: int) -> list[tuple[str, int, int]]:
               ("gate_up", 2 * a.ffn_dim, a.dim), ("down", a.dim, a.ffn_dim)]
     out = []
     for name, N, K in shapes:
-        Kp = round_up(K, max(group_size, 64))
+        Kp = Int4Marlin.padded_shape(N, K, group_size)[1]
         if Kp != K:
             print(f"  {name}: K={K} is not a multiple of group {group_size}: timed at K={Kp} (zero-padded, as the "
                   f"int4 schemes store it)")
