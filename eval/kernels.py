@@ -59,13 +59,24 @@ DEFAULT_MS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024]
 FORCED_PATHS = {"mma": 0, "dq": 1, "stream": 2, "smem": 3}
 
 
-def forced(scheme: str) -> tuple[int, int]:
-    """(path, split-K count) a scheme name forces: ours_sym -> (-1, -1), ours_sym[stream] -> (2, -1),
-    ours_sym[stream/s4] -> (2, 4); -1 leaves the choice to the op."""
+def forced(scheme: str) -> tuple[int, int, int]:
+    """(path, split-K count, m16 tiles per CTA) a scheme name forces: ours_sym -> (-1, -1, -1),
+    ours_sym[stream] -> (2, -1, -1), ours_sym[stream/s4] -> (2, 4, -1), ours_sym[mma/mt2] -> (0, -1, 2),
+    ours_sym[smem/s2/mt1] -> (3, 2, 1); -1 leaves the choice to the op."""
     if "[" not in scheme:
-        return -1, -1
-    name, _, splits = scheme[scheme.index("[") + 1:-1].partition("/s")
-    return FORCED_PATHS[name], int(splits) if splits else -1
+        return -1, -1, -1
+    name, *knobs = scheme[scheme.index("[") + 1:-1].split("/")
+    splits = m_tiles = -1
+    for knob in knobs:
+        if knob.startswith("mt") and knob[2:] in ("1", "2", "4"):
+            m_tiles = int(knob[2:])
+        elif knob.startswith("s") and knob[1:].isdigit() and int(knob[1:]) > 0:
+            splits = int(knob[1:])
+        else:
+            raise SystemExit(f"{scheme}: unknown knob {knob!r} (sN: N splits of K; mt1, mt2, mt4: m16 tiles per CTA)")
+    if name not in FORCED_PATHS:
+        raise SystemExit(f"{scheme}: unknown path {name!r}, one of {', '.join(FORCED_PATHS)}")
+    return FORCED_PATHS[name], splits, m_tiles
 ROTATE_BYTES = 200e6  # > 2 x the H100's 50 MB L2
 
 
@@ -163,7 +174,7 @@ def bench_linear(name, N, K, gs, ms, schemes, bw, reps, device, seed):
             copy_list = [tuple(None if t is None else t.clone() for t in base) for _ in range(copies)]
         for M in ms:
             x = torch.randn(M, K, device=device, dtype=torch.bfloat16)
-            path, splits = forced(scheme)
+            path, splits, m_tiles = forced(scheme)
             if scheme == "cublas":
                 fn = lambda c: F.linear(x, copy_list[c])  # noqa: E731
             elif scheme == "tinygemm":
@@ -171,7 +182,7 @@ def bench_linear(name, N, K, gs, ms, schemes, bw, reps, device, seed):
             elif scheme == "read_int4":
                 fn = lambda c: copy_list[c].amax()  # noqa: E731
             else:
-                fn = lambda c: ext.gemm_path(x, *copy_list[c], gs, path, splits)  # noqa: E731
+                fn = lambda c: ext.gemm_path(x, *copy_list[c], gs, path, splits, m_tiles)  # noqa: E731
             err = 0.0 if ref_w is None else rel_err(fn(0), x.float() @ ref_w.float().t())
             ok = err < 1e-2
             t = time_graph(fn, copies, reps, device)
@@ -181,7 +192,7 @@ def bench_linear(name, N, K, gs, ms, schemes, bw, reps, device, seed):
                              copies=copies, bytes=bytes_total, GBps=bytes_total / t / 1e9,
                              pct_own_bound=100 * bytes_total / bw / t, bound_int4_us=bound_int4 * 1e6,
                              pct_int4_bound=100 * bound_int4 / t,
-                             splits=splits, path=(kernels.choose_path(M, N, K) if path < 0 and scheme.startswith("ours")
+                             splits=splits, m_tiles=m_tiles, path=(kernels.choose_path(M, N, K) if path < 0 and scheme.startswith("ours")
                                    else kernels.PATHS[path] if path >= 0 else "-")))
             r = rows[-1]
             print(f"  {name:8s} M={M:5d} {scheme:16s} {r['us']:9.2f} us  {r['GBps']:7.0f} GB/s  "
@@ -290,7 +301,8 @@ def main():
     ap.add_argument("--schemes", default="cublas,tinygemm,ours_sym,ours_asym",
                     help="also: ours_sym[mma], ours_sym[dq], ours_sym[stream], ours_sym[smem] (force the mma "
                          "kernel / dequantize+cuBLAS / the streaming kernel with its ring in registers / in shared "
-                         "memory), ours_sym[stream/s4] (and split K in 4); likewise ours_asym[...]; read_int4 "
+                         "memory), ours_sym[stream/s4] (and split K in 4), ours_sym[mma/mt2] (2 m16 tiles per CTA; "
+                         "mt1, mt2, mt4; combine as [smem/s2/mt2]); likewise ours_asym[...]; read_int4 "
                          "(a floor: one reduction reading the packed int4 weights, no GEMM)")
     ap.add_argument("--bandwidth", action="store_true", help="measure the D2D copy bandwidth first")
     ap.add_argument("--reps", type=int, default=20, help="graph replays per timing; the median is reported")
@@ -302,11 +314,16 @@ def main():
     args = ap.parse_args()
     if args.smoke:
         return smoke(args)
+    schemes = args.schemes.split(",")
+    for scheme in schemes:  # refuse a bad name before minutes of timing
+        if scheme.split("[")[0] not in ("cublas", "tinygemm", "ours_sym", "ours_asym", "read_int4"):
+            ap.error(f"unknown scheme {scheme!r}: cublas, tinygemm, ours_sym[...], ours_asym[...] or read_int4")
+        if scheme.startswith("ours"):
+            forced(scheme)
     if not torch.cuda.is_available():
         sys.exit("eval/kernels.py needs a CUDA GPU (use --smoke on CPU)")
     device = torch.device("cuda")
     ms = [int(v) for v in args.ms.split(",")]
-    schemes = args.schemes.split(",")
     t0 = time.perf_counter()
     kernels.load_extension()
     print(f"extension ready in {time.perf_counter() - t0:.1f}s", flush=True)

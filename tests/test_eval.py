@@ -182,6 +182,18 @@ def test_kernel_microbenchmark_smoke(tmp_path):
     assert "reference_asym" in out.stdout and list(tmp_path.glob("*.json"))
 
 
+def test_kernel_bench_scheme_knobs():
+    """eval/kernels.py's forced path, split-K count and m16 tiles per CTA, parsed from the scheme name."""
+    from eval.kernels import forced
+    assert forced("ours_sym") == (-1, -1, -1)
+    assert forced("ours_asym[stream/s4]") == (2, 4, -1)
+    assert forced("ours_sym[mma/mt2]") == (0, -1, 2)
+    assert forced("ours_sym[smem/s2/mt1]") == (3, 2, 1)
+    for bad in ("ours_sym[mma/mt3]", "ours_sym[mma/x]", "ours_sym[fast]", "ours_sym[stream/s0]"):
+        with pytest.raises(SystemExit):
+            forced(bad)
+
+
 def test_kernel_bench_pads_k_like_the_int4_schemes(capsys):
     """SmolLM2's K = 576 at g128 is timed at 640, as Int4Marlin stores it (it crashed the GPU run before)."""
     from eval.kernels import layer_linears

@@ -229,8 +229,13 @@ StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, boo
 // 3 = streaming kernel with its weight ring in shared memory.
 // splits: -1 = the launch plan's split-K count; > 0 asks for that many (paths 0, 2, 3; the count
 // actually run can differ: no split may be empty). A benchmark knob (eval/kernels.py "[stream/s4]").
+// m_tiles: -1 = mma_m_tiles(M); 1, 2 or 4 m16 tiles per CTA instead (paths 0, 2, 3; more m-blocks when
+// fewer): the benchmark knob (eval/kernels.py "[mma/mt2]") behind the question whether M = 33..127
+// runs faster as several 32-row m-blocks at two CTAs per SM than as 64-row ones at one (kernels/NOTES.md).
+// The streaming kernel at one m-tile keeps its exact-weight arithmetic for any M.
 at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
-                     const std::optional<at::Tensor>& z, int64_t gs, int64_t path, int64_t want_splits) {
+                     const std::optional<at::Tensor>& z, int64_t gs, int64_t path, int64_t want_splits,
+                     int64_t want_m_tiles) {
   check_inputs(x, w, s, z, gs);
   c10::cuda::CUDAGuard guard(x.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -238,6 +243,8 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   const bool fp16 = x.scalar_type() == at::kHalf;
   const bool has_z = z.has_value();
   if (path < 0) path = choose_path(M, N, K);
+  TORCH_CHECK(want_m_tiles == -1 || want_m_tiles == 1 || want_m_tiles == 2 || want_m_tiles == 4,
+              "w4a16_gemm: m_tiles must be -1 (by M), 1, 2 or 4, got ", want_m_tiles);
   int* counters = counters_for(x, stream);  // on every call, whatever the path: see counters_for
 
   if (path == 1) {
@@ -250,7 +257,7 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
 
   TORCH_CHECK(path >= 0 && path <= 3, "w4a16_gemm: path must be -1 (heuristic), 0, 1, 2 or 3, got ", path);
   at::Tensor y = at::empty({M, N}, x.options());
-  const int mt = mma_m_tiles((int)M);
+  const int mt = want_m_tiles > 0 ? (int)want_m_tiles : mma_m_tiles((int)M);
   const int64_t m_blocks = (M + 16 * mt - 1) / (16 * mt);
   const int64_t n_blocks = (N + kMmaNBlock - 1) / kMmaNBlock;
   const int64_t kb_total = (K + kMmaKBlock - 1) / kMmaKBlock;
@@ -317,7 +324,7 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
 
 at::Tensor w4a16_gemm_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
                            const std::optional<at::Tensor>& z, int64_t gs) {
-  return gemm_path(x, w, s, z, gs, -1, -1);
+  return gemm_path(x, w, s, z, gs, -1, -1, -1);
 }
 
 }  // namespace
@@ -328,9 +335,9 @@ TORCH_LIBRARY_IMPL(lowbit, CUDA, m) { m.impl("w4a16_gemm", &lowbit::w4a16_gemm_c
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_path", &lowbit::gemm_path,
         "w4a16 GEMM with a forced path (-1 auto, 0 mma, 1 dequant+cuBLAS, 2 streaming, 3 streaming with a "
-        "shared-memory ring) and optionally a split-K count",
+        "shared-memory ring) and optionally a split-K count and m16 tiles per CTA (1, 2 or 4)",
         py::arg("x"), py::arg("packed_w"), py::arg("scales"), py::arg("zeros"), py::arg("group_size"),
-        py::arg("path"), py::arg("splits") = -1);
+        py::arg("path"), py::arg("splits") = -1, py::arg("m_tiles") = -1);
   m.def(
       "plan_stream",
       [](int64_t M, int64_t K, int64_t gs, bool has_z, int mt, int64_t ctas, int occupancy, int sms,
