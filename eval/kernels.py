@@ -139,7 +139,6 @@ def bench_linear(name, N, K, gs, ms, schemes, bw, reps, device, seed):
     w_sym = kernels.dequantize(q, s, None, gs, dtype=torch.bfloat16)
     w_asym = kernels.dequantize(q, s, m, gs, dtype=torch.bfloat16)
     packed = {"sym": kernels.pack_w4(q, s, None, gs), "asym": kernels.pack_w4(q, s, m, gs)}
-    ext = kernels.load_extension()
     int4_bytes = N * K // 2 + (K // gs) * N * 2
     own_weight_bytes = {
         "cublas": N * K * 2,
@@ -182,7 +181,7 @@ def bench_linear(name, N, K, gs, ms, schemes, bw, reps, device, seed):
             elif scheme == "read_int4":
                 fn = lambda c: copy_list[c].amax()  # noqa: E731
             else:
-                fn = lambda c: ext.gemm_path(x, *copy_list[c], gs, path, splits, m_tiles)  # noqa: E731
+                fn = lambda c: kernels.gemm_path(x, *copy_list[c], gs, path, splits, m_tiles)  # noqa: E731
             err = 0.0 if ref_w is None else rel_err(fn(0), x.float() @ ref_w.float().t())
             ok = err < 1e-2
             t = time_graph(fn, copies, reps, device)

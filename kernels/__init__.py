@@ -24,7 +24,7 @@ from .reference import check_inputs, dequantize, pack_w4, reference_w4a16_gemm, 
 
 __all__ = [
     "w4a16_gemm", "pack_w4", "unpack_w4", "reference_w4a16_gemm", "dequantize",
-    "load_extension", "extension_available", "choose_path", "PATHS",
+    "load_extension", "extension_available", "choose_path", "gemm_path", "PATHS",
 ]
 
 _SCHEMA = "w4a16_gemm(Tensor x, Tensor packed_w, Tensor scales, Tensor? zeros, int group_size) -> Tensor"
@@ -99,10 +99,36 @@ def w4a16_gemm(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor,
     implementation validates at trace time instead.
     """
     if not torch.compiler.is_compiling():
-        check_inputs(x, packed_w, scales, zeros, group_size)
-        if x.is_cuda:
-            for name, t in (("x", x), ("packed_w", packed_w), ("scales", scales), ("zeros", zeros)):
-                if t is not None and t.data_ptr() % 16:
-                    raise ValueError(f"w4a16_gemm: {name} must be 16-byte aligned (the kernel uses 16-byte loads)")
-            load_extension()
+        _check_eager(x, packed_w, scales, zeros, group_size)
     return torch.ops.lowbit.w4a16_gemm(x, packed_w, scales, zeros, group_size)
+
+
+def _check_eager(x, packed_w, scales, zeros, group_size) -> None:
+    """The Python-side validation of w4a16_gemm and gemm_path; loads the extension for CUDA inputs."""
+    check_inputs(x, packed_w, scales, zeros, group_size)
+    if x.is_cuda:
+        for name, t in (("x", x), ("packed_w", packed_w), ("scales", scales), ("zeros", zeros)):
+            if t is not None and t.data_ptr() % 16:
+                raise ValueError(f"w4a16_gemm: {name} must be 16-byte aligned (the kernel uses 16-byte loads)")
+        load_extension()
+
+
+def gemm_path(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+              group_size: int, path: int = -1, splits: int = -1, m_tiles: int = -1) -> torch.Tensor:
+    """The CUDA op with its launch choices forced (benchmarks and tests; eval/kernels.py "[smem/s2/mt2]").
+
+    path: -1 = choose_path, else an index into PATHS; splits: -1 = the launch plan's split-K count, else
+    >= 1 (the count run can differ: no split may be empty); m_tiles: -1 = by M and path (csrc/ops.cpp
+    m_tiles_for), else 1, 2 or 4 m16 tiles per CTA (paths 0, 2, 3).  Validated here, in Python, for the
+    reason w4a16_gemm gives.
+    """
+    if path not in (-1, 0, 1, 2, 3):
+        raise ValueError(f"gemm_path: path must be -1 (choose_path) or 0-3 ({', '.join(PATHS)}), got {path}")
+    if splits != -1 and splits < 1:
+        raise ValueError(f"gemm_path: splits must be -1 (the launch plan) or >= 1, got {splits}")
+    if m_tiles not in (-1, 1, 2, 4):
+        raise ValueError(f"gemm_path: m_tiles must be -1 (by M), 1, 2 or 4, got {m_tiles}")
+    if not x.is_cuda:
+        raise ValueError(f"gemm_path runs the CUDA kernels: x is on {x.device} (kernels.w4a16_gemm runs anywhere)")
+    _check_eager(x, packed_w, scales, zeros, group_size)
+    return load_extension().gemm_path(x, packed_w, scales, zeros, group_size, path, splits, m_tiles)

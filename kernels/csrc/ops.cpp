@@ -39,14 +39,19 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 //   fused mma vs dequantize (v6) + cuBLAS, 2026-11-29: M=128 345.4 vs 285.5, M=256 614.8 vs 322.6,
 //   M=1024 2318.7 vs 704.4 (cuBLAS on bf16 weights: 142.1, 184.6, 571.4).  M=64 to 127 not measured
 //   against path 1; before v6 (scattered stores) the tie was at M=256.
+//   M = 33..127, 2026-11-29 (session 7, H200, one process, eval/kernels.py --ms 48,64,96,128 with
+//   ours_sym[mma/mt2], [smem/mt2], [mma/mt1]; BENCHMARKS.md "m-tiles at M = 48..128"): the fused mma
+//   kernel at its 64-row tiles (then the heuristic) 184.4 / 189.1 / 336.0 us at M = 48 / 64 / 96; the
+//   same kernel at 32-row tiles 230.1 / 231.6 / 376.5, at 16-row ones 322.4 / 347.6 / 576.1; the
+//   shared-memory streaming kernel at 32-row tiles (2-4 m-blocks per n-block, each reading the
+//   n-block's weights) 160.0 / 164.1 / 242.4, and 308.0 at M=128 against path 1's 287.2.
 // The streaming kernel stages x once and never waits on a barrier, so it wins while the
-// weights dominate (M <= 32, at most two 16-row m-tiles); at 64 rows it ties the fused
-// kernel's smem-pipelined tiles; from 128 rows cuBLAS on a dequantized copy wins despite
-// writing and re-reading 2 bytes per weight (~140 us of the 285 at M=128).
+// weights dominate: up to M = 127 at 32-row tiles (m_tiles_for), ahead of the fused kernel, which
+// the heuristic no longer picks (forced paths and the benchmark keep it); from 128 rows cuBLAS on a
+// dequantized copy wins despite writing and re-reading 2 bytes per weight (~140 us of the 285 at M=128).
 // LOWBIT_W4A16_PATH=0..3 in the environment overrides it for every call of the process (end-to-end
 // A/B runs of a path without a rebuild; read once).
 constexpr int64_t kRegRingMaxM = 16;
-constexpr int64_t kStreamMaxM = 32;
 constexpr int64_t kDequantMinM = 128;
 int64_t forced_path() {
   static const int64_t forced = [] {
@@ -65,8 +70,16 @@ int64_t choose_path(int64_t M, int64_t N, int64_t K) {
   (void)K;
   if (const int64_t forced = forced_path(); forced >= 0) return forced;
   if (M <= kRegRingMaxM) return 2;
-  if (M <= kStreamMaxM) return 3;
-  return M >= kDequantMinM ? 1 : 0;
+  return M < kDequantMinM ? 3 : 1;
+}
+
+// m16 tiles per CTA for a path that tiles M (0, 2, 3), the rows one CTA covers being 16 x that.
+// The fused kernel: mma_m_tiles (1, 2, then 4 from M = 33). The streaming kernels: at most 2, as
+// their ring and registers are sized for (w4a16.h; 203-255 registers at 4, NOTES.md open issue 2),
+// measured above: M = 33..127 runs as 32-row m-blocks.
+int m_tiles_for(int64_t path, int64_t M) {
+  const int mt = mma_m_tiles((int)M);
+  return path >= 2 ? std::min(mt, 2) : mt;
 }
 
 struct DeviceInfo {
@@ -229,9 +242,8 @@ StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, boo
 // 3 = streaming kernel with its weight ring in shared memory.
 // splits: -1 = the launch plan's split-K count; > 0 asks for that many (paths 0, 2, 3; the count
 // actually run can differ: no split may be empty). A benchmark knob (eval/kernels.py "[stream/s4]").
-// m_tiles: -1 = mma_m_tiles(M); 1, 2 or 4 m16 tiles per CTA instead (paths 0, 2, 3; more m-blocks when
-// fewer): the benchmark knob (eval/kernels.py "[mma/mt2]") behind the question whether M = 33..127
-// runs faster as several 32-row m-blocks at two CTAs per SM than as 64-row ones at one (kernels/NOTES.md).
+// m_tiles: -1 = m_tiles_for(path, M); 1, 2 or 4 m16 tiles per CTA instead (paths 0, 2, 3; more m-blocks
+// when fewer): the benchmark knob (eval/kernels.py "[mma/mt2]") that measured the M = 33..127 rule above.
 // The streaming kernel at one m-tile keeps its exact-weight arithmetic for any M.
 at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
                      const std::optional<at::Tensor>& z, int64_t gs, int64_t path, int64_t want_splits,
@@ -257,7 +269,7 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
 
   TORCH_CHECK(path >= 0 && path <= 3, "w4a16_gemm: path must be -1 (heuristic), 0, 1, 2 or 3, got ", path);
   at::Tensor y = at::empty({M, N}, x.options());
-  const int mt = want_m_tiles > 0 ? (int)want_m_tiles : mma_m_tiles((int)M);
+  const int mt = want_m_tiles > 0 ? (int)want_m_tiles : m_tiles_for(path, M);
   const int64_t m_blocks = (M + 16 * mt - 1) / (16 * mt);
   const int64_t n_blocks = (N + kMmaNBlock - 1) / kMmaNBlock;
   const int64_t kb_total = (K + kMmaKBlock - 1) / kMmaKBlock;
