@@ -44,15 +44,19 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 //   kernel at its 64-row tiles (then the heuristic) 184.4 / 189.1 / 336.0 us at M = 48 / 64 / 96; the
 //   same kernel at 32-row tiles 230.1 / 231.6 / 376.5, at 16-row ones 322.4 / 347.6 / 576.1; the
 //   shared-memory streaming kernel at 32-row tiles (2-4 m-blocks per n-block, each reading the
-//   n-block's weights) 160.0 / 164.1 / 242.4, and 308.0 at M=128 against path 1's 287.2.
+//   n-block's weights) 160.0 / 164.1 / 242.4, and 308.0 at M=128 against path 1's 287.2.  Its time
+//   steps with the m-blocks (ceil(M / 32)): in the next run (eval/kernels.py --ms ...,33,48,64,96,127,128
+//   --tag _s7) 158.3 / 160.7 / 164.1 at M = 33 / 48 / 64 (two), 243.6 at 96 (three), 308.5 at 127 (four)
+//   against path 1's 286.4 at 128, whose time hardly depends on M (the dequantize pass is half of it):
+//   path 1 from the fourth m-block, M = 97.
 // The streaming kernel stages x once and never waits on a barrier, so it wins while the
-// weights dominate: up to M = 127 at 32-row tiles (m_tiles_for), ahead of the fused kernel, which
-// the heuristic no longer picks (forced paths and the benchmark keep it); from 128 rows cuBLAS on a
+// weights dominate: up to M = 96 at 32-row tiles (m_tiles_for), ahead of the fused kernel, which
+// the heuristic no longer picks (forced paths and the benchmark keep it); from 97 rows cuBLAS on a
 // dequantized copy wins despite writing and re-reading 2 bytes per weight (~140 us of the 285 at M=128).
 // LOWBIT_W4A16_PATH=0..3 in the environment overrides it for every call of the process (end-to-end
 // A/B runs of a path without a rebuild; read once).
 constexpr int64_t kRegRingMaxM = 16;
-constexpr int64_t kDequantMinM = 128;
+constexpr int64_t kDequantMinM = 97;
 int64_t forced_path() {
   static const int64_t forced = [] {
     const char* env = std::getenv("LOWBIT_W4A16_PATH");
@@ -76,7 +80,7 @@ int64_t choose_path(int64_t M, int64_t N, int64_t K) {
 // m16 tiles per CTA for a path that tiles M (0, 2, 3), the rows one CTA covers being 16 x that.
 // The fused kernel: mma_m_tiles (1, 2, then 4 from M = 33). The streaming kernels: at most 2, as
 // their ring and registers are sized for (w4a16.h; 203-255 registers at 4, NOTES.md open issue 2),
-// measured above: M = 33..127 runs as 32-row m-blocks.
+// measured above: M = 33..96 runs as 32-row m-blocks.
 int m_tiles_for(int64_t path, int64_t M) {
   const int mt = mma_m_tiles((int)M);
   return path >= 2 ? std::min(mt, 2) : mt;
@@ -243,7 +247,7 @@ StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, boo
 // splits: -1 = the launch plan's split-K count; > 0 asks for that many (paths 0, 2, 3; the count
 // actually run can differ: no split may be empty). A benchmark knob (eval/kernels.py "[stream/s4]").
 // m_tiles: -1 = m_tiles_for(path, M); 1, 2 or 4 m16 tiles per CTA instead (paths 0, 2, 3; more m-blocks
-// when fewer): the benchmark knob (eval/kernels.py "[mma/mt2]") that measured the M = 33..127 rule above.
+// when fewer): the benchmark knob (eval/kernels.py "[mma/mt2]") that measured the M = 33..96 rule above.
 // The streaming kernel at one m-tile keeps its exact-weight arithmetic for any M.
 at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
                      const std::optional<at::Tensor>& z, int64_t gs, int64_t path, int64_t want_splits,
