@@ -116,8 +116,9 @@ def test_smollm2_int4_g32_float_zero_reproduces_float_perplexity(smollm2_gguf, w
 def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikitext, zero):
     """Issue 4: SmolLM2's perplexity through w4a16_gemm (int4-marlin) against the PyTorch reference of the same
     scheme, in bf16. Windows of 16, 32, 64 and 1024 tokens (one window per forward, so M = the window) send the
-    linears through each of the op's paths: streaming (register ring, shared-memory ring), fused mma, dequantize +
-    cuBLAS (or all through the one LOWBIT_W4A16_PATH forces).  The mma and dequantize paths round every weight to
+    linears through each path the heuristic takes: the streaming kernel with its register ring, with its
+    shared-memory ring at one and at two 32-row m-blocks, dequantize + cuBLAS (or all through the one
+    LOWBIT_W4A16_PATH forces).  Every path but the streaming kernel at M <= 16 rounds every weight to
     bf16 before the product, as `int4-g128-*` does; the streaming kernel at M <= 16 uses the exact weights (fp32
     sums scaled per group, w4a16_kernel.cu), so its reference is the same scheme with the product taken in float32
     on the exact weights.  Windows of 32 tokens and more score 16,384 tokens, 16-token windows 4,096.
