@@ -377,7 +377,7 @@ def main(argv=None) -> int:
     if args.quant != "none":
         from quantize import parse_scheme, quantize_
         check_groups(model, parse_scheme(args.quant)[1].get("group_size"))
-        quantize_(model, args.quant, include_output=args.quant_output)
+        quantize_(model, args.quant, include_output=args.quant_output, progress=rank == 0)
     quant = (info.get("quant") or {}).get("scheme") if args.quant == "none" else args.quant
 
     prompts = build_prompts(args, tokenizer, model.args.vocab_size)
@@ -397,6 +397,9 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     run = gen(prompts, args.max_new_tokens, eos_ids, pad_id, cache_len)
+    # a collective, so before the other ranks leave (rank 0 alone hung here on 2 H200s, 2026-11-29)
+    all_reduce_s = all_reduce_seconds(run["batch"], model.args.dim, dtype, device, 2 * model.args.n_layers) \
+        if world > 1 else None
 
     if rank != 0:
         return 0
@@ -411,9 +414,8 @@ def main(argv=None) -> int:
     report.update(model=args.model, quant=quant or "none", dtype=str(dtype).removeprefix("torch."),
                   device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   torch=torch.__version__, world_size=world, compile_once=compile and args.compile_once)
-    if world > 1 and device.type == "cuda":
-        report["all_reduce_s_per_step"] = all_reduce_seconds(run["batch"], model.args.dim, dtype, device,
-                                                             2 * model.args.n_layers)
+    if all_reduce_s is not None:
+        report["all_reduce_s_per_step"] = all_reduce_s
     print_report(report, f"{args.model} · {report['quant']} · {report['dtype']} · {report['device']}"
                          + (" · compile-once" if report["compile_once"] else ""))
     if args.json:

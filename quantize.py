@@ -357,17 +357,19 @@ def swap_linears(model: nn.Module, include_output: bool, make, desc: str | None 
 
 
 @torch.no_grad()
-def quantize_(model: nn.Module, scheme: str, include_output: bool = False, **params) -> nn.Module:
+def quantize_(model: nn.Module, scheme: str, include_output: bool = False, progress: bool = True,
+              **params) -> nn.Module:
     """Swap the model's nn.Linear layers for `scheme` in place, each on its weight's device.
 
     Embeddings stay float. A head tied to the embedding gets its own quantized copy when
     include_output is set; the embedding keeps the float weight. `params` override the name's.
+    `progress`: a progress bar (generate.py shows it on rank 0 only).
     """
     cls, parsed = parse_scheme(scheme)
     if cls is None:
         return model
     return swap_linears(model, include_output, lambda lin: cls.from_float(lin, **{**parsed, **params}),
-                        desc=f"quantizing {scheme}")
+                        desc=f"quantizing {scheme}" if progress else None)
 
 
 def main(argv=None):

@@ -15,6 +15,7 @@ Quantization happens after sharding, on each rank's slices. Groups run along K, 
 must hold whole groups: `check_groups` refuses a split that would cut one.
 """
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -111,14 +112,20 @@ def check_groups(model: Transformer, group_size: int | None):
 
 def all_reduce_seconds(batch: int, dim: int, dtype, device, calls_per_step: int, iters: int = 50) -> float:
     """Time of the all-reduces of one decode step, measured alone: `calls_per_step` all-reduces of a
-    (batch, 1, dim) tensor, median of `iters` timed calls."""
-    x = torch.randn(batch, 1, dim, dtype=dtype, device=device)
+    (batch, 1, dim) tensor, median of `iters` timed calls (CUDA events on a GPU, the wall clock on CPU, where
+    gloo's all-reduce returns when done).  A collective: every rank must call it."""
+    x = torch.zeros(batch, 1, dim, dtype=dtype, device=device)  # the values do not change the time; zeros stay finite
     times = []
     for _ in range(iters + 5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        dist.all_reduce(x)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+        if x.is_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            dist.all_reduce(x)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            dist.all_reduce(x)
+            times.append(time.perf_counter() - t0)
     return sorted(times[5:])[iters // 2] * calls_per_step

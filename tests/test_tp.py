@@ -1,5 +1,6 @@
 """Tensor parallelism on CPU: 2 ranks over gloo give the single-process logits and greedy tokens."""
 import os
+import re
 import socket
 
 import pytest
@@ -120,3 +121,7 @@ def test_torchrun_generate_matches_single_process(tmp_path):
     rows = lambda out: [line for line in out.splitlines() if line.startswith("row ")]  # noqa: E731
     assert rows(two.stdout) == rows(one.stdout) and len(rows(one.stdout)) == 2
     assert "tensor parallel: ranks" in two.stdout and two.stdout.count("decode tokens/s total") == 1
+    # the all-reduce timing is a collective (every rank takes part: rank 0 alone hung on GPUs) and is reported
+    assert re.search(r"tensor parallel: ranks, all-reduce per step\W+2, \d+\.\d{3} ms", two.stdout), two.stdout
+    bars = lambda err: err.count("quantizing int4-g32-asym: 100%")  # noqa: E731 - tqdm's last redraw, per process
+    assert bars(one.stderr) >= 1 and bars(two.stderr) == bars(one.stderr), "only rank 0 shows the progress bar"
