@@ -2,6 +2,10 @@
 
     python eval/bench.py --model llama-3-8b --batch 1,8,32,64 --quant none,int8-compile,int4-tinygemm,fp8-rowwise
     python eval/bench.py --smoke          # tiny model on the CPU, seconds (CI runs this)
+    torchrun --nproc-per-node 2 eval/bench.py --model llama-3-8b --batch 1,32 --quant none,int4-marlin
+
+Under torchrun every layer is split over the ranks as in generate.py (tp.py); each cell then also records the
+all-reduce time of one decode step, measured alone, and only rank 0 prints and writes.
 
 Every (scheme, batch) cell runs generate.py's Generator: a warm-up call (compiles the decode step and
 records its CUDA graph; prefill runs eagerly here, so end-to-end numbers come from generate.py), then
@@ -20,20 +24,28 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
 from generate import Generator, add_compile_once_flag, console, make_report, measured_bandwidth, random_prompts  # noqa: E402,E501
-from quantize import quantize_  # noqa: E402
+from quantize import parse_scheme, quantize_  # noqa: E402
+from tp import all_reduce_seconds, check_groups, init_distributed, shard_model  # noqa: E402
 
 
-def run_matrix(args, on_row=lambda rows: None) -> list[dict]:
-    """Every (scheme, batch) cell; `on_row(rows so far)` after each, so a run cut short keeps its cells."""
-    device = torch.device(args.device)
+DEFAULT_QUANT = "none,int8-compile,int4-tinygemm,fp8-rowwise,int4-marlin"
+SMOKE_QUANT = "none,int8,int4-g64-asym,int4-marlin"
+
+
+def run_matrix(args, device, rank=0, world=1, on_row=lambda rows: None) -> list[dict]:
+    """Every (scheme, batch) cell; `on_row(rows so far)` after each, so a run cut short keeps its cells.
+    rank, world: this process's place under torchrun (its shard of every layer); (0, 1) alone."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     compile = device.type == "cuda" and not args.no_compile
     bandwidth = measured_bandwidth(device)
+    shard = (lambda m: shard_model(m, rank, world)) if world > 1 else None
     rows = []
     for scheme in args.quant:
-        model, _, _ = load_model(args.model, device=device, dtype=dtype, random_weights=True, seed=args.seed)
+        model, _, _ = load_model(args.model, device=device, dtype=dtype, random_weights=True, seed=args.seed,
+                                 shard=shard)
         if scheme != "none":
-            quantize_(model, scheme, include_output=args.quant_output)
+            check_groups(model, parse_scheme(scheme)[1].get("group_size"))
+            quantize_(model, scheme, include_output=args.quant_output, progress=rank == 0)
         gen = Generator(model, compile, compile_prefill=False,  # decode is what this table compares
                         compile_once=args.compile_once)
         for batch in args.batch:
@@ -48,11 +60,18 @@ def run_matrix(args, on_row=lambda rows: None) -> list[dict]:
             reports.sort(key=lambda x: x["decode_tok_s_total"])
             r = reports[len(reports) // 2]  # the median timed generation (the upper one of an even count)
             r.update(quant=scheme, model=args.model, dtype=str(dtype).removeprefix("torch."), repeats=args.repeats,
-                     decode_tok_s_total_range=[reports[0]["decode_tok_s_total"], reports[-1]["decode_tok_s_total"]])
+                     decode_tok_s_total_range=[reports[0]["decode_tok_s_total"], reports[-1]["decode_tok_s_total"]],
+                     world_size=world)
+            if world > 1:  # a collective: every rank times it
+                r["all_reduce_s_per_step"] = all_reduce_seconds(batch, model.args.dim, dtype, device,
+                                                                2 * model.args.n_layers)
             rows.append(r)
-            on_row(rows)
+            if rank == 0:
+                on_row(rows)
             console.print(f"{scheme:>16} batch {batch:>3}: decode {r['decode_tok_s_total']:>9,.1f} tok/s total, "
                           f"{r['decode_tok_s_per_seq']:>7,.1f} per seq, {r['effective_gb_s']:,.0f} GB/s"
+                          + (f" per GPU, all-reduce {r['all_reduce_s_per_step'] * 1e3:.3f} ms per step"
+                             if world > 1 else "")
                           + (f", compile + warm-up {compile_s:.0f} s" if compile_s is not None else ""),
                           highlight=False, soft_wrap=True)
         del model, gen
@@ -67,9 +86,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
     batches = sorted({r["batch"] for r in rows})
     schemes = list(dict.fromkeys(r["quant"] for r in rows))
     cell = {(r["quant"], r["batch"]): r for r in rows}
+    world = meta.get("world_size", 1)
+    tp = f"tensor parallel over {world} GPUs (bandwidth figures per GPU), " if world > 1 else ""
     out = [f"Decode tokens/s, total over the batch (per sequence in brackets), {meta['model']}, random weights, "
-           f"prompt {meta['prompt_len']}, {meta['max_new_tokens']} new tokens; {meta['device']}, torch {meta['torch']}, "
-           f"{meta['date']}.", "",
+           f"prompt {meta['prompt_len']}, {meta['max_new_tokens']} new tokens; {tp}{meta['device']}, "
+           f"torch {meta['torch']}, {meta['date']}.", "",
            "| scheme | " + " | ".join(f"batch {b}" for b in batches) + " |",
            "|---|" + "---:|" * len(batches)]
     for s in schemes:
@@ -93,6 +114,12 @@ def markdown(rows: list[dict], meta: dict) -> str:
             mem = f", {r['peak_memory_gb']:.1f} GB" if r and "peak_memory_gb" in r else ""
             vals.append(f"{r['effective_gb_s']:,.0f} GB/s{pct}{mem}" if r else "")
         out.append(f"| {s} | " + " | ".join(vals) + " |")
+    if world > 1:
+        out += ["", "All-reduce time of one decode step, measured alone (ms):", "",
+                "| scheme | " + " | ".join(f"batch {b}" for b in batches) + " |", "|---|" + "---:|" * len(batches)]
+        for s in schemes:
+            vals = [f"{1e3 * cell[s, b]['all_reduce_s_per_step']:.3f}" if (s, b) in cell else "" for b in batches]
+            out.append(f"| {s} | " + " | ".join(vals) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -119,8 +146,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="llama-3-8b", help="preset name (random weights)")
     p.add_argument("--batch", default="1,8,32,64", help="comma-separated batch sizes")
-    p.add_argument("--quant", default="none,int8-compile,int4-tinygemm,fp8-rowwise,int4-marlin",
-                   help="comma-separated schemes from quantize.py")
+    p.add_argument("--quant", default=None, help="comma-separated schemes from quantize.py (default: "
+                   f"{DEFAULT_QUANT}; with --smoke {SMOKE_QUANT})")
     p.add_argument("--quant-output", action="store_true", help="quantize the output head too")
     p.add_argument("--append", action="store_true",
                    help="merge into the bench.json already in --out (same model, device, torch and lengths): "
@@ -138,17 +165,22 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.smoke:
         args.model, args.device, args.no_compile = "tiny", "cpu", True
-        args.batch, args.quant = "1,3", "none,int8,int4-g64-asym,int4-marlin"
+        args.batch = "1,3"
         args.prompt_len, args.max_new_tokens = 8, 4
     if args.repeats < 1:
         p.error(f"--repeats must be at least 1, got {args.repeats}")
     args.batch = [int(b) for b in args.batch.split(",")]
-    args.quant = args.quant.split(",")
+    args.quant = (args.quant or (SMOKE_QUANT if args.smoke else DEFAULT_QUANT)).split(",")
     dev = torch.device(args.device)
+    rank, world = init_distributed(dev.type)  # (0, 1) unless started by torchrun
+    if world > 1 and dev.type == "cuda":
+        dev = torch.device("cuda", torch.cuda.current_device())
+    console.quiet = rank != 0
     meta = {"model": args.model, "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d"), "commands": [" ".join(sys.argv)], "prefill": "eager",
-            "compile_once": args.compile_once and dev.type == "cuda" and not args.no_compile, "repeats": args.repeats}
+            "compile_once": args.compile_once and dev.type == "cuda" and not args.no_compile, "repeats": args.repeats,
+            "world_size": world}
     earlier = load_earlier(args.out / "bench.json", meta) if args.append else []
 
     def merged(rows):  # this run's cells replace the same (scheme, batch) cells of an appended-to run
@@ -163,7 +195,9 @@ def main(argv=None):
         plot(m, args.out / "bench.png",
              f"{args.model}, prompt {args.prompt_len}, {args.max_new_tokens} new, {meta['device']}")
 
-    print(markdown(merged(run_matrix(args, on_row=write)), meta))
+    rows = run_matrix(args, dev, rank, world, on_row=write)
+    if rank == 0:
+        print(markdown(merged(rows), meta))
 
 
 def load_earlier(path: Path, meta: dict) -> list[dict]:
@@ -171,8 +205,9 @@ def load_earlier(path: Path, meta: dict) -> list[dict]:
     if not path.exists():
         return []
     old = json.loads(path.read_text())
-    for key in ("model", "prompt_len", "max_new_tokens", "device", "torch", "prefill", "compile_once", "repeats"):
-        was = old["meta"].get(key, 1 if key == "repeats" else None)  # runs from before --repeats: 1
+    for key in ("model", "prompt_len", "max_new_tokens", "device", "torch", "prefill", "compile_once", "repeats",
+                "world_size"):
+        was = old["meta"].get(key, 1 if key in ("repeats", "world_size") else None)  # older runs: one, alone
         if was != meta[key]:
             raise SystemExit(f"--append: {path} was measured with {key}={was!r}, "
                              f"this run has {meta[key]!r}; use another --out")

@@ -125,3 +125,23 @@ def test_torchrun_generate_matches_single_process(tmp_path):
     assert re.search(r"tensor parallel: ranks, all-reduce per step\W+2, \d+\.\d{3} ms", two.stdout), two.stdout
     bars = lambda err: err.count("quantizing int4-g32-asym: 100%")  # noqa: E731 - tqdm's last redraw, per process
     assert bars(one.stderr) >= 1 and bars(two.stderr) == bars(one.stderr), "only rank 0 shows the progress bar"
+
+
+def test_torchrun_bench_smoke(tmp_path):
+    """eval/bench.py under torchrun (2 CPU ranks, gloo): every cell on both ranks, with the all-reduce time; rank 0
+    alone prints the table and writes the files.  int4-marlin at g64: the smoke's default g128 would cut the
+    tiny model's groups at 2 ranks, which check_groups refuses."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "eval/bench.py",
+                          "--smoke", "--repeats", "1", "--quant", "none,int8,int4-marlin-g64-asym", "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["meta"]["world_size"] == 2 and len(data["rows"]) == 6  # 3 schemes x batch 1, 3
+    assert all(r["world_size"] == 2 and r["all_reduce_s_per_step"] > 0 for r in data["rows"])
+    assert two.stdout.count("| scheme |") == 3  # one markdown (tokens/s, bandwidth, all-reduce tables), from rank 0
+    assert "tensor parallel over 2 GPUs" in (tmp_path / "bench.md").read_text()
