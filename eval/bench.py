@@ -70,7 +70,7 @@ def run_matrix(args, device, rank=0, world=1, on_row=lambda rows: None) -> list[
                 on_row(rows)
             console.print(f"{scheme:>16} batch {batch:>3}: decode {r['decode_tok_s_total']:>9,.1f} tok/s total, "
                           f"{r['decode_tok_s_per_seq']:>7,.1f} per seq, {r['effective_gb_s']:,.0f} GB/s"
-                          + (f" per GPU, all-reduce {r['all_reduce_s_per_step'] * 1e3:.3f} ms per step"
+                          + (f" per rank, all-reduce {r['all_reduce_s_per_step'] * 1e3:.3f} ms per step"
                              if world > 1 else "")
                           + (f", compile + warm-up {compile_s:.0f} s" if compile_s is not None else ""),
                           highlight=False, soft_wrap=True)
@@ -87,7 +87,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     schemes = list(dict.fromkeys(r["quant"] for r in rows))
     cell = {(r["quant"], r["batch"]): r for r in rows}
     world = meta.get("world_size", 1)
-    tp = f"tensor parallel over {world} GPUs (bandwidth figures per GPU), " if world > 1 else ""
+    tp = f"tensor parallel over {world} ranks (bandwidth figures per rank), " if world > 1 else ""
     out = [f"Decode tokens/s, total over the batch (per sequence in brackets), {meta['model']}, random weights, "
            f"prompt {meta['prompt_len']}, {meta['max_new_tokens']} new tokens; {tp}{meta['device']}, "
            f"torch {meta['torch']}, {meta['date']}.", "",

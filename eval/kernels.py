@@ -319,6 +319,8 @@ def main():
             ap.error(f"unknown scheme {scheme!r}: cublas, tinygemm, ours_sym[...], ours_asym[...] or read_int4")
         if scheme.startswith("ours"):
             forced(scheme)
+        elif "[" in scheme:
+            ap.error(f"{scheme!r}: only ours_sym and ours_asym take [path/knobs]")
     if not torch.cuda.is_available():
         sys.exit("eval/kernels.py needs a CUDA GPU (use --smoke on CPU)")
     device = torch.device("cuda")

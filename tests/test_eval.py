@@ -195,6 +195,14 @@ def test_kernel_bench_scheme_knobs():
             forced(bad)
 
 
+def test_kernel_bench_refuses_bad_scheme_names_first():
+    """A scheme name eval/kernels.py cannot time is an error before any GPU work (CPU: before "needs a CUDA GPU")."""
+    for bad, says in (("cublas[dq]", "only ours_sym and ours_asym take [path/knobs]"), ("ours_int3", "unknown scheme")):
+        out = subprocess.run([sys.executable, str(ROOT / "eval/kernels.py"), "--schemes", bad], capture_output=True,
+                             text=True, timeout=300, cwd=ROOT)
+        assert out.returncode == 2 and says in out.stderr, out.stderr[-1000:]
+
+
 def test_kernel_bench_pads_k_like_the_int4_schemes(capsys):
     """SmolLM2's K = 576 at g128 is timed at 640, as Int4Marlin stores it (it crashed the GPU run before)."""
     from eval.kernels import layer_linears

@@ -144,4 +144,4 @@ def test_torchrun_bench_smoke(tmp_path):
     assert data["meta"]["world_size"] == 2 and len(data["rows"]) == 6  # 3 schemes x batch 1, 3
     assert all(r["world_size"] == 2 and r["all_reduce_s_per_step"] > 0 for r in data["rows"])
     assert two.stdout.count("| scheme |") == 3  # one markdown (tokens/s, bandwidth, all-reduce tables), from rank 0
-    assert "tensor parallel over 2 GPUs" in (tmp_path / "bench.md").read_text()
+    assert "tensor parallel over 2 ranks" in (tmp_path / "bench.md").read_text()

@@ -40,15 +40,17 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 //   M=1024 2318.7 vs 704.4 (cuBLAS on bf16 weights: 142.1, 184.6, 571.4).  M=64 to 127 not measured
 //   against path 1; before v6 (scattered stores) the tie was at M=256.
 //   M = 33..127, 2026-11-29 (session 7, H200, one process, eval/kernels.py --ms 48,64,96,128 with
-//   ours_sym[mma/mt2], [smem/mt2], [mma/mt1]; BENCHMARKS.md "m-tiles at M = 48..128"): the fused mma
+//   ours_sym[mma/mt2], [smem/mt2], [mma/mt1]; BENCHMARKS.md "32-row m-blocks for M = 33-96"): the fused mma
 //   kernel at its 64-row tiles (then the heuristic) 184.4 / 189.1 / 336.0 us at M = 48 / 64 / 96; the
 //   same kernel at 32-row tiles 230.1 / 231.6 / 376.5, at 16-row ones 322.4 / 347.6 / 576.1; the
 //   shared-memory streaming kernel at 32-row tiles (2-4 m-blocks per n-block, each reading the
 //   n-block's weights) 160.0 / 164.1 / 242.4, and 308.0 at M=128 against path 1's 287.2.  Its time
 //   steps with the m-blocks (ceil(M / 32)): in the next run (eval/kernels.py --ms ...,33,48,64,96,127,128
 //   --tag _s7) 158.3 / 160.7 / 164.1 at M = 33 / 48 / 64 (two), 243.6 at 96 (three), 308.5 at 127 (four)
-//   against path 1's 286.4 at 128, whose time hardly depends on M (the dequantize pass is half of it):
-//   path 1 from the fourth m-block, M = 97.
+//   against path 1's 286.4 at 128, whose time hardly depends on M (the dequantize pass is half of it);
+//   at the boundary (--ms 96,97,112,127,128 --tag _s7b, kernels/bench_h200_s7_threshold.md) shared ring vs
+//   path 1: 243.3 vs 281.9 at M = 96, 299.6 vs 280.0 at 97, 303.2 vs 285.7 at 112: path 1 from the fourth
+//   m-block, M = 97.
 // The streaming kernel stages x once and never waits on a barrier, so it wins while the
 // weights dominate: up to M = 96 at 32-row tiles (m_tiles_for), ahead of the fused kernel, which
 // the heuristic no longer picks (forced paths and the benchmark keep it); from 97 rows cuBLAS on a
@@ -77,7 +79,8 @@ int64_t choose_path(int64_t M, int64_t N, int64_t K) {
   return M < kDequantMinM ? 3 : 1;
 }
 
-// m16 tiles per CTA for a path that tiles M (0, 2, 3), the rows one CTA covers being 16 x that.
+// m16 tiles per CTA for a path that tiles M (0, 2, 3), the rows one CTA covers being 16 x that: the
+// second half of the heuristic above (the same measurements), kept apart because forced paths need it too.
 // The fused kernel: mma_m_tiles (1, 2, then 4 from M = 33). The streaming kernels: at most 2, as
 // their ring and registers are sized for (w4a16.h; 203-255 registers at 4, NOTES.md open issue 2),
 // measured above: M = 33..96 runs as 32-row m-blocks.
