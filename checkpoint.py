@@ -60,12 +60,16 @@ def smollm2_gguf_path(dest: Path = CHECKPOINTS) -> Path:
 
 
 def load_model(spec: str, *, device, dtype: torch.dtype, random_weights: bool = False,
-               seed: int = 0, shard=None) -> tuple[Transformer, "object | None", dict]:
+               seed: int = 0, shard=None, per_layer=None) -> tuple[Transformer, "object | None", dict]:
     """(model in eval mode without grads, tokenizer or None, info).
 
     shard: optional callable that cuts the model to this rank's share (tensor parallelism). Random
     weights are sharded before they exist, so no rank ever holds the whole model; loaded weights are
     read whole, then sharded.
+    per_layer: optional callable applied to every transformer block, e.g. quantization. With random
+    weights it runs as soon as the block's weights exist, before the next block takes memory, so a model
+    whose 16-bit weights would not fit the device can still be built quantized (Llama-3-70B in int4 on
+    one 141 GB GPU); loaded weights are read whole first.
 
     info: {"source", "kind": "preset"|"gguf"|"hf"|"checkpoint", "quant": dict|None, "tokenizer_file": str|None};
     tokenizer_file is what `save_checkpoint` needs to embed the tokenizer.
@@ -75,7 +79,8 @@ def load_model(spec: str, *, device, dtype: torch.dtype, random_weights: bool = 
     if spec in PRESETS:
         if not random_weights:
             raise ValueError(f"preset {spec} has no weights here; pass --random-weights or a checkpoint path")
-        model, tokenizer, tok_file = _random_model(ModelArgs.from_name(spec), device, dtype, seed, shard), None, None
+        model = _random_model(ModelArgs.from_name(spec), device, dtype, seed, shard, per_layer)
+        tokenizer, tok_file = None, None
         kind, quant = "preset", None
     elif not path.exists():
         raise ValueError(f"unknown model {spec!r}: neither a preset ({', '.join(PRESETS)}) "
@@ -91,6 +96,9 @@ def load_model(spec: str, *, device, dtype: torch.dtype, random_weights: bool = 
         kind = "checkpoint"
     if shard is not None and kind != "preset":
         shard(model)
+    if per_layer is not None and kind != "preset":
+        for block in model.layers:
+            per_layer(block)
     model.eval().requires_grad_(False)
     info = {"source": spec, "kind": kind, "quant": quant, "tokenizer_file": str(tok_file) if tok_file else None}
     return model, tokenizer, info
@@ -110,20 +118,33 @@ def _finish(model: Transformer, device) -> Transformer:
     return model
 
 
-def _random_model(args: ModelArgs, device, dtype, seed: int, shard=None) -> Transformer:
+def _random_model(args: ModelArgs, device, dtype, seed: int, shard=None, per_layer=None) -> Transformer:
     """Random weights created directly on `device` (no CPU copy): normal(0, 0.02) for linears and the
-    embedding, ones for the norms."""
+    embedding, ones for the norms. Module by module, in model.modules() order (the same draws as one pass
+    over the whole model), calling per_layer(block) after each transformer block."""
     model = _meta_model(args, dtype)
     if shard is not None:
         shard(model)
-    model = model.to_empty(device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
+
+    def materialize(module: nn.Module):
+        module.to_empty(device=device, recurse=False)  # this module's own tensors; its children follow
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.normal_(0.0, 0.02, generator=gen)
+        elif isinstance(module, RMSNorm):
+            module.weight.fill_(1.0)
+
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                m.weight.normal_(0.0, 0.02, generator=gen)
-            elif isinstance(m, RMSNorm):
-                m.weight.fill_(1.0)
+        materialize(model)
+        for name, child in model.named_children():
+            blocks = child if name == "layers" else [child]
+            if name == "layers":
+                materialize(child)
+            for block in blocks:
+                for m in block.modules():
+                    materialize(m)
+                if name == "layers" and per_layer is not None:
+                    per_layer(block)
     return _finish(model, device)
 
 

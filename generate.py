@@ -369,15 +369,20 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
 
     from checkpoint import load_model
+    from quantize import LayerQuantizer, parse_scheme, quantize_
     spec = resolve_model_spec(args.model)
-    shard = (lambda m: shard_model(m, rank, world)) if world > 1 else None
+    group = parse_scheme(args.quant)[1].get("group_size") if args.quant != "none" else None
+    shard = (lambda m: check_groups(shard_model(m, rank, world), group)) if world > 1 else None
+    # random weights are quantized block by block as they are made (a 70B model fits one GPU in int4)
+    per_layer = LayerQuantizer(args.quant, progress=rank == 0) if args.quant != "none" and args.random_weights \
+        else None
     with step(f"loading {spec}"):
         model, tokenizer, info = load_model(spec, device=device, dtype=dtype, random_weights=args.random_weights,
-                                            shard=shard)
-    if args.quant != "none":
-        from quantize import parse_scheme, quantize_
-        check_groups(model, parse_scheme(args.quant)[1].get("group_size"))
-        quantize_(model, args.quant, include_output=args.quant_output, progress=rank == 0)
+                                            shard=shard, per_layer=per_layer)
+        if per_layer is not None:
+            per_layer.close()
+    if args.quant != "none":  # loaded weights, and the output head with --quant-output
+        quantize_(model, args.quant, include_output=args.quant_output, progress=rank == 0 and per_layer is None)
     quant = (info.get("quant") or {}).get("scheme") if args.quant == "none" else args.quant
 
     prompts = build_prompts(args, tokenizer, model.args.vocab_size)

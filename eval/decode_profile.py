@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
 from generate import Generator, add_compile_once_flag, random_prompts  # noqa: E402
-from quantize import quantize_  # noqa: E402
+from quantize import LayerQuantizer, quantize_  # noqa: E402
 
 KINDS = (  # (kind, pattern on the kernel or op name); the first match wins
     # Triton first: inductor names a kernel after every op it fused, e.g. an RMSNorm that feeds our op is
@@ -101,9 +101,11 @@ def main(argv=None):
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
-    model, _, _ = load_model(args.model, device=device, dtype=dtype, random_weights=True)
-    if args.quant != "none":
-        quantize_(model, args.quant, include_output=args.quant_output)
+    per_layer = LayerQuantizer(args.quant) if args.quant != "none" else None  # block by block, as it is made
+    model, _, _ = load_model(args.model, device=device, dtype=dtype, random_weights=True, per_layer=per_layer)
+    if per_layer is not None:
+        per_layer.close()
+        quantize_(model, args.quant, include_output=args.quant_output, progress=False)  # the head, if asked
     gen = Generator(model, cuda and not args.no_compile, compile_prefill=False, compile_once=args.compile_once)
     prompts = random_prompts(args.batch, args.prompt_len, model.args.vocab_size, seed=0)
     cache_len = args.prompt_len + 1 + 2 * args.steps

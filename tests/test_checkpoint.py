@@ -277,3 +277,37 @@ def test_random_preset_is_seeded_and_initialised():
     assert torch.all(m.layers[0].attention_norm.weight == 1) and m.output.weight is m.tok_embeddings.weight
     again, _, _ = load_model("smollm2-135m", device="cpu", dtype=torch.bfloat16, random_weights=True, seed=3)
     assert torch.equal(again.layers[0].attention.wqkv.weight, w)
+
+
+def test_random_preset_quantized_block_by_block():
+    """per_layer runs on each block as soon as its weights exist (later blocks still without storage), and
+    quantizing that way gives the same model as quantizing the finished one."""
+    from quantize import LayerQuantizer, quantize_
+    seen = []
+
+    def per_layer(block):
+        blocks = list(model_under_construction.layers)
+        later = blocks[blocks.index(block) + 1:]
+        seen.append(sum(b.attention.wqkv.weight.is_meta for b in later))
+        quantizer(block)
+
+    import checkpoint
+    real_meta_model = checkpoint._meta_model
+
+    def spy(args, dtype):  # keep a handle on the model while load_model builds it
+        global model_under_construction
+        model_under_construction = real_meta_model(args, dtype)
+        return model_under_construction
+
+    quantizer = LayerQuantizer("int4-g64-asym", progress=False)
+    checkpoint._meta_model = spy
+    try:
+        built, _, _ = load_model("tiny", device="cpu", dtype=torch.float32, random_weights=True, seed=5,
+                                 per_layer=per_layer)
+    finally:
+        checkpoint._meta_model = real_meta_model
+    assert seen == [1, 0]  # tiny has 2 blocks: the second had no storage yet when the first was quantized
+    after, _, _ = load_model("tiny", device="cpu", dtype=torch.float32, random_weights=True, seed=5)
+    quantize_(after, "int4-g64-asym", progress=False)
+    a, b = built.state_dict(), after.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
