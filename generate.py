@@ -371,18 +371,17 @@ def main(argv=None) -> int:
     from checkpoint import load_model
     from quantize import LayerQuantizer, parse_scheme, quantize_
     spec = resolve_model_spec(args.model)
-    group = parse_scheme(args.quant)[1].get("group_size") if args.quant != "none" else None
+    group = parse_scheme(args.quant)[1].get("group_size")
     shard = (lambda m: check_groups(shard_model(m, rank, world), group)) if world > 1 else None
-    # random weights are quantized block by block as they are made (a 70B model fits one GPU in int4)
-    per_layer = LayerQuantizer(args.quant, progress=rank == 0) if args.quant != "none" and args.random_weights \
-        else None
-    with step(f"loading {spec}"):
+    # quantized block by block (random weights: as each block is made, so a 70B model fits one GPU in int4);
+    # the step's spinner stands for the progress bar
+    quantizing = args.quant != "none"
+    with step(f"loading {spec}" + (f", quantizing to {args.quant} block by block" if quantizing else "")), \
+            (LayerQuantizer(args.quant, progress=False) if quantizing else nullcontext()) as per_layer:
         model, tokenizer, info = load_model(spec, device=device, dtype=dtype, random_weights=args.random_weights,
                                             shard=shard, per_layer=per_layer)
-        if per_layer is not None:
-            per_layer.close()
-    if args.quant != "none":  # loaded weights, and the output head with --quant-output
-        quantize_(model, args.quant, include_output=args.quant_output, progress=rank == 0 and per_layer is None)
+    if quantizing and args.quant_output:
+        quantize_(model, args.quant, include_output=True, progress=False)  # the head
     quant = (info.get("quant") or {}).get("scheme") if args.quant == "none" else args.quant
 
     prompts = build_prompts(args, tokenizer, model.args.vocab_size)

@@ -373,20 +373,24 @@ def quantize_(model: nn.Module, scheme: str, include_output: bool = False, progr
 
 
 class LayerQuantizer:
-    """`checkpoint.load_model(per_layer=...)` for a scheme: quantizes each transformer block as soon as its
-    random weights exist, so the 16-bit model is never whole on the device, with one progress bar over the
-    blocks. Call `quantize_` on the model afterwards for the rest (the output head with include_output)."""
+    """`checkpoint.load_model(per_layer=...)` for a scheme, as a context manager: quantizes each transformer
+    block as soon as its random weights exist, so the 16-bit model is never whole on the device, with a
+    progress bar over the `total` blocks when `progress`. Call `quantize_` on the model afterwards for the
+    rest (the output head with include_output)."""
 
-    def __init__(self, scheme: str, progress: bool = True):
-        self.scheme, self.progress, self.bar = scheme, progress, None
+    def __init__(self, scheme: str, total: int | None = None, progress: bool = True):
+        self.scheme, self.total, self.progress, self.bar = scheme, total, progress, None
+
+    def __enter__(self):
+        return self
 
     def __call__(self, block: nn.Module):
         if self.bar is None:  # drawn from the first block on, below whatever the caller printed before
-            self.bar = tqdm(desc=f"quantizing {self.scheme}", unit="layer", disable=not self.progress)
+            self.bar = tqdm(total=self.total, desc=f"quantizing {self.scheme}", unit="layer", disable=not self.progress)
         quantize_(block, self.scheme, progress=False)
         self.bar.update()
 
-    def close(self):
+    def __exit__(self, *exc):
         if self.bar is not None:
             self.bar.close()
 

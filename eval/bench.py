@@ -17,6 +17,7 @@ import gc
 import json
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
 from generate import Generator, add_compile_once_flag, console, make_report, measured_bandwidth, random_prompts  # noqa: E402,E501
+from model import ModelArgs  # noqa: E402
 from quantize import LayerQuantizer, parse_scheme, quantize_  # noqa: E402
 from tp import all_reduce_seconds, check_groups, init_distributed, shard_model  # noqa: E402
 
@@ -38,16 +40,17 @@ def run_matrix(args, device, rank=0, world=1, on_row=lambda rows: None) -> list[
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     compile = device.type == "cuda" and not args.no_compile
     bandwidth = measured_bandwidth(device)
+    n_layers = ModelArgs.from_name(args.model).n_layers
     rows = []
     for scheme in args.quant:
-        group = parse_scheme(scheme)[1].get("group_size") if scheme != "none" else None
+        group = parse_scheme(scheme)[1].get("group_size")
         shard = (lambda m: check_groups(shard_model(m, rank, world), group)) if world > 1 else None
-        per_layer = LayerQuantizer(scheme, progress=rank == 0) if scheme != "none" else None  # block by block
-        model, _, _ = load_model(args.model, device=device, dtype=dtype, random_weights=True, seed=args.seed,
-                                 shard=shard, per_layer=per_layer)
-        if per_layer is not None:
-            per_layer.close()
-            quantize_(model, scheme, include_output=args.quant_output, progress=False)  # the head, if asked
+        with (LayerQuantizer(scheme, n_layers, progress=rank == 0) if scheme != "none" else nullcontext()) \
+                as per_layer:  # block by block, as each is made
+            model, _, _ = load_model(args.model, device=device, dtype=dtype, random_weights=True, seed=args.seed,
+                                     shard=shard, per_layer=per_layer)
+        if scheme != "none" and args.quant_output:
+            quantize_(model, scheme, include_output=True, progress=False)  # the head
         gen = Generator(model, compile, compile_prefill=False,  # decode is what this table compares
                         compile_once=args.compile_once)
         for batch in args.batch:

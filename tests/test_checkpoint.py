@@ -279,35 +279,34 @@ def test_random_preset_is_seeded_and_initialised():
     assert torch.equal(again.layers[0].attention.wqkv.weight, w)
 
 
-def test_random_preset_quantized_block_by_block():
+def test_random_preset_quantized_block_by_block(monkeypatch):
     """per_layer runs on each block as soon as its weights exist (later blocks still without storage), and
-    quantizing that way gives the same model as quantizing the finished one."""
+    quantizing that way gives the same model as quantizing the finished one. The random weights themselves are
+    pinned to the values the one-pass initialisation drew before block-by-block building (torch's CPU generator)."""
+    import checkpoint
     from quantize import LayerQuantizer, quantize_
-    seen = []
+    building, seen = [], []
+
+    def spy(args, dtype):  # a handle on the model while load_model builds it
+        building.append(real_meta_model(args, dtype))
+        return building[-1]
 
     def per_layer(block):
-        blocks = list(model_under_construction.layers)
-        later = blocks[blocks.index(block) + 1:]
-        seen.append(sum(b.attention.wqkv.weight.is_meta for b in later))
+        blocks = list(building[-1].layers)
+        seen.append(sum(b.attention.wqkv.weight.is_meta for b in blocks[blocks.index(block) + 1:]))
         quantizer(block)
 
-    import checkpoint
     real_meta_model = checkpoint._meta_model
-
-    def spy(args, dtype):  # keep a handle on the model while load_model builds it
-        global model_under_construction
-        model_under_construction = real_meta_model(args, dtype)
-        return model_under_construction
-
-    quantizer = LayerQuantizer("int4-g64-asym", progress=False)
-    checkpoint._meta_model = spy
-    try:
+    monkeypatch.setattr(checkpoint, "_meta_model", spy)
+    with LayerQuantizer("int4-g64-asym", progress=False) as quantizer:
         built, _, _ = load_model("tiny", device="cpu", dtype=torch.float32, random_weights=True, seed=5,
                                  per_layer=per_layer)
-    finally:
-        checkpoint._meta_model = real_meta_model
     assert seen == [1, 0]  # tiny has 2 blocks: the second had no storage yet when the first was quantized
     after, _, _ = load_model("tiny", device="cpu", dtype=torch.float32, random_weights=True, seed=5)
+    sd = after.state_dict()
+    for name, total in (("tok_embeddings.weight", -5.864667513593417), ("layers.0.attention.wqkv.weight", -2.1186647603358324),
+                        ("layers.1.feed_forward.w2.weight", 4.276404781503743), ("output.weight", -0.5795048288484494)):
+        assert sd[name].double().sum().item() == pytest.approx(total, rel=1e-9), name
     quantize_(after, "int4-g64-asym", progress=False)
     a, b = built.state_dict(), after.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
