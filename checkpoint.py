@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 
 from model import PRESETS, ModelArgs, RMSNorm, Transformer, rope_frequencies
-from quantize import KNOWN, QuantLinear, parse_scheme, swap_linears
+from quantize import KNOWN, QuantLinear, parse_scheme, quantize_, swap_linears
+from tp import check_groups
 
 ROOT = Path(__file__).resolve().parent
 CHECKPOINTS = ROOT / "checkpoints"
@@ -59,27 +60,35 @@ def smollm2_gguf_path(dest: Path = CHECKPOINTS) -> Path:
 # Entry point
 
 
-def load_model(spec: str, *, device, dtype: torch.dtype, random_weights: bool = False,
-               seed: int = 0, shard=None, per_layer=None) -> tuple[Transformer, "object | None", dict]:
+def load_model(spec: str, *, device, dtype: torch.dtype, random_weights: bool = False, seed: int = 0,
+               shard=None, quantize: str = "none", quantize_output: bool = False
+               ) -> tuple[Transformer, "object | None", dict]:
     """(model in eval mode without grads, tokenizer or None, info).
 
     shard: optional callable that cuts the model to this rank's share (tensor parallelism). Random
     weights are sharded before they exist, so no rank ever holds the whole model; loaded weights are
     read whole, then sharded.
-    per_layer: optional callable applied to every transformer block, e.g. quantization. With random
-    weights it runs as soon as the block's weights exist, before the next block takes memory, so a model
-    whose 16-bit weights would not fit the device can still be built quantized (Llama-3-70B in int4 on
-    one 141 GB GPU); loaded weights are read whole first.
+    quantize: a scheme of quantize.py (after sharding; a shard that would cut a group is refused before any
+    weight exists), the head too with quantize_output. Random weights are quantized block by block as they
+    are made, so a model whose 16-bit weights would not fit the device can still be built quantized
+    (Llama-3-70B in int4 on one 141 GB GPU); loaded weights are read whole first.
 
     info: {"source", "kind": "preset"|"gguf"|"hf"|"checkpoint", "quant": dict|None, "tokenizer_file": str|None};
     tokenizer_file is what `save_checkpoint` needs to embed the tokenizer.
     """
     spec = str(spec)
     path = Path(spec)
+    if shard is not None:
+        cut, group = shard, parse_scheme(quantize)[1].get("group_size")
+
+        def shard(m):  # this rank's share, refusing a quantization group that the share would cut
+            cut(m)
+            check_groups(m, group)
     if spec in PRESETS:
         if not random_weights:
             raise ValueError(f"preset {spec} has no weights here; pass --random-weights or a checkpoint path")
-        model = _random_model(ModelArgs.from_name(spec), device, dtype, seed, shard, per_layer)
+        model = _random_model(ModelArgs.from_name(spec), device, dtype, seed, shard,
+                              lambda block: quantize_(block, quantize, progress=False))
         tokenizer, tok_file = None, None
         kind, quant = "preset", None
     elif not path.exists():
@@ -96,9 +105,7 @@ def load_model(spec: str, *, device, dtype: torch.dtype, random_weights: bool = 
         kind = "checkpoint"
     if shard is not None and kind != "preset":
         shard(model)
-    if per_layer is not None and kind != "preset":
-        for block in model.layers:
-            per_layer(block)
+    quantize_(model, quantize, include_output=quantize_output, progress=False)  # what is not yet (a no-op if none)
     model.eval().requires_grad_(False)
     info = {"source": spec, "kind": kind, "quant": quant, "tokenizer_file": str(tok_file) if tok_file else None}
     return model, tokenizer, info
@@ -118,10 +125,10 @@ def _finish(model: Transformer, device) -> Transformer:
     return model
 
 
-def _random_model(args: ModelArgs, device, dtype, seed: int, shard=None, per_layer=None) -> Transformer:
+def _random_model(args: ModelArgs, device, dtype, seed: int, shard=None, per_block=None) -> Transformer:
     """Random weights created directly on `device` (no CPU copy): normal(0, 0.02) for linears and the
     embedding, ones for the norms. Module by module, in model.modules() order (the same draws as one pass
-    over the whole model), calling per_layer(block) after each transformer block."""
+    over the whole model), calling per_block(block) after each transformer block."""
     model = _meta_model(args, dtype)
     if shard is not None:
         shard(model)
@@ -136,15 +143,12 @@ def _random_model(args: ModelArgs, device, dtype, seed: int, shard=None, per_lay
 
     with torch.no_grad():
         materialize(model)
-        for name, child in model.named_children():
-            blocks = child if name == "layers" else [child]
-            if name == "layers":
-                materialize(child)
-            for block in blocks:
+        for child in model.children():  # the ModuleList `layers` holds no tensors of its own
+            for block in child if child is model.layers else [child]:
                 for m in block.modules():
                     materialize(m)
-                if name == "layers" and per_layer is not None:
-                    per_layer(block)
+                if child is model.layers and per_block is not None:
+                    per_block(block)
     return _finish(model, device)
 
 

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from model import KVCache, Transformer
-from tp import all_reduce_seconds, check_groups, init_distributed, shard_model
+from tp import all_reduce_seconds, init_distributed, shard_model
 
 console = Console(stderr=True)
 EOS_CHECK_EVERY = 32  # decode steps between host checks for "all rows finished"
@@ -369,19 +369,12 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
 
     from checkpoint import load_model
-    from quantize import LayerQuantizer, parse_scheme, quantize_
     spec = resolve_model_spec(args.model)
-    group = parse_scheme(args.quant)[1].get("group_size")
-    shard = (lambda m: check_groups(shard_model(m, rank, world), group)) if world > 1 else None
-    # quantized block by block (random weights: as each block is made, so a 70B model fits one GPU in int4);
-    # the step's spinner stands for the progress bar
-    quantizing = args.quant != "none"
-    with step(f"loading {spec}" + (f", quantizing to {args.quant} block by block" if quantizing else "")), \
-            (LayerQuantizer(args.quant, progress=False) if quantizing else nullcontext()) as per_layer:
+    shard = (lambda m: shard_model(m, rank, world)) if world > 1 else None
+    # random weights are quantized block by block as they are made (a 70B model fits one GPU in int4)
+    with step(f"loading {spec}" + (f", quantizing to {args.quant} block by block" if args.quant != "none" else "")):
         model, tokenizer, info = load_model(spec, device=device, dtype=dtype, random_weights=args.random_weights,
-                                            shard=shard, per_layer=per_layer)
-    if quantizing and args.quant_output:
-        quantize_(model, args.quant, include_output=True, progress=False)  # the head
+                                            shard=shard, quantize=args.quant, quantize_output=args.quant_output)
     quant = (info.get("quant") or {}).get("scheme") if args.quant == "none" else args.quant
 
     prompts = build_prompts(args, tokenizer, model.args.vocab_size)

@@ -363,36 +363,13 @@ def quantize_(model: nn.Module, scheme: str, include_output: bool = False, progr
 
     Embeddings stay float. A head tied to the embedding gets its own quantized copy when
     include_output is set; the embedding keeps the float weight. `params` override the name's.
-    `progress`: a progress bar (generate.py shows it on rank 0 only).
+    `progress`: a progress bar over the linears.
     """
     cls, parsed = parse_scheme(scheme)
     if cls is None:
         return model
     return swap_linears(model, include_output, lambda lin: cls.from_float(lin, **{**parsed, **params}),
                         desc=f"quantizing {scheme}" if progress else None)
-
-
-class LayerQuantizer:
-    """`checkpoint.load_model(per_layer=...)` for a scheme, as a context manager: quantizes each transformer
-    block as soon as its random weights exist, so the 16-bit model is never whole on the device, with a
-    progress bar over the `total` blocks when `progress`. Call `quantize_` on the model afterwards for the
-    rest (the output head with include_output)."""
-
-    def __init__(self, scheme: str, total: int | None = None, progress: bool = True):
-        self.scheme, self.total, self.progress, self.bar = scheme, total, progress, None
-
-    def __enter__(self):
-        return self
-
-    def __call__(self, block: nn.Module):
-        if self.bar is None:  # drawn from the first block on, below whatever the caller printed before
-            self.bar = tqdm(total=self.total, desc=f"quantizing {self.scheme}", unit="layer", disable=not self.progress)
-        quantize_(block, self.scheme, progress=False)
-        self.bar.update()
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
 
 
 def main(argv=None):

@@ -98,18 +98,16 @@ def shard_model(model: Transformer, rank: int, world: int, reduce: bool = True) 
     return model
 
 
-def check_groups(model: Transformer, group_size: int | None) -> Transformer:
-    """Refuse a quantization group that a row-parallel slice would cut (its K is not a multiple); the model
-    back, unchanged (checks chain after shard_model)."""
+def check_groups(model: Transformer, group_size: int | None):
+    """Refuse a quantization group that a row-parallel slice would cut (its K is not a multiple)."""
     if not group_size or getattr(model, "tp", (0, 1))[1] == 1:
-        return model
+        return
     layer = model.layers[0]
     for name, lin in (("wo", layer.attention.wo), ("w2", layer.feed_forward.w2)):
         if lin.in_features % group_size:
             raise ValueError(f"tensor parallelism over {model.tp[1]} ranks leaves {name} with K = {lin.in_features} "
                              f"per rank, not a multiple of the quantization group {group_size}: a group would be "
                              "cut; use a smaller group or fewer ranks")
-    return model
 
 
 def all_reduce_seconds(batch: int, dim: int, dtype, device, calls_per_step: int, iters: int = 50) -> float:

@@ -17,17 +17,15 @@ import gc
 import json
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
-from generate import Generator, add_compile_once_flag, console, make_report, measured_bandwidth, random_prompts  # noqa: E402,E501
-from model import ModelArgs  # noqa: E402
-from quantize import LayerQuantizer, parse_scheme, quantize_  # noqa: E402
-from tp import all_reduce_seconds, check_groups, init_distributed, shard_model  # noqa: E402
+from generate import (Generator, add_compile_once_flag, console, make_report, measured_bandwidth,  # noqa: E402
+                      random_prompts, step)
+from tp import all_reduce_seconds, init_distributed, shard_model  # noqa: E402
 
 
 DEFAULT_QUANT = "none,int8-compile,int4-tinygemm,fp8-rowwise,int4-marlin"
@@ -40,17 +38,12 @@ def run_matrix(args, device, rank=0, world=1, on_row=lambda rows: None) -> list[
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     compile = device.type == "cuda" and not args.no_compile
     bandwidth = measured_bandwidth(device)
-    n_layers = ModelArgs.from_name(args.model).n_layers
+    shard = (lambda m: shard_model(m, rank, world)) if world > 1 else None
     rows = []
     for scheme in args.quant:
-        group = parse_scheme(scheme)[1].get("group_size")
-        shard = (lambda m: check_groups(shard_model(m, rank, world), group)) if world > 1 else None
-        with (LayerQuantizer(scheme, n_layers, progress=rank == 0) if scheme != "none" else nullcontext()) \
-                as per_layer:  # block by block, as each is made
+        with step(f"building {args.model}" + (f", quantizing to {scheme} block by block" if scheme != "none" else "")):
             model, _, _ = load_model(args.model, device=device, dtype=dtype, random_weights=True, seed=args.seed,
-                                     shard=shard, per_layer=per_layer)
-        if scheme != "none" and args.quant_output:
-            quantize_(model, scheme, include_output=True, progress=False)  # the head
+                                     shard=shard, quantize=scheme, quantize_output=args.quant_output)
         gen = Generator(model, compile, compile_prefill=False,  # decode is what this table compares
                         compile_once=args.compile_once)
         for batch in args.batch:

@@ -13,7 +13,6 @@ import argparse
 import json
 import re
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -21,9 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
-from generate import Generator, add_compile_once_flag, random_prompts  # noqa: E402
-from model import ModelArgs  # noqa: E402
-from quantize import LayerQuantizer, quantize_  # noqa: E402
+from generate import Generator, add_compile_once_flag, random_prompts, step  # noqa: E402
 
 KINDS = (  # (kind, pattern on the kernel or op name); the first match wins
     # Triton first: inductor names a kernel after every op it fused, e.g. an RMSNorm that feeds our op is
@@ -103,12 +100,10 @@ def main(argv=None):
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
-    quantizing = args.quant != "none"
-    with (LayerQuantizer(args.quant, ModelArgs.from_name(args.model).n_layers) if quantizing else nullcontext()) \
-            as per_layer:  # block by block, as each is made
-        model, _, _ = load_model(args.model, device=device, dtype=dtype, random_weights=True, per_layer=per_layer)
-    if quantizing and args.quant_output:
-        quantize_(model, args.quant, include_output=True, progress=False)  # the head
+    with step(f"building {args.model}" + (f", quantizing to {args.quant} block by block" if args.quant != "none"
+                                          else "")):
+        model, _, _ = load_model(args.model, device=device, dtype=dtype, random_weights=True, quantize=args.quant,
+                                 quantize_output=args.quant_output)
     gen = Generator(model, cuda and not args.no_compile, compile_prefill=False, compile_once=args.compile_once)
     prompts = random_prompts(args.batch, args.prompt_len, model.args.vocab_size, seed=0)
     cache_len = args.prompt_len + 1 + 2 * args.steps

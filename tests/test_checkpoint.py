@@ -280,27 +280,29 @@ def test_random_preset_is_seeded_and_initialised():
 
 
 def test_random_preset_quantized_block_by_block(monkeypatch):
-    """per_layer runs on each block as soon as its weights exist (later blocks still without storage), and
-    quantizing that way gives the same model as quantizing the finished one. The random weights themselves are
-    pinned to the values the one-pass initialisation drew before block-by-block building (torch's CPU generator)."""
+    """load_model(quantize=...) quantizes each block of random weights as soon as they exist (later blocks
+    still without storage), giving the same model as quantizing the finished one. The random weights
+    themselves are pinned to the values the one-pass initialisation drew before block-by-block building
+    (torch's CPU generator)."""
     import checkpoint
-    from quantize import LayerQuantizer, quantize_
+    from quantize import quantize_
     building, seen = [], []
+    real_meta_model, real_quantize = checkpoint._meta_model, checkpoint.quantize_
 
-    def spy(args, dtype):  # a handle on the model while load_model builds it
+    def spy_meta(args, dtype):  # a handle on the model while load_model builds it
         building.append(real_meta_model(args, dtype))
         return building[-1]
 
-    def per_layer(block):
-        blocks = list(building[-1].layers)
-        seen.append(sum(b.attention.wqkv.weight.is_meta for b in blocks[blocks.index(block) + 1:]))
-        quantizer(block)
+    def spy_quantize(module, scheme, **kw):
+        if module in list(building[-1].layers):
+            blocks = list(building[-1].layers)
+            seen.append(sum(b.attention.wqkv.weight.is_meta for b in blocks[blocks.index(module) + 1:]))
+        return real_quantize(module, scheme, **kw)
 
-    real_meta_model = checkpoint._meta_model
-    monkeypatch.setattr(checkpoint, "_meta_model", spy)
-    with LayerQuantizer("int4-g64-asym", progress=False) as quantizer:
-        built, _, _ = load_model("tiny", device="cpu", dtype=torch.float32, random_weights=True, seed=5,
-                                 per_layer=per_layer)
+    monkeypatch.setattr(checkpoint, "_meta_model", spy_meta)
+    monkeypatch.setattr(checkpoint, "quantize_", spy_quantize)
+    built, _, _ = load_model("tiny", device="cpu", dtype=torch.float32, random_weights=True, seed=5,
+                             quantize="int4-g64-asym")
     assert seen == [1, 0]  # tiny has 2 blocks: the second had no storage yet when the first was quantized
     after, _, _ = load_model("tiny", device="cpu", dtype=torch.float32, random_weights=True, seed=5)
     sd = after.state_dict()

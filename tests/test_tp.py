@@ -99,6 +99,14 @@ def test_split_that_cuts_a_group_is_refused():
         check_groups(m, 32)
 
 
+def test_load_model_refuses_a_shard_that_cuts_a_group():
+    """load_model checks the shard against the scheme's group before any weight exists (generate.py, eval/bench.py)."""
+    from checkpoint import load_model
+    with pytest.raises(ValueError, match="leaves wo with K = 64 per rank, not a multiple of the quantization group 128"):
+        load_model("tiny", device="cpu", dtype=torch.float32, random_weights=True, quantize="int4-g128-asym",
+                   shard=lambda m: shard_model(m, 0, 2, reduce=False))
+
+
 def test_uneven_heads_are_refused():
     with pytest.raises(ValueError, match="n_heads = 4 is not divisible by 3"):
         shard_model(tiny_model(), 0, 3, reduce=False)
