@@ -1,13 +1,18 @@
 """Tensor parallelism on CPU: 2 ranks over gloo give the single-process logits and greedy tokens."""
+import json
 import os
 import re
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from checkpoint import load_model, save_checkpoint
+from conftest import ROOT
 from generate import Generator, decode_step, prefill
 from test_model import tiny_model
 from tp import check_groups, init_distributed, shard_model
@@ -101,7 +106,6 @@ def test_split_that_cuts_a_group_is_refused():
 
 def test_load_model_refuses_a_shard_that_cuts_a_group():
     """load_model checks the shard against the scheme's group before any weight exists (generate.py, eval/bench.py)."""
-    from checkpoint import load_model
     with pytest.raises(ValueError, match="leaves wo with K = 64 per rank, not a multiple of the quantization group 128"):
         load_model("tiny", device="cpu", dtype=torch.float32, random_weights=True, quantize="int4-g128-asym",
                    shard=lambda m: shard_model(m, 0, 2, reduce=False))
@@ -114,11 +118,6 @@ def test_uneven_heads_are_refused():
 
 def test_torchrun_generate_matches_single_process(tmp_path):
     """The CLI under torchrun (2 CPU ranks, gloo): same greedy rows as one process, reported once."""
-    import subprocess
-    import sys
-
-    from checkpoint import save_checkpoint
-    from conftest import ROOT
     save_checkpoint(tmp_path / "tiny.pt", tiny_model(ffn_dim=128), None)
     flags = ["--model", str(tmp_path / "tiny.pt"), "--batch", "2", "--prompt-len", "6", "--max-new-tokens", "6",
              "--quant", "int4-g32-asym"]
@@ -139,11 +138,6 @@ def test_torchrun_bench_smoke(tmp_path):
     """eval/bench.py under torchrun (2 CPU ranks, gloo): every cell on both ranks, with the all-reduce time; rank 0
     alone prints the table and writes the files.  int4-marlin at g64: the smoke's default g128 would cut the
     tiny model's groups at 2 ranks, which check_groups refuses."""
-    import json
-    import subprocess
-    import sys
-
-    from conftest import ROOT
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "eval/bench.py",
                           "--smoke", "--repeats", "1", "--quant", "none,int8,int4-marlin-g64-asym", "--out", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
