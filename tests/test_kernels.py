@@ -247,6 +247,25 @@ def test_path_override_from_environment():
 
 
 @pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
+def test_pdl_override_from_environment():
+    """LOWBIT_W4A16_PDL=0/1 overrides the launch default; any other value is a clear error at the first
+    call (on a GPU; without one the op is never launched and the variable is never read)."""
+    import os
+    import subprocess
+    import sys
+    if not CUDA:
+        pytest.skip("the variable is read at the first launch")
+    code = ("import torch, kernels; x = torch.randn(1, 64, device='cuda', dtype=torch.bfloat16); "
+            "q = torch.randint(0, 16, (64, 64), dtype=torch.uint8); s = torch.rand(64, 1) + 0.5; "
+            "pw, sp, zp = kernels.pack_w4(q, s.to(torch.bfloat16), None, 64); "
+            "kernels.w4a16_gemm(x, pw.cuda(), sp.cuda(), None, 64); print('ok')")
+    env = dict(os.environ, LOWBIT_W4A16_PDL="yes")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(kbuild.REPO), capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode != 0 and "LOWBIT_W4A16_PDL must be 0 or 1 (or unset), got 'yes'" in out.stderr
+
+
+@pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
 @pytest.mark.parametrize("smem_ring", [False, True])
 @pytest.mark.parametrize("has_z", [False, True])
 @pytest.mark.parametrize("gpu", ["H100", "A100", "L4"])
@@ -569,4 +588,58 @@ print('ok')
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=str(kbuild.REPO), capture_output=True, text=True,
                          timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+@needs_cuda
+@pytest.mark.parametrize("pdl", ["0", "1"])
+def test_gpu_chained_calls_in_a_graph(pdl):
+    """Programmatic dependent launch: each kernel may start before the previous one ends and must not read
+    x (or write anything) until that one has finished.  A chain op -> op -> elementwise -> op over every
+    path (split-K and not), captured in one CUDA graph and replayed on fresh inputs, must equal the same
+    chain run call by call with a synchronisation after each (bitwise), with LOWBIT_W4A16_PDL on and off."""
+    import os
+    import subprocess
+    import sys
+    code = """
+import torch, kernels, sys
+sys.path.insert(0, 'tests')
+from test_kernels import make_problem, assert_close
+ext = kernels.load_extension()
+torch.manual_seed(0)
+layers = []
+for i, (N, K) in enumerate([(2048, 1024), (1024, 2048), (3072, 1024), (1024, 3072)]):
+    x, q, s, z = make_problem(1, N, K, 128, i % 2 == 0, torch.bfloat16, 'cuda', 40 + i)
+    layers.append(kernels.pack_w4(q, s, z, 128))
+for M in (1, 8, 33, 200):
+    for path in (-1, 0, 1, 2, 3):
+        def chain(t, sync):
+            outs = []
+            for i, (pw, sp, zp) in enumerate(layers):
+                t = ext.gemm_path(t, pw, sp, zp, 128, path)
+                if sync: torch.cuda.synchronize()
+                if i == 1:
+                    t = t * 0.5  # an elementwise kernel between two of ours
+                    if sync: torch.cuda.synchronize()
+                outs.append(t)
+            return outs
+        x0 = torch.randn(M, 1024, device='cuda').to(torch.bfloat16)
+        chain(x0, True)  # warm-up (counters) outside the capture
+        static_x = x0.clone()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            static_outs = chain(static_x, False)
+        for it in range(3):
+            xi = torch.randn(M, 1024, device='cuda').to(torch.bfloat16)
+            static_x.copy_(xi)
+            g.replay()
+            torch.cuda.synchronize()
+            ref = chain(xi, True)
+            for a, b in zip(static_outs, ref):
+                assert torch.equal(a, b), f'M={M} path={path} replay {it}'
+print('ok')
+"""
+    env = dict(os.environ, LOWBIT_W4A16_PDL=pdl)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(kbuild.REPO), capture_output=True,
+                         text=True, timeout=600)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

@@ -83,7 +83,9 @@ int64_t choose_path(int64_t M, int64_t N, int64_t K) {
 // second half of the heuristic above (the same measurements), kept apart because forced paths need it too.
 // The fused kernel: mma_m_tiles (1, 2, then 4 from M = 33). The streaming kernels: at most 2, as
 // their ring and registers are sized for (w4a16.h; 203-255 registers at 4, NOTES.md open issue 2),
-// measured above: M = 33..96 runs as 32-row m-blocks.
+// measured above: M = 33..96 runs as 32-row m-blocks.  At 64-row m-blocks (forced, H200, 2026-11-29, eighth
+// session, kernels/bench_h200_s8_mt4.md) they lose: 172.8 / 184.0 / 327.0 us (shared ring) against 156.4 /
+// 159.5 / 236.4 at M = 48 / 64 / 96.
 int m_tiles_for(int64_t path, int64_t M) {
   const int mt = mma_m_tiles((int)M);
   return path >= 2 ? std::min(mt, 2) : mt;
@@ -109,6 +111,27 @@ const DeviceInfo& device_info(int dev) {
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   }
   return d;
+}
+
+// Programmatic dependent launch (the kernels' pdl_wait / pdl_launch_dependents, w4a16_kernel.cu): our
+// kernels start before the previous kernel in the stream has ended and read their first weights while it
+// finishes.  sm_90+ only.  On by default: H200, torch 2.11, 2026-11-29 (BENCHMARKS.md "Programmatic
+// dependent launch"): the four Llama-3-8B linears at M = 1 / 16 / 32 / 64 take 56.0 / 68.2 / 99.0 / 159.5 us
+// with it and 60.8 / 71.5 / 101.3 / 162.1 without (our kernels back to back); end to end, int4-marlin with
+// inductor's PDL too, 353.2 vs 346.7 tok/s at batch 1 with ours on vs off, and 328.9 vs 333.2 with
+// inductor's off (the kernels before ours must let it start early; within the ~1% spread between processes).
+// LOWBIT_W4A16_PDL=0 or 1 in the environment overrides it for every call of the process (read once:
+// end-to-end A/B runs without a rebuild; generate.py --no-pdl sets 0).
+constexpr bool kPdlDefault = true;
+bool use_pdl(const DeviceInfo& d) {
+  static const bool on = [] {
+    const char* env = std::getenv("LOWBIT_W4A16_PDL");
+    if (env == nullptr || *env == '\0') return kPdlDefault;
+    const std::string v(env);
+    TORCH_CHECK(v == "0" || v == "1", "LOWBIT_W4A16_PDL must be 0 or 1 (or unset), got '", v, "'");
+    return v == "1";
+  }();
+  return on && d.major >= 9;
 }
 
 // Split-K arrival counters: allocated zeroed once per device and kept; every
@@ -265,12 +288,13 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   TORCH_CHECK(want_m_tiles == -1 || want_m_tiles == 1 || want_m_tiles == 2 || want_m_tiles == 4,
               "w4a16_gemm: m_tiles must be -1 (by M), 1, 2 or 4, got ", want_m_tiles);
   int* counters = counters_for(x, stream);  // on every call, whatever the path: see counters_for
+  const bool pdl = use_pdl(device_info(x.get_device()));
 
   if (path == 1) {
     at::Tensor w16 = at::empty({N, K}, x.options());
     DequantParams dp{w.data_ptr(), s.data_ptr(), has_z ? z->data_ptr() : nullptr, w16.data_ptr(),
                      (int)N, (int)K, (int)gs};
-    C10_CUDA_CHECK(launch_dequant(dp, fp16, has_z, stream));
+    C10_CUDA_CHECK(launch_dequant(dp, fp16, has_z, stream, pdl));
     return at::mm(x, w16.t());
   }
 
@@ -334,9 +358,9 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
     p.z_off = (int)plan.z_off;
     p.ring_off = (int)plan.ring_off;
     C10_CUDA_CHECK(launch_stream(p, fp16, has_z, mt, smem_ring, (int)m_blocks, (int)n_blocks, (int)plan.smem,
-                                 stream));
+                                 stream, pdl));
   } else {
-    C10_CUDA_CHECK(launch_mma(p, fp16, has_z, mt, (int)m_blocks, (int)n_blocks, stream));
+    C10_CUDA_CHECK(launch_mma(p, fp16, has_z, mt, (int)m_blocks, (int)n_blocks, stream, pdl));
   }
   return y;
 }

@@ -168,6 +168,26 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, uint32_t saddr) {
 }
 __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) { ldmatrix_x4(r, smem_addr(p)); }
 
+// Programmatic dependent launch (sm_90+; the host sets the launch attribute, see ops.cpp `use_pdl`).
+// A kernel launched with it may start while the kernel before it in the stream is still running, as
+// soon as that kernel's CTAs have all called launch_dependents (or exited).  Until pdl_wait() returns
+// (the previous kernel finished and its writes are visible), ours only reads what no kernel writes:
+// the packed weights, scales and zeros.  x, the workspace, the counters and y come after it.  Without
+// the attribute both instructions are no-ops.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+// Lets the next kernel (if launched with the attribute) start its own pre-wait part: called once a
+// CTA has issued all its weight reads.  The next kernel still waits for this one to finish before it
+// touches anything this one writes.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // ---- k-partial reduction, epilogue and split-K finish (both GEMM kernels) ----
 // A CTA owns 128 output channels (2 n-tiles, warp wn) and four k-partials per
 // n-tile (warp wk).  The partials are summed through shared memory in a fixed
@@ -420,6 +440,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
   };
 
   // ---- main pipeline ------------------------------------------------------
+  pdl_wait();  // a stage copies x with the weights: nothing is read before the previous kernel ends
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < nkb) load_stage(s, kb_begin + s);
@@ -433,6 +454,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
     cp_async_commit();
     if (ntile_ok) compute_stage(i % kStages, kb_begin + i);
   }
+  pdl_launch_dependents();
   cp_async_wait<0>();
   __syncthreads();
 
@@ -553,8 +575,20 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
       if (d < ntiles) wbuf[d] = ld_weights(wp + d * 32, evict_first);
   }
 
-  // 2. x rows (swizzled: 16-byte chunk c of row r sits at chunk c ^ (r & 7))
-  //    and the scales/zeros of the CTA's groups, once
+  // 2. the scales/zeros of the CTA's groups, then (after pdl_wait) its x rows, once, as one cp.async
+  //    group; x swizzled: 16-byte chunk c of row r sits at chunk c ^ (r & 7)
+  const int gshift = p.group_shift;
+  const int g0 = kx0 >> gshift;
+  uint8_t* ss = smem + p.s_off;
+  uint8_t* zs = smem + p.z_off;
+  for (int c = tid; c < p.groups_per_cta * 16; c += kThreads) {  // 16 chunks = 128 channels per group
+    const int gi = c >> 4, col = nb * kNBlk + (c & 15) * 8;
+    const bool ok = g0 + gi < p.groups && col < N;
+    const size_t off = ok ? (size_t)(g0 + gi) * N + col : 0;
+    cp_async16(ss + c * 16, reinterpret_cast<const T*>(p.s) + off, ok);
+    if (HAS_Z) cp_async16(zs + c * 16, reinterpret_cast<const T*>(p.z) + off, ok);
+  }
+  pdl_wait();
   const T* xg = reinterpret_cast<const T*>(p.x);
 #pragma unroll
   for (int rr = 0; rr < 2 * MT; ++rr) {  // 16·MT rows over 8 warps
@@ -567,17 +601,6 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
       const bool ok = gr < M && gk < K;  // K % 64 == 0: a chunk is wholly in or out
       cp_async16(dst + ((ch ^ (r & 7)) << 4), ok ? xg + (size_t)gr * K + gk : xg, ok);
     }
-  }
-  const int gshift = p.group_shift;
-  const int g0 = kx0 >> gshift;
-  uint8_t* ss = smem + p.s_off;
-  uint8_t* zs = smem + p.z_off;
-  for (int c = tid; c < p.groups_per_cta * 16; c += kThreads) {  // 16 chunks = 128 channels per group
-    const int gi = c >> 4, col = nb * kNBlk + (c & 15) * 8;
-    const bool ok = g0 + gi < p.groups && col < N;
-    const size_t off = ok ? (size_t)(g0 + gi) * N + col : 0;
-    cp_async16(ss + c * 16, reinterpret_cast<const T*>(p.s) + off, ok);
-    if (HAS_Z) cp_async16(zs + c * 16, reinterpret_cast<const T*>(p.z) + off, ok);
   }
   cp_async_commit();
 
@@ -775,6 +798,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
 #pragma unroll
     for (int d = 0; d < 4; ++d) tile(d, t0);
   }
+  pdl_launch_dependents();
   if constexpr (SMEM_RING) cp_async_wait_own<0>();  // nothing is left in flight, but be exact
   if (kPost && ntiles > 0) fold_rows();  // the last group
   __syncthreads();  // every warp is done reading x: reuse shared memory for the reduction
@@ -830,6 +854,7 @@ __global__ void __launch_bounds__(128) w4_dequant_kernel(DequantParams p) {
     }
   }
   __syncthreads();
+  pdl_wait();  // the output may reuse memory that the previous kernel still reads
   T* out = reinterpret_cast<T*>(p.out) + (size_t)nt * 64 * K + blockIdx.x * 64;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {  // 64 rows x 8 chunks of 16 bytes: 8 consecutive threads write one row
@@ -862,6 +887,23 @@ auto dispatch(bool fp16, bool has_z, int mt, F&& f) {
     if (fp16) return has_z ? f(Type<__half>{}, Bool<true>{}, m) : f(Type<__half>{}, Bool<false>{}, m);
     return has_z ? f(Type<__nv_bfloat16>{}, Bool<true>{}, m) : f(Type<__nv_bfloat16>{}, Bool<false>{}, m);
   });
+}
+
+// kern<<<grid, block, smem, stream>>>(p), with programmatic stream serialization when `pdl` (the
+// host decides: sm_90+ only, see use_pdl in ops.cpp and pdl_wait above).
+template <class Kern, class P>
+cudaError_t launch(Kern kern, dim3 grid, int block, int smem, cudaStream_t stream, bool pdl, const P& p) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(block);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = &attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kern, p);
 }
 
 // CTAs per SM for a kernel at `smem` bytes of dynamic shared memory (raising the limit first).
@@ -897,7 +939,7 @@ int mma_occupancy(bool fp16, bool has_z, int mt) {
 }
 
 cudaError_t launch_mma(const GemmParams& p, bool fp16, bool has_z, int mt, int m_blocks, int n_blocks,
-                       cudaStream_t stream) {
+                       cudaStream_t stream, bool pdl) {
   return dispatch(fp16, has_z, mt, [&](auto t, auto z, auto m) {
     using T = typename decltype(t)::type;
     using S = Smem<T, decltype(m)::value, decltype(z)::value>;
@@ -906,8 +948,7 @@ cudaError_t launch_mma(const GemmParams& p, bool fp16, bool has_z, int mt, int m
     // current device: cheap and capture-safe, so set it on every launch.
     cudaError_t attr = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kTotal);
     if (attr != cudaSuccess) return attr;
-    kern<<<dim3(m_blocks, n_blocks, p.k_splits), kThreads, S::kTotal, stream>>>(p);
-    return cudaGetLastError();
+    return launch(kern, dim3(m_blocks, n_blocks, p.k_splits), kThreads, S::kTotal, stream, pdl, p);
   });
 }
 
@@ -930,20 +971,18 @@ int stream_occupancy(bool fp16, bool has_z, int mt, bool smem_ring) {
 }
 
 cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, bool smem_ring, int m_blocks,
-                          int n_blocks, int smem_bytes, cudaStream_t stream) {
+                          int n_blocks, int smem_bytes, cudaStream_t stream, bool pdl) {
   return dispatch_stream(fp16, has_z, mt, smem_ring, [&](auto kern) {
     cudaError_t attr = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
     if (attr != cudaSuccess) return attr;
-    kern<<<dim3(m_blocks, n_blocks, p.k_splits), kThreads, smem_bytes, stream>>>(p);
-    return cudaGetLastError();
+    return launch(kern, dim3(m_blocks, n_blocks, p.k_splits), kThreads, smem_bytes, stream, pdl, p);
   });
 }
 
-cudaError_t launch_dequant(const DequantParams& p, bool fp16, bool has_z, cudaStream_t stream) {
+cudaError_t launch_dequant(const DequantParams& p, bool fp16, bool has_z, cudaStream_t stream, bool pdl) {
   const dim3 grid(p.K / 64, p.N / 64);  // (64-wide k-blocks, n-tiles); N, K % 64 == 0 (checked by the op)
   return dispatch(fp16, has_z, 1, [&](auto t, auto z, auto) {
-    w4_dequant_kernel<typename decltype(t)::type, decltype(z)::value><<<grid, 128, 0, stream>>>(p);
-    return cudaGetLastError();
+    return launch(w4_dequant_kernel<typename decltype(t)::type, decltype(z)::value>, grid, 128, 0, stream, pdl, p);
   });
 }
 
