@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
-from generate import (Generator, add_compile_once_flag, console, make_report, measured_bandwidth,  # noqa: E402
+from generate import (Generator, add_compile_once_flag, add_pdl_flag, apply_pdl_flag, console, make_report, measured_bandwidth,  # noqa: E402
                       random_prompts, step)
 from tp import all_reduce_seconds, init_distributed, shard_model  # noqa: E402
 
@@ -45,7 +45,7 @@ def run_matrix(args, device, rank=0, world=1, on_row=lambda rows: None) -> list[
             model, _, _ = load_model(args.model, device=device, dtype=dtype, random_weights=True, seed=args.seed,
                                      shard=shard, quantize=scheme, quantize_output=args.quant_output)
         gen = Generator(model, compile, compile_prefill=False,  # decode is what this table compares
-                        compile_once=args.compile_once)
+                        compile_once=args.compile_once, pdl=args.pdl)
         for batch in args.batch:
             prompts = random_prompts(batch, args.prompt_len, model.args.vocab_size, args.seed)
             cache_len = args.prompt_len + args.max_new_tokens
@@ -88,7 +88,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
     tp = f"tensor parallel over {world} ranks (bandwidth figures per rank), " if world > 1 else ""
     out = [f"Decode tokens/s, total over the batch (per sequence in brackets), {meta['model']}, random weights, "
            f"prompt {meta['prompt_len']}, {meta['max_new_tokens']} new tokens; {tp}{meta['device']}, "
-           f"torch {meta['torch']}, {meta['date']}.", "",
+           f"torch {meta['torch']}, {meta['date']}" + ("; programmatic dependent launch on" if meta.get("pdl") else "")
+           + ".", "",
            "| scheme | " + " | ".join(f"batch {b}" for b in batches) + " |",
            "|---|" + "---:|" * len(batches)]
     for s in schemes:
@@ -155,6 +156,7 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
     p.add_argument("--no-compile", action="store_true", help="eager decode (no torch.compile, no CUDA graphs)")
     add_compile_once_flag(p)
+    add_pdl_flag(p)
     p.add_argument("--repeats", type=int, default=3,
                    help="timed generations per cell; the median is reported, with the spread (default: 3)")
     p.add_argument("--seed", type=int, default=0, help="seeds the random weights and prompts")
@@ -168,6 +170,7 @@ def main(argv=None):
     if args.repeats < 1:
         p.error(f"--repeats must be at least 1, got {args.repeats}")
     args.batch = [int(b) for b in args.batch.split(",")]
+    apply_pdl_flag(args)
     args.quant = (args.quant or (SMOKE_QUANT if args.smoke else DEFAULT_QUANT)).split(",")
     dev = torch.device(args.device)
     rank, world = init_distributed(dev.type)  # (0, 1) unless started by torchrun
@@ -178,7 +181,7 @@ def main(argv=None):
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d"), "commands": [" ".join(sys.argv)], "prefill": "eager",
             "compile_once": args.compile_once and dev.type == "cuda" and not args.no_compile, "repeats": args.repeats,
-            "world_size": world}
+            "world_size": world, "pdl": args.pdl and dev.type == "cuda" and not args.no_compile}
     earlier = load_earlier(args.out / "bench.json", meta) if args.append else []
 
     def merged(rows):  # this run's cells replace the same (scheme, batch) cells of an appended-to run
@@ -204,8 +207,9 @@ def load_earlier(path: Path, meta: dict) -> list[dict]:
         return []
     old = json.loads(path.read_text())
     for key in ("model", "prompt_len", "max_new_tokens", "device", "torch", "prefill", "compile_once", "repeats",
-                "world_size"):
-        was = old["meta"].get(key, 1 if key in ("repeats", "world_size") else None)  # older runs: one, alone
+                "world_size", "pdl"):
+        # older runs: one repeat, one process, no PDL
+        was = old["meta"].get(key, 1 if key in ("repeats", "world_size") else False if key == "pdl" else None)
         if was != meta[key]:
             raise SystemExit(f"--append: {path} was measured with {key}={was!r}, "
                              f"this run has {meta[key]!r}; use another --out")

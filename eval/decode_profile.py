@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
-from generate import Generator, add_compile_once_flag, random_prompts, step  # noqa: E402
+from generate import Generator, add_compile_once_flag, add_pdl_flag, apply_pdl_flag, random_prompts, step  # noqa: E402
 
 KINDS = (  # (kind, pattern on the kernel or op name); the first match wins
     # Triton first: inductor names a kernel after every op it fused, e.g. an RMSNorm that feeds our op is
@@ -91,10 +91,12 @@ def main(argv=None):
                    help="default: cuda if available")
     p.add_argument("--no-compile", action="store_true", help="profile the eager model (the default on CPU)")
     add_compile_once_flag(p)
+    add_pdl_flag(p)
     p.add_argument("--top", type=int, default=15, help="kernels listed one by one")
     p.add_argument("--json", type=Path, help="write the rows here")
     p.add_argument("--smoke", action="store_true", help="tiny model, CPU, eager: checks the script runs")
     args = p.parse_args(argv)
+    apply_pdl_flag(args)
     if args.smoke:
         args.model, args.device, args.no_compile, args.prompt_len, args.steps, args.batch = "tiny", "cpu", True, 8, 4, 2
     device = torch.device(args.device)
@@ -104,7 +106,8 @@ def main(argv=None):
                                           else "")):
         model, _, _ = load_model(args.model, device=device, dtype=dtype, random_weights=True, quantize=args.quant,
                                  quantize_output=args.quant_output)
-    gen = Generator(model, cuda and not args.no_compile, compile_prefill=False, compile_once=args.compile_once)
+    gen = Generator(model, cuda and not args.no_compile, compile_prefill=False, compile_once=args.compile_once,
+                    pdl=args.pdl)
     prompts = random_prompts(args.batch, args.prompt_len, model.args.vocab_size, seed=0)
     cache_len = args.prompt_len + 1 + 2 * args.steps
     run = lambda n: gen(prompts, n, set(), 0, cache_len, show_progress=False)  # noqa: E731
@@ -114,7 +117,7 @@ def main(argv=None):
     rows = per_step(short, long, args.steps)
     where = torch.cuda.get_device_name(device) if cuda else "cpu (aten op self times)"
     compiled = ("eager" if not gen.compiled else "compiled once per layer" if args.compile_once
-                else "compiled as a whole")
+                else "compiled as a whole") + (", PDL" if gen.compiled and args.pdl else "")
     title = (f"Decode step of {args.model}, {args.quant}, batch {args.batch}, prompt {args.prompt_len}, {compiled}: "
              f"{where}, torch {torch.__version__}; difference of {1 + args.steps} and {1 + 2 * args.steps} new tokens.")
     print(markdown(rows, title, args.top))

@@ -76,6 +76,26 @@ def test_compile_once_is_the_cli_default():
     assert parser.parse_args(["--no-compile-once"]).compile_once is False
 
 
+def test_pdl_is_the_cli_default_and_reaches_the_compiles_on_sm90(monkeypatch):
+    """--pdl (default) asks inductor for programmatic dependent launch on GPUs of compute capability 9.0+ only;
+    --no-pdl also turns the int4 kernels' off through LOWBIT_W4A16_PDL (read at their first launch)."""
+    parser = generate.build_parser()
+    assert parser.parse_args([]).pdl is True
+    monkeypatch.setenv("LOWBIT_W4A16_PDL", "1")  # restored after the test
+    generate.apply_pdl_flag(parser.parse_args([]))
+    assert generate.os.environ["LOWBIT_W4A16_PDL"] == "1"
+    generate.apply_pdl_flag(parser.parse_args(["--no-pdl"]))
+    assert generate.os.environ["LOWBIT_W4A16_PDL"] == "0"
+    plain = tiny_model()
+    mode = torch._inductor.list_mode_options("reduce-overhead")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert generate.compile_kwargs(plain, cuda=True, pdl=True) == (
+        {"options": {**mode, "triton.enable_pdl": True}}, {"options": {"triton.enable_pdl": True}})
+    assert generate.compile_kwargs(plain, cuda=False, pdl=True) == ({"mode": "reduce-overhead"}, {})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert generate.compile_kwargs(plain, cuda=True, pdl=True) == ({"mode": "reduce-overhead"}, {})
+
+
 @pytest.mark.parametrize("scheme", ["none", "int8", "int4-g64-asym", "int4-marlin"])
 @torch.no_grad()
 def test_compile_once_traces_one_layer_and_gives_the_eager_tokens(scheme):
