@@ -56,7 +56,7 @@ def layer_linears(preset: str, group_size: int) -> list[tuple[str, int, int]]:
 
 DEFAULT_MS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024]
 # scheme suffix -> the op's forced path (kernels.PATHS); no suffix = the heuristic (choose_path)
-FORCED_PATHS = {"mma": 0, "dq": 1, "stream": 2, "smem": 3}
+FORCED_PATHS = {"mma": 0, "dq": 1, "stream": 2, "smem": 3, "swap": 4}
 
 
 def forced(scheme: str) -> tuple[int, int, int]:

@@ -70,7 +70,7 @@ def extension_available() -> bool:
 
 
 # The op's CUDA paths by number (csrc/ops.cpp gemm_path; choose_path picks one).
-PATHS = ("mma", "dequant_cublas", "stream", "stream_smem")
+PATHS = ("mma", "dequant_cublas", "stream", "stream_smem", "stream_swap")
 
 
 def choose_path(M: int, N: int, K: int) -> str:
@@ -122,8 +122,11 @@ def gemm_path(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor, zer
     m_tiles_for), else 1, 2 or 4 m16 tiles per CTA.  Path 1 (dequantize + cuBLAS) takes neither knob and
     ignores both.  Validated here, in Python, for the reason w4a16_gemm gives.
     """
-    if path not in (-1, 0, 1, 2, 3):
-        raise ValueError(f"gemm_path: path must be -1 (choose_path) or 0-3 ({', '.join(PATHS)}), got {path}")
+    if path not in (-1, 0, 1, 2, 3, 4):
+        raise ValueError(f"gemm_path: path must be -1 (choose_path) or 0-4 ({', '.join(PATHS)}), got {path}")
+    if path == 4 and (x.shape[0] > 8 or m_tiles not in (-1, 1)):
+        raise ValueError(f"gemm_path: path 4 (stream_swap) takes at most 8 rows and one m-tile, got M={x.shape[0]}, "
+                         f"m_tiles={m_tiles}")
     if splits != -1 and splits < 1:
         raise ValueError(f"gemm_path: splits must be -1 (the launch plan) or >= 1, got {splits}")
     if m_tiles not in (-1, 1, 2, 4):

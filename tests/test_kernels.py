@@ -227,7 +227,7 @@ def test_bad_inputs_cpu(case):
 def test_extension_compiles():
     """Compile-only check (works without a GPU; builds for $TORCH_CUDA_ARCH_LIST or 9.0). May take minutes."""
     mod = kernels.load_extension()
-    assert hasattr(mod, "gemm_path") and [mod.choose_path(m, 4096, 4096) for m in (1, 16, 17, 32, 33, 96, 97, 128)] == [2, 2, 3, 3, 3, 3, 1, 1]
+    assert hasattr(mod, "gemm_path") and [mod.choose_path(m, 4096, 4096) for m in (1, 8, 9, 16, 17, 32, 33, 96, 97, 128)] == [4, 4, 2, 2, 3, 3, 3, 3, 1, 1]
 
 
 @pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
@@ -243,7 +243,7 @@ def test_path_override_from_environment():
     assert out.returncode == 0 and out.stdout.strip() == "[3, 3, 3]", out.stderr[-2000:]
     env["LOWBIT_W4A16_PATH"] = "fast"
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=600)
-    assert out.returncode != 0 and "LOWBIT_W4A16_PATH must be 0, 1, 2 or 3 (or unset), got 'fast'" in out.stderr
+    assert out.returncode != 0 and "LOWBIT_W4A16_PATH must be 0, 1, 2, 3 or 4 (or unset), got 'fast'" in out.stderr
 
 
 @pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
@@ -417,12 +417,12 @@ def test_gpu_exact_weights_only_in_streaming_kernel_at_m_le_16(sym, dtype):
         x = torch.tensor([1.0, -c], dtype=dtype, device="cuda").repeat(M, K // 2)
         rounded = ref_gemm(x.cpu(), pw.cpu(), sp.cpu(), None if zp is None else zp.cpu(), gs)
         assert (rounded.float().abs() >= 1).all(), "the construction must separate the two semantics"
-        for path in (-1, 0, 1, 2, 3):
+        for path in (-1, 0, 1, 2, 3) + ((4,) if M <= 8 else ()):
             y = ext.gemm_path(x, pw, sp, zp, gs, path, -1).cpu()
             taken = ext.choose_path(M, N, K) if path < 0 else path
             what = f"M={M} path={path} (ran {taken}): y[0,0]={y[0, 0].item()}, rounded weights give " \
                    f"{rounded[0, 0].item()}"
-            if taken in (2, 3) and M <= 16:
+            if taken in (2, 3, 4) and M <= 16:
                 assert (y == 0).all(), what + ", exact weights 0"
             else:  # cuBLAS may reduce split-K partials in 16 bits: close to the rounded answer, far from 0
                 assert ((y.float() - rounded.float()).abs() <= 0.25 * rounded.float().abs()).all(), what
@@ -474,7 +474,8 @@ def test_gpu_forced_m_tiles(path):
 
 @pytest.mark.parametrize("knobs,message", [
     ((0, -1, 3), "m_tiles must be -1 (by M), 1, 2 or 4, got 3"),
-    ((5, -1, -1), "path must be -1 (choose_path) or 0-3"),
+    ((5, -1, -1), "path must be -1 (choose_path) or 0-4"),
+    ((4, -1, 2), "path 4 (stream_swap) takes at most 8 rows and one m-tile, got M=4, m_tiles=2"),
     ((0, 0, -1), "splits must be -1 (the launch plan) or >= 1, got 0"),
     ((-1, -1, -1), "gemm_path runs the CUDA kernels: x is on cpu"),
 ])
@@ -484,6 +485,22 @@ def test_gemm_path_bad_knobs_raise(knobs, message):
     x, q, s, z = make_problem(4, 256, 512, 128, True, torch.bfloat16, "cpu", seed=1)
     with pytest.raises(ValueError, match=re.escape(message)):
         kernels.gemm_path(x, *kernels.pack_w4(q, s, z, 128), 128, *knobs)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("sym", [True, False])
+def test_gpu_swapped_operands(sym, dtype):
+    """Path 4 (the register-ring streaming kernel with the weights as the mma's A operand and x as B, M <= 8):
+    every M it takes on a square and an odd shape, then every model shape x group size at M in 1..8."""
+    seed = 6000
+    for M in (1, 2, 3, 5, 7, 8):
+        for N, K in ((4096, 4096), (192, 320)):
+            check_gpu(M, N, K, 64 if K % 128 else 128, sym, dtype, seed=seed, path=4)
+            seed += 1
+    for N, K, gs in shape_group_cases():
+        check_gpu(1 + seed % 8, N, K, gs, sym, dtype, seed=seed, path=4)
+        seed += 1
 
 
 @needs_cuda
@@ -612,7 +629,7 @@ for i, (N, K) in enumerate([(2048, 1024), (1024, 2048), (3072, 1024), (1024, 307
     x, q, s, z = make_problem(1, N, K, 128, i % 2 == 0, torch.bfloat16, 'cuda', 40 + i)
     layers.append(kernels.pack_w4(q, s, z, 128))
 for M in (1, 8, 33, 200):
-    for path in (-1, 0, 1, 2, 3):
+    for path in (-1, 0, 1, 2, 3) + ((4,) if M <= 8 else ()):
         def chain(t, sync):
             outs = []
             for i, (pw, sp, zp) in enumerate(layers):

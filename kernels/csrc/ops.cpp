@@ -26,7 +26,8 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 
 // Path heuristic: the ONE place that decides which kernel runs.
 // 0 = fused mma.sync kernel, 1 = dequantize to a 16-bit temporary + cuBLAS,
-// 2 = the streaming kernel (w4a16_kernel.cu), 3 = the same with its weight ring in shared memory.
+// 2 = the streaming kernel (w4a16_kernel.cu), 3 = the same with its weight ring in shared memory,
+// 4 = path 2 with the weights as the mma's A operand (M <= 8).
 // Thresholds from the microbenchmark on an H200, torch 2.11 (BENCHMARKS.md, "Kernel microbenchmark";
 // kernels/NOTES.md v5-v7): Llama-3-8B's four linears, g128 symmetric, sum in us.
 //   streaming, register ring (2) vs shared-memory ring (3), one process each line:
@@ -51,12 +52,18 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 //   at the boundary (--ms 96,97,112,127,128 --tag _s7b, kernels/bench_h200_s7_threshold.md) shared ring vs
 //   path 1: 243.3 vs 281.9 at M = 96, 299.6 vs 280.0 at 97, 303.2 vs 285.7 at 112: path 1 from the fourth
 //   m-block, M = 97.
+//   swapped operands (path 4) vs path 2 at M <= 8, 2026-11-29 (eighth session, one process, eval/kernels.py
+//   --bandwidth --ms 1,2,4,8 --schemes "ours_sym[stream],ours_sym[swap],...", kernels/bench_h200_s8_swap.md):
+//   M=1 50.2 vs 56.8, M=8 53.1 vs 58.3 (asym 52.1 vs 59.2, 54.3 vs 61.1); gate_up at M=1 22.24 vs 25.82 (read_int4:
+//   22.51).  Half the mma per weight tile (4 + 1 instead of 8 + 1): the tensor pipe was what held path 2 at M <= 8.
+//   Above 8 rows x needs two n8 fragments and the count is back at 8 + 2.
 // The streaming kernel stages x once and never waits on a barrier, so it wins while the
 // weights dominate: up to M = 96 at 32-row tiles (m_tiles_for), ahead of the fused kernel, which
 // the heuristic no longer picks (forced paths and the benchmark keep it); from 97 rows cuBLAS on a
 // dequantized copy wins despite writing and re-reading 2 bytes per weight (~140 us of the 285 at M=128).
-// LOWBIT_W4A16_PATH=0..3 in the environment overrides it for every call of the process (end-to-end
+// LOWBIT_W4A16_PATH=0..4 in the environment overrides it for every call of the process (end-to-end
 // A/B runs of a path without a rebuild; read once).
+constexpr int64_t kSwapMaxM = 8;
 constexpr int64_t kRegRingMaxM = 16;
 constexpr int64_t kDequantMinM = 97;
 int64_t forced_path() {
@@ -64,8 +71,8 @@ int64_t forced_path() {
     const char* env = std::getenv("LOWBIT_W4A16_PATH");
     if (env == nullptr || *env == '\0') return int64_t{-1};
     const std::string v(env);
-    TORCH_CHECK(v.size() == 1 && v[0] >= '0' && v[0] <= '3', "LOWBIT_W4A16_PATH must be 0, 1, 2 or 3 (or unset), got '",
-                v, "'");
+    TORCH_CHECK(v.size() == 1 && v[0] >= '0' && v[0] <= '4',
+                "LOWBIT_W4A16_PATH must be 0, 1, 2, 3 or 4 (or unset), got '", v, "'");
     return int64_t{v[0] - '0'};
   }();
   return forced;
@@ -75,6 +82,7 @@ int64_t choose_path(int64_t M, int64_t N, int64_t K) {
   (void)N;
   (void)K;
   if (const int64_t forced = forced_path(); forced >= 0) return forced;
+  if (M <= kSwapMaxM) return 4;
   if (M <= kRegRingMaxM) return 2;
   return M < kDequantMinM ? 3 : 1;
 }
@@ -269,7 +277,7 @@ StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, boo
 }
 
 // path: -1 = heuristic, 0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming kernel,
-// 3 = streaming kernel with its weight ring in shared memory.
+// 3 = streaming kernel with its weight ring in shared memory, 4 = path 2 with swapped operands (M <= 8).
 // splits: -1 = the launch plan's split-K count; > 0 asks for that many (paths 0, 2, 3; the count
 // actually run can differ: no split may be empty). A benchmark knob (eval/kernels.py "[stream/s4]").
 // m_tiles: -1 = m_tiles_for(path, M); 1, 2 or 4 m16 tiles per CTA instead (paths 0, 2, 3; more m-blocks
@@ -298,7 +306,9 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
     return at::mm(x, w16.t());
   }
 
-  TORCH_CHECK(path >= 0 && path <= 3, "w4a16_gemm: path must be -1 (heuristic), 0, 1, 2 or 3, got ", path);
+  TORCH_CHECK(path >= 0 && path <= 4, "w4a16_gemm: path must be -1 (heuristic), 0, 1, 2, 3 or 4, got ", path);
+  TORCH_CHECK(path != 4 || (M <= 8 && (want_m_tiles == -1 || want_m_tiles == 1)),
+              "w4a16_gemm: path 4 (swapped operands) takes M <= 8 and one m-tile, got M=", M, ", m_tiles=", want_m_tiles);
   at::Tensor y = at::empty({M, N}, x.options());
   const int mt = want_m_tiles > 0 ? (int)want_m_tiles : m_tiles_for(path, M);
   const int64_t m_blocks = (M + 16 * mt - 1) / (16 * mt);
@@ -311,9 +321,9 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   const int64_t ctas = m_blocks * n_blocks;
   int64_t splits = 1, kb_per_split = kb_total;
   StreamPlan plan{};
-  const bool streaming = path >= 2, smem_ring = path == 3;
+  const bool streaming = path >= 2, smem_ring = path == 3, swap = path == 4;
   if (streaming) {
-    plan = plan_stream(M, K, gs, has_z, mt, smem_ring, ctas, stream_occupancy(fp16, has_z, mt, smem_ring), d,
+    plan = plan_stream(M, K, gs, has_z, mt, smem_ring, ctas, stream_occupancy(fp16, has_z, mt, smem_ring, swap), d,
                        want_splits);
     TORCH_CHECK(plan.error != kPlanSmem, "w4a16_gemm: the streaming kernel needs ", plan.smem,
                 " bytes of shared memory for M=", M, ", K=", K, "; this GPU allows ", d.smem_per_block);
@@ -357,7 +367,7 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
     p.s_off = (int)plan.s_off;
     p.z_off = (int)plan.z_off;
     p.ring_off = (int)plan.ring_off;
-    C10_CUDA_CHECK(launch_stream(p, fp16, has_z, mt, smem_ring, (int)m_blocks, (int)n_blocks, (int)plan.smem,
+    C10_CUDA_CHECK(launch_stream(p, fp16, has_z, mt, smem_ring, swap, (int)m_blocks, (int)n_blocks, (int)plan.smem,
                                  stream, pdl));
   } else {
     C10_CUDA_CHECK(launch_mma(p, fp16, has_z, mt, (int)m_blocks, (int)n_blocks, stream, pdl));
@@ -378,7 +388,7 @@ TORCH_LIBRARY_IMPL(lowbit, CUDA, m) { m.impl("w4a16_gemm", &lowbit::w4a16_gemm_c
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_path", &lowbit::gemm_path,
         "w4a16 GEMM with a forced path (-1 auto, 0 mma, 1 dequant+cuBLAS, 2 streaming, 3 streaming with a "
-        "shared-memory ring) and optionally a split-K count and m16 tiles per CTA (1, 2 or 4)",
+        "shared-memory ring, 4 streaming with swapped operands, M <= 8) and optionally a split-K count and m16 tiles per CTA (1, 2 or 4)",
         py::arg("x"), py::arg("packed_w"), py::arg("scales"), py::arg("zeros"), py::arg("group_size"),
         py::arg("path"), py::arg("splits") = -1, py::arg("m_tiles") = -1);
   m.def(
@@ -401,6 +411,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       py::arg("occupancy"), py::arg("sms"), py::arg("smem_per_sm"), py::arg("smem_per_block"),
       py::arg("splits") = -1, py::arg("smem_ring") = false);
   m.def("choose_path", &lowbit::choose_path,
-        "0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming, 3 = streaming with a shared-memory ring",
+        "0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming, 3 = streaming with a shared-memory ring, "
+        "4 = streaming with swapped operands",
         py::arg("M"), py::arg("N"), py::arg("K"));
 }

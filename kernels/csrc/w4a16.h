@@ -45,10 +45,11 @@ int mma_occupancy(bool fp16, bool has_z, int mt); // CTAs per SM
 // pdl: launch with programmatic stream serialization (sm_90+; see pdl_wait in w4a16_kernel.cu).
 cudaError_t launch_mma(const GemmParams& p, bool fp16, bool has_z, int mt, int m_blocks, int n_blocks,
                        cudaStream_t stream, bool pdl);
-// The streaming kernel; smem_ring: weight ring in shared memory (path 3) instead of registers (path 2).
-int stream_occupancy(bool fp16, bool has_z, int mt, bool smem_ring);  // CTAs per SM, by registers only
-cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, bool smem_ring, int m_blocks,
-                          int n_blocks, int smem_bytes, cudaStream_t stream, bool pdl);
+// The streaming kernel; smem_ring: weight ring in shared memory (path 3) instead of registers (path 2);
+// swap: path 2 with the weights as the mma's A operand (path 4; mt = 1, M <= 8).
+int stream_occupancy(bool fp16, bool has_z, int mt, bool smem_ring, bool swap);  // CTAs per SM, by registers
+cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, bool smem_ring, bool swap,
+                          int m_blocks, int n_blocks, int smem_bytes, cudaStream_t stream, bool pdl);
 cudaError_t launch_dequant(const DequantParams& p, bool fp16, bool has_z, cudaStream_t stream, bool pdl);
 
 }  // namespace lowbit

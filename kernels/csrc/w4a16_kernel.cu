@@ -167,6 +167,9 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, uint32_t saddr) {
                : "r"(saddr));
 }
 __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) { ldmatrix_x4(r, smem_addr(p)); }
+__device__ __forceinline__ void ldmatrix_x2(uint32_t* r, uint32_t saddr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(saddr));
+}
 
 // Programmatic dependent launch (sm_90+; the host sets the launch attribute, see ops.cpp `use_pdl`).
 // A kernel launched with it may start while the kernel before it in the stream is still running, as
@@ -534,9 +537,15 @@ __device__ __forceinline__ int4 lds128(const uint8_t* ptr) {
 
 // SMEM_RING: false = path 2 (ring of D tiles in registers), true = path 3 (ring of R tiles in
 // shared memory, at p.ring_off, R = stream_ring_tiles(MT) per warp, filled by per-lane cp.async).
-template <typename T, int MT, bool HAS_Z, bool SMEM_RING>
+// SWAP (path 4, M <= 8, with MT = 1 and the register ring): the weights are the mma's A operand and x
+// its B operand, y^T = W x^T.  A 16x16 A fragment of 16 channels is two of the B fragments this layout
+// stores for 8 channels (sub-tiles 2i and 2i+1 sit in one packed word, see the layout above), so the
+// packed weights serve unchanged, and x's n8 side holds up to 8 rows.  Per 64-channel tile that is 4 mma
+// instead of 8 (x's m16 side carried 15 empty rows at M = 1), and half the accumulators.
+template <typename T, int MT, bool HAS_Z, bool SMEM_RING, bool SWAP>
 __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
     w4a16_stream_kernel(GemmParams p) {
+  static_assert(!SWAP || (MT == 1 && !SMEM_RING), "swapped operands: one m-tile, register ring");
   using Tr = Traits<T>;
   using T2 = typename Tr::T2;
   constexpr int D = kStreamDepth;
@@ -626,11 +635,14 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
   // ldmatrix.x4 of m-tile i at CTA-local k-tile kt: lane reads row i·16 + (lane & 15), chunk
   // 2·kt + (lane >> 4).  wkt0 and every unrolled step start at kt ≡ 0 (mod 4), where the chunk's
   // low three bits are 2·(kt % 4) + (lane >> 4): four per-lane offsets cover every tile.
-  const int ar = MT == 1 ? min(lane & 15, rows - 1) : (lane & 15);
+  // SWAP: ldmatrix.x2 of x as the B operand, lanes 0-7 give rows 0-7 at k 0..7 of the tile, lanes 8-15
+  // the same rows at k 8..15 (lanes 16-31 compute addresses that .x2 ignores).
+  const int ar = SWAP ? min(lane & 7, rows - 1) : MT == 1 ? min(lane & 15, rows - 1) : (lane & 15);
+  const int a_half = SWAP ? (lane >> 3) & 1 : lane >> 4;
   const uint32_t a_base = smem_addr(smem) + ar * row_bytes + wkt0 * 32;
   uint32_t a_off[4];
 #pragma unroll
-  for (int q = 0; q < 4; ++q) a_off[q] = ((2 * q + (lane >> 4)) ^ (ar & 7)) << 4;
+  for (int q = 0; q < 4; ++q) a_off[q] = ((2 * q + a_half) ^ (ar & 7)) << 4;
 
   const T2 magic = HAS_Z ? Tr::magic() : Tr::magic_sym();
   const uint32_t gmask = (1u << gshift) - 1;
@@ -699,8 +711,41 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
       }
     }
   };
+  // SWAP: the accumulators are C = W x^T fragments, kept in acc[0][i][r] for i < 4: channel 16i + lane/4
+  // (+8 for r = 2, 3: sub-tile 2i + r/2), x row 2(lane%4) + r%2; the lane's eight scales (channels
+  // 8j + lane/4) are one 16-byte vector, as at MT >= 2 (fold_ofs then includes sv_off).
+  auto fold_swap = [&] {
+    const int4 sv = *reinterpret_cast<const int4*>(ss + fold_ofs);
+    const uint32_t sw[4] = {(uint32_t)sv.x, (uint32_t)sv.y, (uint32_t)sv.z, (uint32_t)sv.w};
+    uint32_t zw[4] = {};
+    if (HAS_Z) {
+      const int4 zv = *reinterpret_cast<const int4*>(zs + fold_ofs);
+      zw[0] = zv.x; zw[1] = zv.y; zw[2] = zv.z; zw[3] = zv.w;
+    }
+    const float xs[2] = {HAS_Z ? gx[0] : -24.f * gx[0], HAS_Z ? gx[1] : -24.f * gx[1]};
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const T2 sp = as_t2<T2>(sw[j >> 1]);
+      const float sc = (j & 1) ? __high2float(sp) : __low2float(sp);
+      float zc = 0.f;
+      if (HAS_Z) {
+        const T2 zp = as_t2<T2>(zw[j >> 1]);
+        zc = fmaf(-16.f, sc, (j & 1) ? __high2float(zp) : __low2float(zp));  // z - 16 s
+      }
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        float& a = acc[0][j >> 1][(j & 1) * 2 + c];
+        const float g = ga[j >> 1][(j & 1) * 2 + c];
+        a = HAS_Z ? fmaf(zc, xs[c], fmaf(sc, g, a)) : fmaf(sc, g + xs[c], a);
+      }
+    }
+  };
   auto fold_rows = [&] {  // warp-uniform: rows 8..15 exist only when M > 8
-    if (rows > 8) fold(std::integral_constant<int, 4>{}); else fold(std::integral_constant<int, 2>{});
+    if constexpr (SWAP) {
+      fold_swap();
+    } else {
+      if (rows > 8) fold(std::integral_constant<int, 4>{}); else fold(std::integral_constant<int, 2>{});
+    }
   };
 
   if constexpr (SMEM_RING) {
@@ -728,7 +773,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
     const bool gstart = (d & 1) == 0 && (t == 0 || (kl & (kPost ? fmask : gmask)) == 0);  // warp-uniform
     if (kPost && gstart) {  // fold the finished group, if any, then start this one
       if (t > 0) fold_rows();
-      fold_ofs = (int)(kl >> gshift) * (kNBlk * 2) + fv_off;
+      fold_ofs = (int)(kl >> gshift) * (kNBlk * 2) + (SWAP ? sv_off : fv_off);
     }
     if (!kPost && gstart) {  // a new group: broadcast its scales (and zeros)
       const int gofs = (int)(kl >> gshift) * (kNBlk * 2) + sv_off;
@@ -745,8 +790,12 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
     }
     uint32_t a[MT][4];
     const uint32_t aa = a_base + (t0 + (d & ~3)) * 32 + a_off[d & 3];
+    if constexpr (SWAP) {
+      ldmatrix_x2(a[0], aa);  // x as the B fragment (rows = n, k 0..7 and 8..15)
+    } else {
 #pragma unroll
-    for (int i = 0; i < MT; ++i) ldmatrix_x4(a[i], aa + i * 16 * row_bytes);
+      for (int i = 0; i < MT; ++i) ldmatrix_x4(a[i], aa + i * 16 * row_bytes);
+    }
     const uint32_t words[4] = {(uint32_t)wv.x, (uint32_t)wv.y, (uint32_t)wv.z, (uint32_t)wv.w};
     if constexpr (kPost) {
       uint32_t b[8][2];  // 16+q exactly
@@ -758,7 +807,15 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
           const uint32_t w = words[j >> 1];
           b[j][h] = and_or<Tr::kTopMask, Tr::kMagic16>(sh >= 0 ? w << sh : w >> -sh);
         }
-      if (gstart) {  // a group's first tile starts its sums from zero
+      if constexpr (SWAP) {  // A = sub-tiles 2i and 2i+1 of the weights, B = x; X from A = ones
+        const uint32_t ones[4] = {Tr::kOne2, Tr::kOne2, Tr::kOne2, Tr::kOne2};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const uint32_t wa[4] = {b[2 * i][0], b[2 * i + 1][0], b[2 * i][1], b[2 * i + 1][1]};
+          if (gstart) Tr::mma_zc(ga[i], wa, a[0][0], a[0][1]); else Tr::mma(ga[i], wa, a[0][0], a[0][1]);
+        }
+        if (gstart) Tr::mma_zc(gx, ones, a[0][0], a[0][1]); else Tr::mma(gx, ones, a[0][0], a[0][1]);
+      } else if (gstart) {  // a group's first tile starts its sums from zero
 #pragma unroll
         for (int j = 0; j < 8; ++j) Tr::mma_zc(ga[j], a[0], b[j][0], b[j][1]);
         Tr::mma_zc(gx, a[0], Tr::kOne2, Tr::kOne2);
@@ -801,6 +858,27 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
   pdl_launch_dependents();
   if constexpr (SMEM_RING) cp_async_wait_own<0>();  // nothing is left in flight, but be exact
   if (kPost && ntiles > 0) fold_rows();  // the last group
+  if constexpr (SWAP) {
+    // Back to the C = x W^T fragment layout that the reduction expects: lane L holds row L/4 and channels
+    // 8j + 2(L%4) + e, which lane 4(2(L%4) + e) + L/8 holds as register 2(j%2) + (L/4)%2 of block j/2.
+    float c[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) c[i][r] = acc[0][i][r];
+    const bool odd_row = (lane >> 2) & 1;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int src = 4 * (2 * (lane & 3) + e) + (lane >> 3);
+        const float v0 = __shfl_sync(0xffffffffu, c[j >> 1][(j & 1) * 2], src);
+        const float v1 = __shfl_sync(0xffffffffu, c[j >> 1][(j & 1) * 2 + 1], src);
+        acc[0][j][e] = odd_row ? v1 : v0;
+      }
+      acc[0][j][2] = acc[0][j][3] = 0.f;  // rows 8..15: M <= 8
+    }
+  }
   __syncthreads();  // every warp is done reading x: reuse shared memory for the reduction
   reduce_and_store<T, MT>(acc, smem, p, tid, lane, wn, wk, mb, nb, split, row0, ntile_ok);
 }
@@ -952,27 +1030,32 @@ cudaError_t launch_mma(const GemmParams& p, bool fp16, bool has_z, int mt, int m
   });
 }
 
-// The streaming kernel for (dtype, zeros, MT) and the transport chosen at run time.
+// The streaming kernel for (dtype, zeros, MT) and the variant chosen at run time: ring in shared memory
+// (path 3) or registers (path 2), the latter with swapped operands (path 4, MT = 1 only).
 template <class F>
-auto dispatch_stream(bool fp16, bool has_z, int mt, bool smem_ring, F&& f) {
+auto dispatch_stream(bool fp16, bool has_z, int mt, bool smem_ring, bool swap, F&& f) {
   return dispatch(fp16, has_z, mt, [&](auto t, auto z, auto m) {
     using T = typename decltype(t)::type;
     constexpr int MT = decltype(m)::value;
     constexpr bool HAS_Z = decltype(z)::value;
-    return smem_ring ? f(w4a16_stream_kernel<T, MT, HAS_Z, true>) : f(w4a16_stream_kernel<T, MT, HAS_Z, false>);
+    if constexpr (MT == 1) {
+      if (swap) return f(w4a16_stream_kernel<T, 1, HAS_Z, false, true>);
+    }
+    return smem_ring ? f(w4a16_stream_kernel<T, MT, HAS_Z, true, false>)
+                     : f(w4a16_stream_kernel<T, MT, HAS_Z, false, false>);
   });
 }
 
-int stream_occupancy(bool fp16, bool has_z, int mt, bool smem_ring) {
-  static int cache[2][2][2][5] = {};
-  return cached(cache[smem_ring], fp16, has_z, mt, [&] {
-    return dispatch_stream(fp16, has_z, mt, smem_ring, [](auto kern) { return occupancy(kern, 0); });
+int stream_occupancy(bool fp16, bool has_z, int mt, bool smem_ring, bool swap) {
+  static int cache[3][2][2][5] = {};
+  return cached(cache[swap ? 2 : smem_ring], fp16, has_z, mt, [&] {
+    return dispatch_stream(fp16, has_z, mt, smem_ring, swap, [](auto kern) { return occupancy(kern, 0); });
   });
 }
 
-cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, bool smem_ring, int m_blocks,
-                          int n_blocks, int smem_bytes, cudaStream_t stream, bool pdl) {
-  return dispatch_stream(fp16, has_z, mt, smem_ring, [&](auto kern) {
+cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, bool smem_ring, bool swap,
+                          int m_blocks, int n_blocks, int smem_bytes, cudaStream_t stream, bool pdl) {
+  return dispatch_stream(fp16, has_z, mt, smem_ring, swap, [&](auto kern) {
     cudaError_t attr = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
     if (attr != cudaSuccess) return attr;
     return launch(kern, dim3(m_blocks, n_blocks, p.k_splits), kThreads, smem_bytes, stream, pdl, p);
