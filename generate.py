@@ -137,7 +137,7 @@ class Generator:
     """Owns the compiled prefill/decode functions for one model and runs batched generation."""
 
     def __init__(self, model: Transformer, compile: bool, temperature=0.0, top_k=0, top_p=1.0,
-                 compile_prefill: bool = True, compile_once: bool = False, pdl: bool = False):
+                 compile_prefill: bool = True, compile_once: bool = False, pdl: bool = True):
         self.model = model
         self.sampling = (temperature, top_k, top_p)
         self.prefill, self.decode = prefill, decode_step
@@ -292,14 +292,31 @@ def add_pdl_flag(p: argparse.ArgumentParser):
                         "kernel of the compiled step may start while the one before it finishes (inductor's "
                         "triton.enable_pdl for its kernels, a launch attribute for the int4-marlin kernels). "
                         "--no-pdl turns both off (for the int4 kernels by setting LOWBIT_W4A16_PDL=0). On an "
-                        "H200 both on: +6%% decode tokens/s at batch 1, +2.5%% at 32 (Llama-3-8B int4-marlin, "
-                        "BENCHMARKS.md \"Programmatic dependent launch\")")
+                        "H200: +7%% decode tokens/s at batch 1, +2%% at 32 (Llama-3-8B int4-marlin, head "
+                        "quantized, before path 4; BENCHMARKS.md \"End to end with int4-marlin\")")
 
 
 def apply_pdl_flag(args):
-    """--no-pdl: the int4 kernels read LOWBIT_W4A16_PDL once, at their first launch (kernels/csrc/ops.cpp)."""
+    """--no-pdl: the int4 kernels read LOWBIT_W4A16_PDL once, at their first launch (kernels/csrc/ops.cpp);
+    inductor's process-wide default (TORCHINDUCTOR_ENABLE_PDL) goes off too."""
+    from torch._inductor import config as inductor_config
+
     if not args.pdl:
         os.environ["LOWBIT_W4A16_PDL"] = "0"
+        inductor_config.triton.enable_pdl = False
+
+
+def pdl_report(pdl: bool, device: torch.device, compiled: bool) -> str:
+    """Which kernels of this run launch with programmatic dependent launch: "on" (inductor's and the int4
+    kernels), "inductor only", "int4 kernels only" or "off" (as it is below compute capability 9.0)."""
+    from torch._inductor import config as inductor_config
+
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
+        return "off"
+    inductor = compiled and (pdl or inductor_config.triton.enable_pdl)
+    ours = os.environ.get("LOWBIT_W4A16_PDL", "1") != "0"
+    return {(True, True): "on", (True, False): "inductor only", (False, True): "int4 kernels only",
+            (False, False): "off"}[inductor, ours]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -435,7 +452,7 @@ def main(argv=None) -> int:
     report.update(model=args.model, quant=quant or "none", dtype=str(dtype).removeprefix("torch."),
                   device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   torch=torch.__version__, world_size=world, compile_once=compile and args.compile_once,
-                  pdl=compile and args.pdl)
+                  pdl=pdl_report(args.pdl, device, compile))
     if all_reduce_s is not None:
         report["all_reduce_s_per_step"] = all_reduce_s
     print_report(report, f"{args.model} · {report['quant']} · {report['dtype']} · {report['device']}"

@@ -23,7 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
-from generate import (Generator, add_compile_once_flag, add_pdl_flag, apply_pdl_flag, console, make_report, measured_bandwidth,  # noqa: E402
+from generate import (Generator, add_compile_once_flag, add_pdl_flag, apply_pdl_flag, console,  # noqa: E402
+                      make_report, measured_bandwidth, pdl_report,
                       random_prompts, step)
 from tp import all_reduce_seconds, init_distributed, shard_model  # noqa: E402
 
@@ -88,8 +89,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
     tp = f"tensor parallel over {world} ranks (bandwidth figures per rank), " if world > 1 else ""
     out = [f"Decode tokens/s, total over the batch (per sequence in brackets), {meta['model']}, random weights, "
            f"prompt {meta['prompt_len']}, {meta['max_new_tokens']} new tokens; {tp}{meta['device']}, "
-           f"torch {meta['torch']}, {meta['date']}" + ("; programmatic dependent launch on" if meta.get("pdl") else "")
-           + ".", "",
+           f"torch {meta['torch']}, {meta['date']}"
+           + (f"; programmatic dependent launch: {meta['pdl']}" if meta.get("pdl", "off") != "off" else "") + ".", "",
            "| scheme | " + " | ".join(f"batch {b}" for b in batches) + " |",
            "|---|" + "---:|" * len(batches)]
     for s in schemes:
@@ -181,7 +182,7 @@ def main(argv=None):
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d"), "commands": [" ".join(sys.argv)], "prefill": "eager",
             "compile_once": args.compile_once and dev.type == "cuda" and not args.no_compile, "repeats": args.repeats,
-            "world_size": world, "pdl": args.pdl and dev.type == "cuda" and not args.no_compile}
+            "world_size": world, "pdl": pdl_report(args.pdl, dev, dev.type == "cuda" and not args.no_compile)}
     earlier = load_earlier(args.out / "bench.json", meta) if args.append else []
 
     def merged(rows):  # this run's cells replace the same (scheme, batch) cells of an appended-to run
@@ -209,7 +210,7 @@ def load_earlier(path: Path, meta: dict) -> list[dict]:
     for key in ("model", "prompt_len", "max_new_tokens", "device", "torch", "prefill", "compile_once", "repeats",
                 "world_size", "pdl"):
         # older runs: one repeat, one process, no PDL
-        was = old["meta"].get(key, 1 if key in ("repeats", "world_size") else False if key == "pdl" else None)
+        was = old["meta"].get(key, {"repeats": 1, "world_size": 1, "pdl": "off"}.get(key))
         if was != meta[key]:
             raise SystemExit(f"--append: {path} was measured with {key}={was!r}, "
                              f"this run has {meta[key]!r}; use another --out")

@@ -91,6 +91,11 @@ def w4a16_gemm(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor,
     group sums.  So a row's result can change by that rounding when the batch crosses 16 rows
     (tests/test_kernels.py states the bound both satisfy).
 
+    On GPUs of compute capability 9.0+ the kernels may start before the kernel just before them in the
+    stream has finished (programmatic dependent launch, csrc/ops.cpp use_pdl) and read packed_w, scales
+    and zeros early: those must be constants, not written by that kernel (pack them, then synchronize or
+    run anything else first; model weights are).  x is read only after the previous kernel has finished.
+
     In eager mode the inputs are validated here, in Python, before dispatch: on the
     H100 machine (torch 2.11) an argument error thrown as a C++ exception from the
     CUDA kernel's TORCH_CHECKs crashed the process on the 2nd such error

@@ -84,11 +84,19 @@ def test_pdl_is_the_cli_default_and_reaches_the_compiles_on_sm90(monkeypatch):
     monkeypatch.setenv("LOWBIT_W4A16_PDL", "1")  # restored after the test
     generate.apply_pdl_flag(parser.parse_args([]))
     assert generate.os.environ["LOWBIT_W4A16_PDL"] == "1"
+    from torch._inductor import config as inductor_config
+    monkeypatch.setattr(inductor_config.triton, "enable_pdl", True)  # as TORCHINDUCTOR_ENABLE_PDL=1 sets it
     generate.apply_pdl_flag(parser.parse_args(["--no-pdl"]))
-    assert generate.os.environ["LOWBIT_W4A16_PDL"] == "0"
+    assert generate.os.environ["LOWBIT_W4A16_PDL"] == "0" and inductor_config.triton.enable_pdl is False
+    assert generate.pdl_report(True, torch.device("cpu"), False) == "off"
     plain = tiny_model()
     mode = torch._inductor.list_mode_options("reduce-overhead")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    cuda = torch.device("cuda")  # only its type is read: pdl_report's capability query is patched
+    assert generate.pdl_report(False, cuda, True) == "off"  # LOWBIT_W4A16_PDL=0 and inductor's off, from above
+    monkeypatch.setenv("LOWBIT_W4A16_PDL", "1")
+    assert [generate.pdl_report(p, cuda, c) for p, c in ((True, True), (False, True), (True, False))] == \
+        ["on", "int4 kernels only", "int4 kernels only"]
     assert generate.compile_kwargs(plain, cuda=True, pdl=True) == (
         {"options": {**mode, "triton.enable_pdl": True}}, {"options": {"triton.enable_pdl": True}})
     assert generate.compile_kwargs(plain, cuda=False, pdl=True) == ({"mode": "reduce-overhead"}, {})

@@ -126,8 +126,8 @@ const DeviceInfo& device_info(int dev) {
 // finishes.  sm_90+ only.  On by default: H200, torch 2.11, 2026-11-29 (BENCHMARKS.md "Programmatic
 // dependent launch"): the four Llama-3-8B linears at M = 1 / 16 / 32 / 64 take 56.0 / 68.2 / 99.0 / 159.5 us
 // with it and 60.8 / 71.5 / 101.3 / 162.1 without (our kernels back to back); end to end, int4-marlin with
-// inductor's PDL too, 353.2 vs 346.7 tok/s at batch 1 with ours on vs off, and 328.9 vs 333.2 with
-// inductor's off (the kernels before ours must let it start early; within the ~1% spread between processes).
+// inductor's PDL too, 353.2 vs 346.7 tok/s at batch 1 with ours on vs off; with inductor's off, 328.9 vs
+// 333.2 (-1.3%; -0.9% at batch 32: the kernels before ours must let it start early, and they do not).
 // LOWBIT_W4A16_PDL=0 or 1 in the environment overrides it for every call of the process (read once:
 // end-to-end A/B runs without a rebuild; generate.py --no-pdl sets 0).
 constexpr bool kPdlDefault = true;
@@ -139,12 +139,13 @@ bool use_pdl(const DeviceInfo& d) {
     TORCH_CHECK(v == "0" || v == "1", "LOWBIT_W4A16_PDL must be 0 or 1 (or unset), got '", v, "'");
     return v == "1";
   }();
-  return on && d.major >= 9;
+  return on && d.major >= 9;  // kernels/build.py compiles for the GPU present: sm_90+ code has the wait
 }
 
 // Split-K arrival counters: allocated zeroed once per device and kept; every
 // launch leaves them at zero again (the last CTA of a tile resets its
-// counter).  Launches on one stream are ordered, so reuse is safe; two
+// counter).  Launches on one stream are ordered (under PDL a launch touches them only after
+// griddepcontrol.wait, i.e. after the previous launch has finished), so reuse is safe; two
 // concurrent launches on different streams of one device are NOT supported.
 // They come from cudaMalloc, not from PyTorch's allocator: the first split-K
 // call often runs inside torch.compile's CUDA-graph warm-up, where the caching

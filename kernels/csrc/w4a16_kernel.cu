@@ -174,9 +174,12 @@ __device__ __forceinline__ void ldmatrix_x2(uint32_t* r, uint32_t saddr) {
 // Programmatic dependent launch (sm_90+; the host sets the launch attribute, see ops.cpp `use_pdl`).
 // A kernel launched with it may start while the kernel before it in the stream is still running, as
 // soon as that kernel's CTAs have all called launch_dependents (or exited).  Until pdl_wait() returns
-// (the previous kernel finished and its writes are visible), ours only reads what no kernel writes:
-// the packed weights, scales and zeros.  x, the workspace, the counters and y come after it.  Without
-// the attribute both instructions are no-ops.
+// (the previous kernel finished and its writes are visible), ours only reads the packed weights, scales
+// and zeros: model constants, which the kernel just before the op must not write (the contract in
+// kernels.w4a16_gemm's docstring).  x, the workspace, the counters and y come after it.  Without the
+// attribute both instructions are no-ops.  The host sets it on sm_90+ GPUs only, and kernels/build.py
+// always compiles for the GPU present, so code with the attribute always has the instructions (a build
+// for an older target with PTX, JIT-compiled on Hopper, would have neither the wait nor any guard).
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
@@ -575,7 +578,8 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
   uint64_t evict_first;
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(evict_first));
 
-  // 1. path 2: the first D weight tiles of this warp's run, in flight while x is staged
+  // 1. path 2: the first D weight tiles of this warp's run, in flight while the previous kernel finishes
+  //    (PDL) and x is staged
   const int4* wp = reinterpret_cast<const int4*>(p.w) + ((size_t)gt * k_tiles + cta_kt0 + wkt0) * 32 + lane;
   int4 wbuf[SMEM_RING ? 1 : D];
   if constexpr (!SMEM_RING) {
