@@ -86,9 +86,9 @@ def w4a16_gemm(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor,
                zeros: torch.Tensor | None, group_size: int) -> torch.Tensor:
     """y (M, N) = x (M, K) @ dequant(packed_w)^T with fp32 accumulation, in x.dtype.
 
-    Every path but one rounds the weights s·q + m to x.dtype before the product, as the reference
-    does; the streaming kernel at M <= 16 (choose_path) uses the exact s·q + m, applying scales to fp32
-    group sums.  So a row's result can change by that rounding when the batch crosses 16 rows
+    Every path but the streaming kernels at M <= 16 (choose_path: paths 2 and 4) rounds the weights
+    s·q + m to x.dtype before the product, as the reference does; those use the exact s·q + m, applying
+    scales to fp32 group sums.  So a row's result can change by that rounding when the batch crosses 16 rows
     (tests/test_kernels.py states the bound both satisfy).
 
     On GPUs of compute capability 9.0+ the kernels may start before the kernel just before them in the
@@ -125,7 +125,7 @@ def gemm_path(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor, zer
     path: -1 = choose_path, else an index into PATHS; splits: -1 = the launch plan's split-K count, else
     >= 1 (the count run can differ: no split may be empty); m_tiles: -1 = by M and path (csrc/ops.cpp
     m_tiles_for), else 1, 2 or 4 m16 tiles per CTA.  Path 1 (dequantize + cuBLAS) takes neither knob and
-    ignores both.  Validated here, in Python, for the reason w4a16_gemm gives.
+    ignores both; path 4 (swapped operands) takes at most 8 rows and one m-tile.  Validated here, in Python, for the reason w4a16_gemm gives.
     """
     if path not in (-1, 0, 1, 2, 3, 4):
         raise ValueError(f"gemm_path: path must be -1 (choose_path) or 0-4 ({', '.join(PATHS)}), got {path}")

@@ -232,15 +232,18 @@ def test_extension_compiles():
 
 @pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
 def test_path_override_from_environment():
-    """LOWBIT_W4A16_PATH forces one path for every M (end-to-end A/B runs); a bad value is a clear error."""
+    """LOWBIT_W4A16_PATH forces one path for every M (end-to-end A/B runs; 4, at most 8 rows, for the calls that
+    fit); a bad value is a clear error."""
     import os
     import subprocess
     import sys
     code = "import kernels; m = kernels.load_extension(); print([m.choose_path(M, 4096, 4096) for M in (1, 64, 999)])"
-    env = dict(os.environ, LOWBIT_W4A16_PATH="3")
     root = str(kbuild.REPO)
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0 and out.stdout.strip() == "[3, 3, 3]", out.stderr[-2000:]
+    for forced, want in (("3", "[3, 3, 3]"), ("4", "[4, 3, 1]")):  # 4 takes at most 8 rows: larger calls as usual
+        env = dict(os.environ, LOWBIT_W4A16_PATH=forced)
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
+                             timeout=600)
+        assert out.returncode == 0 and out.stdout.strip() == want, out.stderr[-2000:]
     env["LOWBIT_W4A16_PATH"] = "fast"
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=600)
     assert out.returncode != 0 and "LOWBIT_W4A16_PATH must be 0, 1, 2, 3 or 4 (or unset), got 'fast'" in out.stderr
@@ -400,7 +403,7 @@ def test_gpu_exact_weights_only_in_streaming_kernel_at_m_le_16(sym, dtype):
     y = 0 exactly while weights rounded to 16 bits give a clearly nonzero y (all sums are small integers
     times powers of two, exact in fp32 in any order).  Pairs of k: x = (+1, -c) against weights whose
     exact values are (c·v, v), so every pair cancels; the rounded c·v does not equal c times the rounded
-    v.  The streaming kernel at M <= 16 (paths 2 and 3) must give 0; every other path, and the streaming
+    v.  The streaming kernel at M <= 16 (paths 2 and 3, and 4 at M <= 8) must give 0; every other path, and the streaming
     kernel from M = 17, the reference's rounded-weight answer (within 25%: cuBLAS may add split-K partials
     in 16 bits)."""
     ref_gemm = kernels.reference_w4a16_gemm
@@ -429,21 +432,21 @@ def test_gpu_exact_weights_only_in_streaming_kernel_at_m_le_16(sym, dtype):
 
 @needs_cuda
 @pytest.mark.parametrize("sym", [True, False])
-@pytest.mark.parametrize("path", [0, 2, 3])
+@pytest.mark.parametrize("path", [0, 2, 3, 4])
 def test_gpu_outputs_correctly_rounded(sym, path):
     """Tighter than `assert_close`, whose bound (a few units of bf16 rounding of the terms' spread) could hide a
     small systematic error: our kernels' bf16 outputs equal the correctly rounded product of their weight
-    semantics (exact weights in the streaming kernel at M <= 16, bf16-rounded weights elsewhere) for >= 99%
+    semantics (exact weights in the streaming kernels at M <= 16, bf16-rounded weights elsewhere) for >= 99%
     of the outputs. fp32 sums in another order flip the rounding only where the exact value lies within
     ~1e-6 (relative) of a rounding boundary, ~0.05% of the outputs; an error of 1e-3 flips ~25%."""
     N, K, gs = 4096, 4096, 128
     ext = kernels.load_extension()
-    for i, M in enumerate((1, 8, 16, 17, 32, 64)):
+    for i, M in enumerate((1, 8) if path == 4 else (1, 8, 16, 17, 32, 64)):
         x, q, s, z = make_problem(M, N, K, gs, sym, torch.bfloat16, "cuda", seed=300 + i)
         pw, sp, zp = kernels.pack_w4(q, s, z, gs)
         y = ext.gemm_path(x, pw, sp, zp, gs, path, -1).double()
         w = dequantize(q, s, z, gs, dtype=None)  # float64: the exact weights
-        exact = path in (2, 3) and M <= 16
+        exact = path in (2, 3, 4) and M <= 16
         if not exact:
             w = w.to(torch.bfloat16).double()
         want = (x.double() @ w.t()).to(torch.bfloat16).double()
@@ -453,10 +456,11 @@ def test_gpu_outputs_correctly_rounded(sym, path):
 
 
 @needs_cuda
-@pytest.mark.parametrize("path", [0, 2, 3])
+@pytest.mark.parametrize("path", [0, 2, 3, 4])
 def test_gpu_forced_splits(path):
     """The split-K benchmark knob (`gemm_path(..., splits)`): any count gives a correct, repeatable result."""
-    for i, (M, splits) in enumerate(((1, 1), (1, 3), (17, 2), (33, 7), (5, 64))):
+    cases = ((1, 1), (1, 3), (8, 2), (3, 7), (5, 64)) if path == 4 else ((1, 1), (1, 3), (17, 2), (33, 7), (5, 64))
+    for i, (M, splits) in enumerate(cases):
         check_gpu(M, 4096, 4096, 128, i % 2 == 0, torch.bfloat16, seed=90 + i, path=path, splits=splits)
 
 
@@ -486,85 +490,133 @@ def test_gemm_path_bad_knobs_raise(knobs, message):
         kernels.gemm_path(x, *kernels.pack_w4(q, s, z, 128), 128, *knobs)
 
 
-def _emulate_swapped_warp(x, pw, sp, zp, gs):
-    """Path 4's arithmetic for one warp and one 64-channel n-tile, lane by lane, as the kernel builds it: the
-    weight A fragments from the packed words (16 + q), x's B fragments as ldmatrix.x2 delivers them, mma via the
-    PTX m16n8k16 fragment maps, the per-group fold with the lane's scale vector, and the shuffle back to the
-    C = x W^T layout (lane L: row L/4, channels 8j + 2(L%4) + e).  Returns y (M, 64) in float64."""
+def _emulate_path4(x, pw, sp, zp, gs, N, splits_wanted):
+    """Path 4 (the streaming kernel with SWAP) in Python, thread by thread as csrc/w4a16_kernel.cu computes it:
+    plan_stream's k-tiles per warp and splits, the swizzled x staging and ldmatrix.x2 lane addresses (ar,
+    a_half, a_off), the 16+q bit trick on the packed words, the weight A fragments and the mma.m16n8k16 maps,
+    the group starts and the byte offsets of the fold's scale vectors, the fold, the shuffle back to the
+    C = x W^T layout and the k-partial and split-K sums.  Returns y (M, N) in float64."""
     import numpy as np
     M, K = x.shape
-    words = pw.contiguous().view(-1).numpy().astype(np.int64) & 0xFFFFFFFF  # k-tile kt: 128 words, lane l at 4l
-    S = sp.double().numpy()  # (G, N), column 8i + j of a 64-block holds channel 8j + i
+    words = pw.contiguous().view(-1).numpy().astype(np.int64) & 0xFFFFFFFF
+    S = sp.double().numpy()
     Z = zp.double().numpy() if zp is not None else None
     xf = x.double().numpy()
+    k_tiles, n_tiles, G = K // 16, N // 64, K // gs
+    tw = ((k_tiles + 4 * splits_wanted - 1) // (4 * splits_wanted) + 3) // 4 * 4  # as plan_stream
+    splits = (k_tiles + 4 * tw - 1) // (4 * tw)
+    gshift = 31 if gs == K else gs.bit_length() - 1
+    fmask = min((1 << gshift) - 1, 127)
+    rows, row_bytes = min(M, 16), tw * 4 * 32
+    bf16 = lambda bits: float(np.array([bits << 16], dtype=np.uint32).view(np.float32)[0])  # noqa: E731
     lanes = range(32)
+    y = np.zeros((M, N))
+    for nb in range((N + 127) // 128):
+        for split in range(splits):
+            kx0 = split * 4 * tw * 16
+            g0 = kx0 >> gshift
+            smem = np.zeros(rows * row_bytes // 2)  # staged x, in elements: chunk c of row r at c ^ (r & 7)
+            for r in range(rows):
+                for ch in range(row_bytes // 16):
+                    if kx0 + ch * 8 < K:
+                        at = (r * row_bytes + ((ch ^ (r & 7)) << 4)) // 2
+                        smem[at:at + 8] = xf[r, kx0 + ch * 8: kx0 + ch * 8 + 8]
 
-    def frag_a(regs):  # [lane][4] (lo, hi) pairs: (g, 2t), (g+8, 2t), (g, 2t+8), (g+8, 2t+8)
-        A = np.zeros((16, 16))
-        for l in lanes:
-            g, t = l // 4, l % 4
-            for r, (row, col) in enumerate(((g, 2 * t), (g + 8, 2 * t), (g, 2 * t + 8), (g + 8, 2 * t + 8))):
-                A[row, col], A[row, col + 1] = regs[l][r]
-        return A
+            def staged(arr, byte_off):  # a staged scale/zero row: 128 channels of 2 bytes per group
+                gi, c = divmod(byte_off // 2, 128)
+                ok = g0 + gi < G and nb * 128 + c < N
+                return arr[g0 + gi, nb * 128 + c] if ok else 0.0
 
-    def c_lanes(C):  # (16, 8) -> [lane][c0..c3]: (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1)
-        return [[C[l // 4, 2 * (l % 4)], C[l // 4, 2 * (l % 4) + 1], C[l // 4 + 8, 2 * (l % 4)],
-                 C[l // 4 + 8, 2 * (l % 4) + 1]] for l in lanes]
+            for wn in range(2):
+                gt = nb * 2 + wn
+                if gt >= n_tiles:
+                    continue
+                total = np.zeros((32, 8, 2))
+                for wk in range(4):
+                    wkt0 = wk * tw
+                    ntiles = max(0, min(tw, k_tiles - split * 4 * tw - wkt0))
+                    acc, ga, gx = np.zeros((32, 4, 4)), np.zeros((32, 4, 4)), np.zeros((32, 4))
+                    ar = [min(lane & 7, rows - 1) for lane in lanes]
+                    a_half = [(lane >> 3) & 1 for lane in lanes]
+                    a_off = [[((2 * q + a_half[lane]) ^ (ar[lane] & 7)) << 4 for q in range(4)] for lane in lanes]
+                    sv_off = [(wn * 8 + (lane >> 2)) * 16 for lane in lanes]
+                    fold_ofs = [0] * 32
 
-    acc = np.zeros((32, 4, 4))
-    ga, gx = np.zeros((32, 4, 4)), np.zeros((32, 4))
+                    def fold():
+                        for lane in lanes:
+                            for j in range(8):
+                                sc = staged(S, fold_ofs[lane] + 2 * j)
+                                zc = staged(Z, fold_ofs[lane] + 2 * j) - 16 * sc if Z is not None else 0.0
+                                for c in range(2):
+                                    i, r = j >> 1, (j & 1) * 2 + c
+                                    if Z is None:
+                                        acc[lane, i, r] += sc * (ga[lane, i, r] - 24 * gx[lane, c])
+                                    else:
+                                        acc[lane, i, r] += sc * ga[lane, i, r] + zc * gx[lane, c]
 
-    def fold(gi):
-        for l in lanes:
-            for j in range(8):
-                sc = S[gi, 8 * (l // 4) + j]
-                for c in range(2):
-                    i, r = j >> 1, (j & 1) * 2 + c
-                    if Z is None:
-                        acc[l, i, r] += sc * (ga[l, i, r] - 24 * gx[l, c])
-                    else:
-                        acc[l, i, r] += sc * ga[l, i, r] + (Z[gi, 8 * (l // 4) + j] - 16 * sc) * gx[l, c]
+                    for t0 in range(0, ntiles, 4):
+                        for d in range(4):
+                            t = t0 + d
+                            kl = (wkt0 + t) << 4
+                            gstart = (d & 1) == 0 and (t == 0 or (kl & fmask) == 0)
+                            if gstart:
+                                if t > 0:
+                                    fold()
+                                fold_ofs = [(kl >> gshift) * 256 + sv_off[lane] for lane in lanes]
+                            addr = [ar[lane] * row_bytes + wkt0 * 32 + (t0 + (d & ~3)) * 32 + a_off[lane][d & 3]
+                                    for lane in lanes]
+                            B = np.zeros((16, 8))  # ldmatrix.x2: matrix m's row i from lane 8m + i's address
+                            for lane in lanes:
+                                for m in range(2):
+                                    at = addr[8 * m + lane // 4] // 2 + 2 * (lane % 4)
+                                    B[8 * m + 2 * (lane % 4): 8 * m + 2 * (lane % 4) + 2, lane // 4] = smem[at:at + 2]
+                            A = np.zeros((4, 16, 16))
+                            for lane in lanes:
+                                w4 = ((gt * k_tiles + split * 4 * tw + wkt0 + t) * 32 + lane) * 4
+                                b = [[None, None] for _ in range(8)]
+                                for j in range(8):
+                                    for h in range(2):  # and_or<kTopMask, kMagic16>(w << sh or w >> -sh)
+                                        sh, w = 3 - 4 * ((j & 1) * 2 + h), int(words[w4 + (j >> 1)])
+                                        v = ((w << sh if sh >= 0 else w >> -sh) & 0x00780078) | 0x41804180
+                                        b[j][h] = (bf16(v & 0xFFFF), bf16(v >> 16))
+                                g, tq = lane // 4, lane % 4
+                                for i in range(4):
+                                    wa = (b[2 * i][0], b[2 * i + 1][0], b[2 * i][1], b[2 * i + 1][1])
+                                    for r, (row, col) in enumerate(((g, 2 * tq), (g + 8, 2 * tq), (g, 2 * tq + 8),
+                                                                    (g + 8, 2 * tq + 8))):
+                                        A[i, row, col], A[i, row, col + 1] = wa[r]
 
-    for kt in range(K // 16):
-        k0 = kt * 16
-        gstart = k0 % min(gs, 128) == 0  # a fold at every group start and at least every 128 k
-        if gstart and kt:
-            fold((k0 - 16) // gs)
-        b = [[[None, None] for _ in range(8)] for _ in lanes]  # b[lane][j][h]: sub-tile j, k-half h, 16 + q
-        for l in lanes:
-            for j in range(8):
-                w = int(words[kt * 128 + 4 * l + (j >> 1)])
-                for h in range(2):
-                    p = (j & 1) * 2 + h
-                    b[l][j][h] = (16 + ((w >> (4 * p)) & 15), 16 + ((w >> (16 + 4 * p)) & 15))
-        B = np.zeros((16, 8))  # ldmatrix.x2: lane l holds row min(l/4, M-1), k 2(l%4).. and 8 + 2(l%4)..
-        for l in lanes:
-            row, t = min(l // 4, M - 1), l % 4
-            B[2 * t: 2 * t + 2, l // 4] = xf[row, k0 + 2 * t: k0 + 2 * t + 2]
-            B[2 * t + 8: 2 * t + 10, l // 4] = xf[row, k0 + 8 + 2 * t: k0 + 10 + 2 * t]
-        for i in range(4):
-            C = c_lanes(frag_a([[b[l][2 * i][0], b[l][2 * i + 1][0], b[l][2 * i][1], b[l][2 * i + 1][1]]
-                                for l in lanes]) @ B)
-            ga[:, i, :] = (0 if gstart else ga[:, i, :]) + np.array(C)
-        gx[:] = (0 if gstart else gx) + np.array(c_lanes(np.ones((16, 16)) @ B))
-    fold((K - 16) // gs)
-    y = np.full((8, 64), np.nan)
-    for L in lanes:
-        for j in range(8):
-            for e in range(2):
-                src = 4 * (2 * (L & 3) + e) + (L >> 3)
-                y[L // 4, 8 * j + 2 * (L % 4) + e] = acc[src, j >> 1, (j & 1) * 2 + ((L >> 2) & 1)]
-    return y[:M]
+                            def frag(C):  # C (16, 8) -> per lane (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1)
+                                return np.array([[C[lane // 4, 2 * (lane % 4)], C[lane // 4, 2 * (lane % 4) + 1],
+                                                  C[lane // 4 + 8, 2 * (lane % 4)], C[lane // 4 + 8, 2 * (lane % 4) + 1]]
+                                                 for lane in lanes])
+                            for i in range(4):
+                                ga[:, i] = (0 if gstart else ga[:, i]) + frag(A[i] @ B)
+                            gx[:] = (0 if gstart else gx) + frag(np.ones((16, 16)) @ B)
+                    if ntiles > 0:
+                        fold()
+                    for L in lanes:  # the shuffle: lane L takes row L/4, channels 8j + 2(L%4) + e
+                        for j in range(8):
+                            for e in range(2):
+                                src = 4 * (2 * (L & 3) + e) + (L >> 3)
+                                total[L, j, e] += acc[src, j >> 1, (j & 1) * 2 + ((L >> 2) & 1)]
+                for L in lanes:
+                    if L >> 2 < M:
+                        for j in range(8):
+                            for e in range(2):
+                                y[L >> 2, gt * 64 + 8 * j + 2 * (L & 3) + e] += total[L, j, e]
+    return y
 
 
-@pytest.mark.parametrize("M", [1, 3, 8])
-@pytest.mark.parametrize("K,gs", [(64, 32), (256, 64), (512, 128), (384, 384)])
-@pytest.mark.parametrize("sym", [True, False])
-def test_swapped_operand_fragments_emulated(M, K, gs, sym):
-    """CPU desk check of path 4's fragment and lane mapping (the GPU test below checks the kernel itself):
-    integer-valued products, so the emulation must equal the float64 product exactly."""
-    x, q, s, z = make_problem(M, 64, K, gs, sym, torch.bfloat16, "cpu", seed=M * 100 + K + sym)
-    y = _emulate_swapped_warp(x, *kernels.pack_w4(q, s, z, gs), gs)
+@pytest.mark.parametrize("M,N,K,gs,sym,splits", [
+    (1, 192, 320, 64, True, 1), (3, 128, 512, 32, False, 2), (8, 192, 1024, 128, True, 3),
+    (5, 128, 384, 384, False, 1), (7, 64, 2048, 128, False, 1), (2, 128, 4096, 4096, True, 5)])
+def test_path4_emulated(M, N, K, gs, sym, splits):
+    """CPU desk check of path 4's addressing and fragment arithmetic (the GPU test below runs the kernel): bf16
+    x times exact small integers and power-of-two-free scales, summed in float64, must match the float64 product
+    to rounding (1e-9 relative), for odd N (N % 128 == 64), split K, every group kind, sym and zeros."""
+    x, q, s, z = make_problem(M, N, K, gs, sym, torch.bfloat16, "cpu", seed=M * 7 + K + N)
+    y = _emulate_path4(x, *kernels.pack_w4(q, s, z, gs), gs, N, splits)
     ref = oracle(x, q, s, z, gs)[0].numpy()
     assert abs(y - ref).max() <= 1e-9 * abs(ref).max()
 
@@ -647,9 +699,9 @@ def test_cuda_graph_replay_and_compile():
 
 
 @needs_cuda
-@pytest.mark.parametrize("path", [2, 3])
+@pytest.mark.parametrize("path", [2, 3, 4])
 def test_stream_kernel_graph_replay(path):
-    """The streaming kernel (both rings) under CUDA-graph replays."""
+    """The streaming kernel (both rings, and swapped operands: M = 3) under CUDA-graph replays."""
     check_graph_replays(path, seed=22)
 
 

@@ -62,7 +62,8 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 // the heuristic no longer picks (forced paths and the benchmark keep it); from 97 rows cuBLAS on a
 // dequantized copy wins despite writing and re-reading 2 bytes per weight (~140 us of the 285 at M=128).
 // LOWBIT_W4A16_PATH=0..4 in the environment overrides it for every call of the process (end-to-end
-// A/B runs of a path without a rebuild; read once).
+// A/B runs of a path without a rebuild; read once); 4 only for calls of at most 8 rows (a prefill takes
+// the rule below).
 constexpr int64_t kSwapMaxM = 8;
 constexpr int64_t kRegRingMaxM = 16;
 constexpr int64_t kDequantMinM = 97;
@@ -81,7 +82,7 @@ int64_t forced_path() {
 int64_t choose_path(int64_t M, int64_t N, int64_t K) {
   (void)N;
   (void)K;
-  if (const int64_t forced = forced_path(); forced >= 0) return forced;
+  if (const int64_t forced = forced_path(); forced >= 0 && (forced != 4 || M <= kSwapMaxM)) return forced;
   if (M <= kSwapMaxM) return 4;
   if (M <= kRegRingMaxM) return 2;
   return M < kDequantMinM ? 3 : 1;
@@ -279,10 +280,10 @@ StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, boo
 
 // path: -1 = heuristic, 0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming kernel,
 // 3 = streaming kernel with its weight ring in shared memory, 4 = path 2 with swapped operands (M <= 8).
-// splits: -1 = the launch plan's split-K count; > 0 asks for that many (paths 0, 2, 3; the count
+// splits: -1 = the launch plan's split-K count; > 0 asks for that many (paths 0, 2, 3, 4; the count
 // actually run can differ: no split may be empty). A benchmark knob (eval/kernels.py "[stream/s4]").
-// m_tiles: -1 = m_tiles_for(path, M); 1, 2 or 4 m16 tiles per CTA instead (paths 0, 2, 3; more m-blocks
-// when fewer): the benchmark knob (eval/kernels.py "[mma/mt2]") that measured the M = 33..96 rule above.
+// m_tiles: -1 = m_tiles_for(path, M); 1, 2 or 4 m16 tiles per CTA instead (paths 0, 2, 3; path 4 takes
+// only 1, and at most 8 rows; more m-blocks when fewer): the benchmark knob (eval/kernels.py "[mma/mt2]") that measured the M = 33..96 rule above.
 // The streaming kernel at one m-tile keeps its exact-weight arithmetic for any M.
 at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
                      const std::optional<at::Tensor>& z, int64_t gs, int64_t path, int64_t want_splits,
