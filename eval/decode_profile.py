@@ -20,7 +20,8 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
-from generate import Generator, add_compile_once_flag, add_pdl_flag, apply_pdl_flag, random_prompts, step  # noqa: E402
+from generate import (Generator, add_compile_once_flag, add_pdl_flag, apply_pdl_flag,  # noqa: E402
+                      random_prompts, step)
 
 KINDS = (  # (kind, pattern on the kernel or op name); the first match wins
     # Triton first: inductor names a kernel after every op it fused, e.g. an RMSNorm that feeds our op is

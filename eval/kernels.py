@@ -302,7 +302,8 @@ def main():
     ap.add_argument("--schemes", default="cublas,tinygemm,ours_sym,ours_asym",
                     help="also: ours_sym[mma], ours_sym[dq], ours_sym[stream], ours_sym[smem], ours_sym[swap] "
                          "(force the mma kernel / dequantize+cuBLAS / the streaming kernel with its ring in "
-                         "registers / in shared memory / with swapped operands, M <= 8 only), ours_sym[stream/s4] (and split K in 4), ours_sym[mma/mt2] (2 m16 tiles per CTA; "
+                         "registers / in shared memory / with swapped operands, M <= 8 only), ours_sym[stream/s4] "
+                         "(and split K in 4), ours_sym[mma/mt2] (2 m16 tiles per CTA; "
                          "mt1, mt2, mt4; combine as [smem/s2/mt2]); likewise ours_asym[...]; read_int4 "
                          "(a floor: one reduction reading the packed int4 weights, no GEMM)")
     ap.add_argument("--bandwidth", action="store_true", help="measure the D2D copy bandwidth first")
