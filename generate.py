@@ -120,7 +120,7 @@ def compile_kwargs(model: Transformer, cuda: bool, pdl: bool = False) -> tuple[d
 
     A quant scheme may ask for inductor options (quantize.QuantLinear.INDUCTOR_OPTIONS: int8-compile's
     coordinate-descent tuning); they apply to this model's compiles only, on CUDA. `pdl` on a GPU of
-    compute capability 9.0 or newer adds inductor's programmatic dependent launch (see add_pdl_flag).
+    compute capability 9.0 or newer adds inductor's programmatic dependent launch (see add_compile_flags).
     Otherwise plain mode="reduce-overhead" for decode and no options for prefill.
     """
     from torch._inductor import list_mode_options
@@ -275,18 +275,15 @@ def print_report(r: dict, title: str):
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-def add_compile_once_flag(p: argparse.ArgumentParser):
-    """--compile-once / --no-compile-once, shared by generate.py and the eval scripts that compile its Generator."""
+def add_compile_flags(p: argparse.ArgumentParser):
+    """--compile-once / --no-compile-once and --pdl / --no-pdl, shared by generate.py and the eval scripts that
+    compile its Generator (apply_pdl_flag acts on the parsed --pdl)."""
     p.add_argument("--compile-once", action=argparse.BooleanOptionalAction, default=True,
                    help="(on by default) compile one transformer layer and call it for every layer "
                         "(torch.compiler.nested_compile_region; the prefill is then compiled for this prompt "
                         "length only); --no-compile-once compiles the whole model as one graph. On an H200 "
                         "the decode step compiles in about half the time at the same speed (Llama-3-8B bf16 "
                         "and int4-marlin, BENCHMARKS.md \"Compile time\")")
-
-
-def add_pdl_flag(p: argparse.ArgumentParser):
-    """--pdl / --no-pdl, shared by generate.py and the eval scripts that compile its Generator."""
     p.add_argument("--pdl", action=argparse.BooleanOptionalAction, default=True,
                    help="(on by default; GPUs of compute capability 9.0+) programmatic dependent launch: each "
                         "kernel of the compiled step may start while the one before it finishes (inductor's "
@@ -319,6 +316,12 @@ def pdl_report(pdl: bool, device: torch.device, compiled: bool) -> str:
             (False, False): "off"}[inductor, ours]
 
 
+def loading_label(what: str, scheme: str) -> str:
+    """The step label of load_model(..., quantize=scheme), which quantizes random weights block by block as it
+    makes them (a 70B model fits one GPU in int4)."""
+    return what + (f", quantizing to {scheme} block by block" if scheme != "none" else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Batched generation from a Llama-family model with a static KV cache, and a speed report.",
@@ -349,8 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "int4-g128-asym, int4-marlin), or none")
     p.add_argument("--quant-output", action="store_true", help="quantize the output head too")
     p.add_argument("--no-compile", action="store_true", help="run eagerly (the default on CPU)")
-    add_compile_once_flag(p)
-    add_pdl_flag(p)
+    add_compile_flags(p)
     p.add_argument("--show", type=int, default=3, help="generated rows to print")
     p.add_argument("--json", type=Path, help="write the report (and generated ids) here")
     return p
@@ -411,8 +413,7 @@ def main(argv=None) -> int:
     from checkpoint import load_model
     spec = resolve_model_spec(args.model)
     shard = (lambda m: shard_model(m, rank, world)) if world > 1 else None
-    # random weights are quantized block by block as they are made (a 70B model fits one GPU in int4)
-    with step(f"loading {spec}" + (f", quantizing to {args.quant} block by block" if args.quant != "none" else "")):
+    with step(loading_label(f"loading {spec}", args.quant)):
         model, tokenizer, info = load_model(spec, device=device, dtype=dtype, random_weights=args.random_weights,
                                             shard=shard, quantize=args.quant, quantize_output=args.quant_output)
     quant = (info.get("quant") or {}).get("scheme") if args.quant == "none" else args.quant

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import kernels
 from rounding import (FP8, pack_nibbles, pad_cols, quantize_fp8_rows, quantize_int4, quantize_int8_rows, round_up,
                       unpack_nibbles)
 
@@ -155,12 +156,6 @@ class Int4(QuantLinear):
         return F.linear(pad_cols(x, self.qweight.shape[1] * 2), self._dequantize_padded(x.dtype))
 
 
-def _kernels():
-    import kernels  # lazy: only int4-marlin needs our kernel package
-
-    return kernels
-
-
 class Int4Marlin(QuantLinear):
     """Int4 through our kernel `kernels.w4a16_gemm` (bf16/fp16), weights packed by `kernels.pack_w4`.
 
@@ -175,7 +170,6 @@ class Int4Marlin(QuantLinear):
 
     def __init__(self, in_features, out_features, qweight, scales, zeros, group_size: int, zero: str):
         super().__init__(in_features, out_features, group_size=group_size, zero=zero)
-        kernels = _kernels()
         self.group_size = group_size
         self.register_buffer("qweight", qweight)  # (Np, Kp/8) int32, kernel layout
         self.register_buffer("scales", scales)  # (Kp/G, Np), channels permuted by pack_w4
@@ -202,7 +196,7 @@ class Int4Marlin(QuantLinear):
         (N, K), dtype = w.shape, cls._dtype(w.dtype)
         Np, Kp = cls.padded_shape(N, K, group_size)
         q, s, m = quantize_int4(F.pad(w, (0, 0, 0, Np - N)), group_size, zero, dtype, Kp)  # zero rows
-        return cls(K, N, *_kernels().pack_w4(q, s, m, group_size), group_size, zero)
+        return cls(K, N, *kernels.pack_w4(q, s, m, group_size), group_size, zero)
 
     @classmethod
     def empty(cls, in_features, out_features, dtype, device, group_size=128, zero="asym"):
@@ -212,8 +206,8 @@ class Int4Marlin(QuantLinear):
                    scales, None if zero == "sym" else torch.empty_like(scales), group_size, zero)
 
     def dequantize(self, dtype=None) -> torch.Tensor:
-        q, s, m = _kernels().unpack_w4(self.qweight, self.scales, self.zeros, self.group_size)
-        w = _kernels().dequantize(q, s, m, self.group_size, dtype=self.scales.dtype)  # as the kernel rounds it
+        q, s, m = kernels.unpack_w4(self.qweight, self.scales, self.zeros, self.group_size)
+        w = kernels.dequantize(q, s, m, self.group_size, dtype=self.scales.dtype)  # as the kernel rounds it
         return w[:self.out_features, :self.in_features].to(dtype or self.scales.dtype)  # (Np, Kp) -> (N, K)
 
     def forward(self, x):

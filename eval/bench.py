@@ -23,9 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
-from generate import (Generator, add_compile_once_flag, add_pdl_flag, apply_pdl_flag, console,  # noqa: E402
-                      make_report, measured_bandwidth, pdl_report,
-                      random_prompts, step)
+from generate import (Generator, add_compile_flags, apply_pdl_flag, console, loading_label,  # noqa: E402
+                      make_report, measured_bandwidth, pdl_report, random_prompts, step)
 from tp import all_reduce_seconds, init_distributed, shard_model  # noqa: E402
 
 
@@ -42,7 +41,7 @@ def run_matrix(args, device, rank=0, world=1, on_row=lambda rows: None) -> list[
     shard = (lambda m: shard_model(m, rank, world)) if world > 1 else None
     rows = []
     for scheme in args.quant:
-        with step(f"building {args.model}" + (f", quantizing to {scheme} block by block" if scheme != "none" else "")):
+        with step(loading_label(f"building {args.model}", scheme)):
             model, _, _ = load_model(args.model, device=device, dtype=dtype, random_weights=True, seed=args.seed,
                                      shard=shard, quantize=scheme, quantize_output=args.quant_output)
         gen = Generator(model, compile, compile_prefill=False,  # decode is what this table compares
@@ -156,8 +155,7 @@ def main(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=256, help="new tokens per row: the first from the prefill, the others timed as decode steps")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
     p.add_argument("--no-compile", action="store_true", help="eager decode (no torch.compile, no CUDA graphs)")
-    add_compile_once_flag(p)
-    add_pdl_flag(p)
+    add_compile_flags(p)
     p.add_argument("--repeats", type=int, default=3,
                    help="timed generations per cell; the median is reported, with the spread (default: 3)")
     p.add_argument("--seed", type=int, default=0, help="seeds the random weights and prompts")

@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
-from generate import (Generator, add_compile_once_flag, add_pdl_flag, apply_pdl_flag,  # noqa: E402
+from generate import (Generator, add_compile_flags, apply_pdl_flag, loading_label,  # noqa: E402
                       random_prompts, step)
 
 KINDS = (  # (kind, pattern on the kernel or op name); the first match wins
@@ -91,8 +91,7 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="default: cuda if available")
     p.add_argument("--no-compile", action="store_true", help="profile the eager model (the default on CPU)")
-    add_compile_once_flag(p)
-    add_pdl_flag(p)
+    add_compile_flags(p)
     p.add_argument("--top", type=int, default=15, help="kernels listed one by one")
     p.add_argument("--json", type=Path, help="write the rows here")
     p.add_argument("--smoke", action="store_true", help="tiny model, CPU, eager: checks the script runs")
@@ -103,8 +102,7 @@ def main(argv=None):
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
-    with step(f"building {args.model}" + (f", quantizing to {args.quant} block by block" if args.quant != "none"
-                                          else "")):
+    with step(loading_label(f"building {args.model}", args.quant)):
         model, _, _ = load_model(args.model, device=device, dtype=dtype, random_weights=True, quantize=args.quant,
                                  quantize_output=args.quant_output)
     gen = Generator(model, cuda and not args.no_compile, compile_prefill=False, compile_once=args.compile_once,
