@@ -120,7 +120,7 @@ def compile_kwargs(model: Transformer, cuda: bool, pdl: bool = False) -> tuple[d
 
     A quant scheme may ask for inductor options (quantize.QuantLinear.INDUCTOR_OPTIONS: int8-compile's
     coordinate-descent tuning); they apply to this model's compiles only, on CUDA. `pdl` on a GPU of
-    compute capability 9.0 or newer adds inductor's programmatic dependent launch (see add_compile_flags).
+    compute capability 9.0 or newer adds inductor's programmatic dependent launch (see add_step_flags).
     Otherwise plain mode="reduce-overhead" for decode and no options for prefill.
     """
     from torch._inductor import list_mode_options
@@ -137,8 +137,12 @@ class Generator:
     """Owns the compiled prefill/decode functions for one model and runs batched generation."""
 
     def __init__(self, model: Transformer, compile: bool, temperature=0.0, top_k=0, top_p=1.0,
-                 compile_prefill: bool = True, compile_once: bool = False, pdl: bool = True):
+                 compile_prefill: bool = True, compile_once: bool = False, pdl: bool = True,
+                 decode_attention: str = "sdpa"):
+        if decode_attention not in DECODE_ATTENTION:
+            raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}, got {decode_attention!r}")
         self.model = model
+        self.decode_kernel = decode_attention == "kernel"  # model.setup_caches(decode_kernel=)
         self.sampling = (temperature, top_k, top_p)
         self.prefill, self.decode = prefill, decode_step
         self.compiled = compile
@@ -176,8 +180,8 @@ class Generator:
         if need > cache_len:
             raise ValueError(f"prompt of {T} tokens + {max_new_tokens} new tokens needs {need} cache positions, "
                              f"but the cache holds {cache_len}")
-        if model.max_batch != B or model.max_seq < cache_len:
-            model.setup_caches(B, cache_len)
+        if model.max_batch != B or model.max_seq < cache_len or model.decode_kernel != self.decode_kernel:
+            model.setup_caches(B, cache_len, self.decode_kernel)
         pad = torch.tensor([T - len(p) for p in prompts], device=device)
         tokens = torch.tensor([[pad_id] * (T - len(p)) + p for p in prompts], device=device)
         eos = torch.tensor(sorted(eos_ids) or [-1], device=device)
@@ -265,6 +269,8 @@ def print_report(r: dict, title: str):
         ("peak memory", fmt(r.get("peak_memory_gb"), ".2f") + " GB" if "peak_memory_gb" in r else "n/a (CPU)"),
         ("compile + warm-up", "off" if r["compile_s"] is None else f"{r['compile_s']:.1f} s"),
     ]
+    if "decode_attention" in r:
+        rows.append(("decode attention · programmatic dependent launch", f"{r['decode_attention']} · {r['pdl']}"))
     if r.get("world_size", 1) > 1:  # bytes and bandwidth above are per GPU (this rank's shard)
         ar = r.get("all_reduce_s_per_step")
         rows.append(("tensor parallel: ranks, all-reduce per step",
@@ -275,9 +281,12 @@ def print_report(r: dict, title: str):
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-def add_compile_flags(p: argparse.ArgumentParser):
-    """--compile-once / --no-compile-once and --pdl / --no-pdl, shared by generate.py and the eval scripts that
-    compile its Generator (apply_pdl_flag acts on the parsed --pdl)."""
+DECODE_ATTENTION = ("kernel", "sdpa")
+
+
+def add_step_flags(p: argparse.ArgumentParser):
+    """--compile-once / --no-compile-once, --pdl / --no-pdl and --decode-attention, shared by generate.py and the
+    eval scripts that build its Generator (apply_pdl_flag acts on the parsed --pdl)."""
     p.add_argument("--compile-once", action=argparse.BooleanOptionalAction, default=True,
                    help="(on by default) compile one transformer layer and call it for every layer "
                         "(torch.compiler.nested_compile_region; the prefill is then compiled for this prompt "
@@ -291,6 +300,14 @@ def add_compile_flags(p: argparse.ArgumentParser):
                         "--no-pdl turns both off (for the int4 kernels by setting LOWBIT_W4A16_PDL=0). On an "
                         "H200: +7%% decode tokens/s at batch 1, +2%% at 32 (Llama-3-8B int4-marlin, head "
                         "quantized, before path 4; BENCHMARKS.md \"End to end with int4-marlin\")")
+    p.add_argument("--decode-attention", choices=DECODE_ATTENTION, default="sdpa",
+                   help="attention of the one-token decode steps: 'sdpa' (default) = F.scaled_dot_product_attention; "
+                        "'kernel' = our split-KV CUDA kernel (kernels.kv16_decode_attention) where it takes the "
+                        "model (CUDA, head_dim 64 or 128, at most 8 query heads per KV head) and is expected to be "
+                        "the faster one (batch x KV heads <= 32: Llama-3-8B up to batch 4), SDPA elsewhere. "
+                        "Experimental: this revision of the kernel (splits combined in a thread-block cluster) has "
+                        "not been run on a GPU yet; an earlier one gave +3%% decode tokens/s at batch 1. The "
+                        "prefill always uses SDPA. BENCHMARKS.md \"Decode attention\"")
 
 
 def apply_pdl_flag(args):
@@ -301,6 +318,12 @@ def apply_pdl_flag(args):
     if not args.pdl:
         os.environ["LOWBIT_W4A16_PDL"] = "0"
         inductor_config.triton.enable_pdl = False
+
+
+def decode_attention_report(model: Transformer) -> str:
+    """Which attention the decode steps of the last setup_caches run: "kernel" (kv16_decode_attention in every
+    layer) or "sdpa"."""
+    return "kernel" if all(layer.attention.decode_kernel for layer in model.layers) else "sdpa"
 
 
 def pdl_report(pdl: bool, device: torch.device, compiled: bool) -> str:
@@ -352,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "int4-g128-asym, int4-marlin), or none")
     p.add_argument("--quant-output", action="store_true", help="quantize the output head too")
     p.add_argument("--no-compile", action="store_true", help="run eagerly (the default on CPU)")
-    add_compile_flags(p)
+    add_step_flags(p)
     p.add_argument("--show", type=int, default=3, help="generated rows to print")
     p.add_argument("--json", type=Path, help="write the report (and generated ids) here")
     return p
@@ -425,7 +448,7 @@ def main(argv=None) -> int:
     for notice in slow_path_notices(model, compile, len(prompts)):
         console.print(f"notice: {notice}", highlight=False, soft_wrap=True)
     gen = Generator(model, compile, args.temperature, args.top_k, args.top_p, compile_once=args.compile_once,
-                    pdl=args.pdl)
+                    pdl=args.pdl, decode_attention=args.decode_attention)
     bandwidth = measured_bandwidth(device)
 
     cache_len = args.cache_len or max(map(len, prompts)) + args.max_new_tokens
@@ -453,7 +476,7 @@ def main(argv=None) -> int:
     report.update(model=args.model, quant=quant or "none", dtype=str(dtype).removeprefix("torch."),
                   device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   torch=torch.__version__, world_size=world, compile_once=compile and args.compile_once,
-                  pdl=pdl_report(args.pdl, device, compile))
+                  pdl=pdl_report(args.pdl, device, compile), decode_attention=decode_attention_report(model))
     if all_reduce_s is not None:
         report["all_reduce_s_per_step"] = all_reduce_s
     print_report(report, f"{args.model} · {report['quant']} · {report['dtype']} · {report['device']}"

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import kernels
+
 
 @dataclass
 class ModelArgs:
@@ -132,6 +134,7 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(args.dim, (args.n_heads + 2 * args.n_kv_heads) * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
         self.kv_cache: KVCache | None = None
+        self.decode_kernel = False  # setup_caches: decode steps through kernels.kv16_decode_attention
 
     def forward(self, x, cos, sin, mask, input_pos):
         B, T, _ = x.shape
@@ -146,7 +149,10 @@ class Attention(nn.Module):
         # `mask` (B, 1, rep*T, S) was laid out for these rows once per forward.
         rep = H // Hkv
         q = q.view(B, T, Hkv, rep, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, rep * T, D)
-        y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # (B, Hkv, rep*T, D)
+        if T == 1 and self.decode_kernel:  # one query column: mask row 0 holds it for every row (B, S)
+            y = kernels.kv16_decode_attention(q, k_all, v_all, mask[:, 0, 0])  # (B, Hkv, rep, D)
+        else:
+            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # (B, Hkv, rep*T, D)
         y = y.view(B, Hkv, rep, T, D).permute(0, 3, 1, 2, 4).reshape(B, T, H * D)
         return self.wo(y)
 
@@ -197,12 +203,15 @@ class Transformer(nn.Module):
             self.output.weight = self.tok_embeddings.weight
         self.register_buffer("inv_freq", rope_frequencies(args), persistent=False)
         self.max_batch = self.max_seq = 0
+        self.decode_kernel = False  # as asked of setup_caches (layers it cannot take use SDPA)
 
-    def setup_caches(self, max_batch: int, max_seq: int):
+    def setup_caches(self, max_batch: int, max_seq: int, decode_kernel: bool = False):
         """Allocate the static KV caches (B, H_kv, S, D) in the embedding's dtype and device.
 
         max_seq is rounded up to a multiple of 16 so the attention mask rows stay aligned for the
-        fused attention kernels.
+        fused attention kernels.  decode_kernel: one-token steps attend through our split-KV kernel
+        (kernels.kv16_decode_attention) where it takes the layer (CUDA, head_dim 64/128, <= 8 query
+        heads per KV head) and beats F.scaled_dot_product_attention (small batch x KV heads).
         """
         max_seq = -(-max_seq // 16) * 16
         if max_seq > self.args.max_seq_len:
@@ -211,7 +220,9 @@ class Transformer(nn.Module):
         for layer in self.layers:
             att = layer.attention  # its head counts are this rank's under tensor parallelism
             att.kv_cache = KVCache(max_batch, att.n_kv_heads, max_seq, att.head_dim, emb.dtype, emb.device)
-        self.max_batch, self.max_seq = max_batch, max_seq
+            att.decode_kernel = decode_kernel and kernels.decode_attention_supported(
+                att.n_heads // att.n_kv_heads, att.head_dim, emb.dtype, emb.device, max_batch * att.n_kv_heads)
+        self.max_batch, self.max_seq, self.decode_kernel = max_batch, max_seq, decode_kernel
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, pad: torch.Tensor,
                 last_only: bool = False) -> torch.Tensor:

@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
-from generate import (Generator, add_compile_flags, apply_pdl_flag, console, loading_label,  # noqa: E402
-                      make_report, measured_bandwidth, pdl_report, random_prompts, step)
+from generate import (Generator, add_step_flags, apply_pdl_flag, console, decode_attention_report,  # noqa: E402
+                      loading_label, make_report, measured_bandwidth, pdl_report, random_prompts, step)
 from tp import all_reduce_seconds, init_distributed, shard_model  # noqa: E402
 
 
@@ -45,7 +45,8 @@ def run_matrix(args, device, rank=0, world=1, on_row=lambda rows: None) -> list[
             model, _, _ = load_model(args.model, device=device, dtype=dtype, random_weights=True, seed=args.seed,
                                      shard=shard, quantize=scheme, quantize_output=args.quant_output)
         gen = Generator(model, compile, compile_prefill=False,  # decode is what this table compares
-                        compile_once=args.compile_once, pdl=args.pdl)
+                        compile_once=args.compile_once, pdl=args.pdl,
+                        decode_attention=args.decode_attention)
         for batch in args.batch:
             prompts = random_prompts(batch, args.prompt_len, model.args.vocab_size, args.seed)
             cache_len = args.prompt_len + args.max_new_tokens
@@ -59,7 +60,7 @@ def run_matrix(args, device, rank=0, world=1, on_row=lambda rows: None) -> list[
             r = reports[len(reports) // 2]  # the median timed generation (the upper one of an even count)
             r.update(quant=scheme, model=args.model, dtype=str(dtype).removeprefix("torch."), repeats=args.repeats,
                      decode_tok_s_total_range=[reports[0]["decode_tok_s_total"], reports[-1]["decode_tok_s_total"]],
-                     world_size=world)
+                     world_size=world, decode_attention=decode_attention_report(model))
             if world > 1:  # a collective: every rank times it
                 r["all_reduce_s_per_step"] = all_reduce_seconds(batch, model.args.dim, dtype, device,
                                                                 2 * model.args.n_layers)
@@ -155,7 +156,7 @@ def main(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=256, help="new tokens per row: the first from the prefill, the others timed as decode steps")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
     p.add_argument("--no-compile", action="store_true", help="eager decode (no torch.compile, no CUDA graphs)")
-    add_compile_flags(p)
+    add_step_flags(p)
     p.add_argument("--repeats", type=int, default=3,
                    help="timed generations per cell; the median is reported, with the spread (default: 3)")
     p.add_argument("--seed", type=int, default=0, help="seeds the random weights and prompts")
@@ -180,7 +181,8 @@ def main(argv=None):
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d"), "commands": [" ".join(sys.argv)], "prefill": "eager",
             "compile_once": args.compile_once and dev.type == "cuda" and not args.no_compile, "repeats": args.repeats,
-            "world_size": world, "pdl": pdl_report(args.pdl, dev, dev.type == "cuda" and not args.no_compile)}
+            "world_size": world, "pdl": pdl_report(args.pdl, dev, dev.type == "cuda" and not args.no_compile),
+            "decode_attention": args.decode_attention if dev.type == "cuda" else "sdpa"}
     earlier = load_earlier(args.out / "bench.json", meta) if args.append else []
 
     def merged(rows):  # this run's cells replace the same (scheme, batch) cells of an appended-to run
@@ -206,9 +208,9 @@ def load_earlier(path: Path, meta: dict) -> list[dict]:
         return []
     old = json.loads(path.read_text())
     for key in ("model", "prompt_len", "max_new_tokens", "device", "torch", "prefill", "compile_once", "repeats",
-                "world_size", "pdl"):
-        # older runs: one repeat, one process, no PDL
-        was = old["meta"].get(key, {"repeats": 1, "world_size": 1, "pdl": "off"}.get(key))
+                "world_size", "pdl", "decode_attention"):
+        # older runs: one repeat, one process, no PDL, SDPA
+        was = old["meta"].get(key, {"repeats": 1, "world_size": 1, "pdl": "off", "decode_attention": "sdpa"}.get(key))
         if was != meta[key]:
             raise SystemExit(f"--append: {path} was measured with {key}={was!r}, "
                              f"this run has {meta[key]!r}; use another --out")

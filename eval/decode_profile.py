@@ -20,13 +20,14 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
-from generate import (Generator, add_compile_flags, apply_pdl_flag, loading_label,  # noqa: E402
+from generate import (Generator, add_step_flags, apply_pdl_flag, loading_label,  # noqa: E402
                       random_prompts, step)
 
 KINDS = (  # (kind, pattern on the kernel or op name); the first match wins
     # Triton first: inductor names a kernel after every op it fused, e.g. an RMSNorm that feeds our op is
     # `triton_red_fused_..._w4a16_gemm_12`, and an attention mask `triton_poi_fused__scaled_dot_product_...`
     ("generated (Triton)", r"^triton_"),
+    ("ours (attention)", r"kv16_decode_attention"),
     ("ours (w4a16)", r"w4a16|lowbit"),
     ("GEMM (cuBLAS/CUTLASS, PyTorch quantized)", r"gemm|gemv|xmma|cutlass|nvjet|cublas|aten::mm|aten::addmm|aten::bmm"
                                                  r"|_int_mm|scaled_mm|int4pack"),
@@ -91,7 +92,7 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="default: cuda if available")
     p.add_argument("--no-compile", action="store_true", help="profile the eager model (the default on CPU)")
-    add_compile_flags(p)
+    add_step_flags(p)
     p.add_argument("--top", type=int, default=15, help="kernels listed one by one")
     p.add_argument("--json", type=Path, help="write the rows here")
     p.add_argument("--smoke", action="store_true", help="tiny model, CPU, eager: checks the script runs")
@@ -106,7 +107,7 @@ def main(argv=None):
         model, _, _ = load_model(args.model, device=device, dtype=dtype, random_weights=True, quantize=args.quant,
                                  quantize_output=args.quant_output)
     gen = Generator(model, cuda and not args.no_compile, compile_prefill=False, compile_once=args.compile_once,
-                    pdl=args.pdl)
+                    pdl=args.pdl, decode_attention=args.decode_attention)
     prompts = random_prompts(args.batch, args.prompt_len, model.args.vocab_size, seed=0)
     cache_len = args.prompt_len + 1 + 2 * args.steps
     run = lambda n: gen(prompts, n, set(), 0, cache_len, show_progress=False)  # noqa: E731

@@ -1,9 +1,10 @@
-"""lowbit kernels: int4 weight-only (w4a16) GEMM.
+"""lowbit kernels: int4 weight-only (w4a16) GEMM, and decode attention over a 16-bit KV cache.
 
     y = w4a16_gemm(x, packed_w, scales, zeros, group_size)      # x (M, K) bf16/fp16 -> y (M, N)
     packed_w, scales_p, zeros_p = pack_w4(q, scales, zeros, group_size)
+    y = kv16_decode_attention(q, k_cache, v_cache, mask)        # q (B, H, R, D) -> y (B, H, R, D)
 
-Operator torch.ops.lowbit.w4a16_gemm:
+Operators torch.ops.lowbit.w4a16_gemm and torch.ops.lowbit.kv16_decode_attention (kernels/attention.py):
   * schema, CPU implementation (the pure-PyTorch reference) and fake/meta
     implementation are registered here, in Python, so the op exists, traces
     under torch.compile(fullgraph=True) and runs on CPU on machines where the
@@ -19,18 +20,24 @@ from __future__ import annotations
 
 import torch
 
+from . import attention
+from .attention import check_attention_inputs, reference_kv16_decode_attention
 from .build import find_cuda_home, load_extension as _load_extension
 from .reference import check_inputs, dequantize, pack_w4, reference_w4a16_gemm, unpack_w4
 
 __all__ = [
     "w4a16_gemm", "pack_w4", "unpack_w4", "reference_w4a16_gemm", "dequantize",
     "load_extension", "extension_available", "choose_path", "gemm_path", "PATHS",
+    "kv16_decode_attention", "reference_kv16_decode_attention", "decode_attention_splits",
 ]
 
 _SCHEMA = "w4a16_gemm(Tensor x, Tensor packed_w, Tensor scales, Tensor? zeros, int group_size) -> Tensor"
 
+_ATTN_SCHEMA = "kv16_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor mask) -> Tensor"
+
 _lib = torch.library.Library("lowbit", "FRAGMENT")
 _lib.define(_SCHEMA)
+_lib.define(_ATTN_SCHEMA)
 
 
 def _cpu_impl(x, packed_w, scales, zeros, group_size):
@@ -38,6 +45,15 @@ def _cpu_impl(x, packed_w, scales, zeros, group_size):
 
 
 _lib.impl("w4a16_gemm", _cpu_impl, "CPU")
+_lib.impl("kv16_decode_attention", reference_kv16_decode_attention, "CPU")
+
+
+@torch.library.register_fake("lowbit::kv16_decode_attention")
+def _attention_fake(q, k_cache, v_cache, mask):
+    check_attention_inputs(q, k_cache, v_cache, mask)
+    if q.device.type == "cuda":
+        load_extension()  # the compiled graph will call the CUDA kernel at run time
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device)  # contiguous (B, H, R, D), as the kernel writes
 
 
 @torch.library.register_fake("lowbit::w4a16_gemm")
@@ -141,3 +157,35 @@ def gemm_path(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor, zer
         raise ValueError(f"gemm_path runs the CUDA kernels: x is on {x.device} (kernels.w4a16_gemm runs anywhere)")
     _check_eager(x, packed_w, scales, zeros, group_size)
     return load_extension().gemm_path(x, packed_w, scales, zeros, group_size, path, splits, m_tiles)
+
+
+def kv16_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                          mask: torch.Tensor) -> torch.Tensor:
+    """Attention of one query position per sequence over a 16-bit KV cache (a decode step): y (B, H, R, D).
+
+    Shapes and semantics in kernels/attention.py.  On CUDA (compute capability 8.0+, head_dim 64 or 128, at most
+    8 query rows per KV head) one kernel that splits the cache's columns over the SMs (csrc/attention_kernel.cu);
+    on CPU the float32 reference.  Validated here in eager mode, by the fake implementation under torch.compile.
+    """
+    if not torch.compiler.is_compiling():
+        check_attention_inputs(q, k_cache, v_cache, mask)
+        if q.is_cuda:
+            if q.data_ptr() % (q.shape[-1] // 16):  # the kernel loads D/32 16-bit values at a time
+                raise ValueError(f"kv16_decode_attention: q must be {q.shape[-1] // 16}-byte aligned")
+            load_extension()
+    return torch.ops.lowbit.kv16_decode_attention(q, k_cache, v_cache, mask)
+
+
+def decode_attention_splits(heads: int, S: int, sms: int) -> int:
+    """How many column splits the decode attention runs for B * H_kv = heads, S cache columns, `sms` SMs
+    (the heuristic lives in csrc/ops.cpp)."""
+    return load_extension().decode_attention_splits(heads, S, sms)
+
+
+def decode_attention_supported(rows: int, head_dim: int, dtype: torch.dtype, device: torch.device,
+                               batch_heads: int) -> bool:
+    """Whether a model layer's decode attention runs through the CUDA kernel: it takes the layer (rows query
+    heads per KV head, head_dim, dtype) on `device` (building the extension if needed), and it is the faster
+    choice for batch_heads = batch x KV heads (attention.prefer_kernel)."""
+    return (device.type == "cuda" and attention.supported(rows, head_dim, dtype)
+            and attention.prefer_kernel(batch_heads) and extension_available())

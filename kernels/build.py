@@ -17,7 +17,7 @@ import threading
 _HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(_HERE)
 CSRC = os.path.join(_HERE, "csrc")
-SOURCES = [os.path.join(CSRC, "ops.cpp"), os.path.join(CSRC, "w4a16_kernel.cu")]
+SOURCES = [os.path.join(CSRC, n) for n in ("ops.cpp", "w4a16_kernel.cu", "attention_kernel.cu")]
 EXT_NAME = "lowbit_w4a16"
 
 _lock = threading.Lock()

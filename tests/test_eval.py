@@ -172,6 +172,8 @@ def test_decode_profile_kinds():
     from eval.decode_profile import kind_of
     names = {"void lowbit::(anonymous namespace)::w4a16_stream_kernel<__nv_bfloat16, 1, false, true>(lowbit::GemmParams)":
              "ours (w4a16)", "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize64x64x64": "GEMM",
+             "void lowbit::(anonymous namespace)::kv16_decode_attention_kernel<__nv_bfloat16, 4>(lowbit::AttnParams)":
+             "ours (attention)",
              "aten::mm": "GEMM", "flash_fwd_splitkv_kernel": "attention", "triton_poi_fused_add_mul_0": "generated",
              "void at::native::elementwise_kernel<128, 4>": "other",
              "triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_view_w4a16_gemm_12": "generated"}
@@ -182,6 +184,26 @@ def test_decode_profile_kinds():
 def test_kernel_microbenchmark_smoke(tmp_path):
     out = run_script("eval/kernels.py", "--smoke", "--out", str(tmp_path))
     assert "reference_asym" in out.stdout and list(tmp_path.glob("*.json"))
+
+
+def test_attention_microbenchmark_smoke(tmp_path):
+    out = run_script("eval/attention.py", "--smoke", "--out", str(tmp_path))
+    assert "reference vs SDPA" in out.stdout and (tmp_path / "attention_bench_smoke.json").exists()
+
+
+def test_bench_append_reads_older_runs_as_sdpa(tmp_path):
+    """A bench.json written before --decode-attention existed was measured with SDPA: --append accepts it
+    for an SDPA run (the smoke run is on CPU, where the decode attention is always SDPA)."""
+    run_script("eval/bench.py", "--smoke", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["meta"].pop("decode_attention") == "sdpa"
+    (tmp_path / "bench.json").write_text(json.dumps(data))
+    run_script("eval/bench.py", "--smoke", "--append", "--out", str(tmp_path))
+    data["meta"]["decode_attention"] = "kernel"
+    (tmp_path / "bench.json").write_text(json.dumps(data))
+    out = subprocess.run([sys.executable, str(ROOT / "eval/bench.py"), "--smoke", "--append", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode != 0 and "decode_attention='kernel'" in out.stderr
 
 
 def test_kernel_bench_scheme_knobs():

@@ -1,5 +1,5 @@
-// Host glue for lowbit::w4a16_gemm: argument checks, path choice, split-K
-// sizing, workspace/counter management and the CUDA dispatcher registration.
+// Host glue for lowbit::w4a16_gemm and lowbit::kv16_decode_attention: argument checks, path choice,
+// split sizing, workspace/counter management and the CUDA dispatcher registrations.
 //
 // The op's schema is defined from Python (kernels/__init__.py), not here:
 // the CPU (reference) and fake implementations must exist on machines where
@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "attention.h"
 #include "w4a16.h"
 
 namespace lowbit {
@@ -382,10 +383,88 @@ at::Tensor w4a16_gemm_cuda(const at::Tensor& x, const at::Tensor& w, const at::T
   return gemm_path(x, w, s, z, gs, -1, -1, -1);
 }
 
+// Column splits of the decode attention (attention_kernel.cu): as many as give every SM two CTAs, but
+// at most one cluster's worth (8) and never runs of fewer than 32 columns.
+int64_t decode_attention_splits(int64_t heads, int64_t S, int sms) {
+  const int64_t want = (2 * (int64_t)sms + heads - 1) / heads;
+  return std::max<int64_t>(1, std::min<int64_t>({want, (S + 31) / 32, (int64_t)kAttnMaxSplits}));
+}
+
+// splits: -1 = decode_attention_splits; > 0 asks for that many (the count run can be lower: at most
+// kAttnMaxSplits, one below sm_90, and no split may be empty). A benchmark knob (eval/attention.py).
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                            int64_t want_splits) {
+  const char* op = "kv16_decode_attention";
+  TORCH_CHECK(q.is_cuda() && k.device() == q.device() && v.device() == q.device() && mask.device() == q.device(),
+              op, ": q, k_cache, v_cache and mask must be on one CUDA device, got ", q.device(), ", ", k.device(),
+              ", ", v.device(), ", ", mask.device());
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf, op,
+              ": q must be bfloat16 or float16, got ", q.scalar_type());
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type() &&
+                  mask.scalar_type() == q.scalar_type(),
+              op, ": k_cache, v_cache and mask must have q's dtype ", q.scalar_type(), ", got ", k.scalar_type(), ", ",
+              v.scalar_type(), ", ", mask.scalar_type());
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && mask.dim() == 2, op,
+              ": q (B, H, R, D), k_cache and v_cache (B, H, S, D), mask (B, S) expected, got ", q.dim(), ", ",
+              k.dim(), " and ", mask.dim(), " dims");
+  const int64_t B = q.size(0), H = q.size(1), R = q.size(2), D = q.size(3), S = k.size(2);
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == B && k.size(1) == H && k.size(3) == D &&
+                  mask.size(0) == B && mask.size(1) == S,
+              op, ": shapes disagree: q ", q.sizes(), ", k_cache ", k.sizes(), ", v_cache ", v.sizes(), ", mask ",
+              mask.sizes());
+  TORCH_CHECK(D == 64 || D == 128, op, ": head_dim must be 64 or 128, got ", D);
+  TORCH_CHECK(R >= 1 && R <= kAttnMaxRows, op, ": 1 to ", kAttnMaxRows, " query rows per KV head, got ", R);
+  TORCH_CHECK(B >= 1 && H >= 1 && S >= 1, op, ": empty problem: B=", B, " H=", H, " S=", S);
+  TORCH_CHECK(k.is_contiguous() && v.is_contiguous(), op, ": k_cache and v_cache must be contiguous");
+  const int64_t epl = D / 32;  // 16-bit values per lane and load
+  TORCH_CHECK(q.stride(3) == 1 && q.stride(0) % epl == 0 && q.stride(1) % epl == 0 && q.stride(2) % epl == 0 &&
+                  reinterpret_cast<uintptr_t>(q.data_ptr()) % (2 * epl) == 0,
+              op, ": q needs a contiguous last dim and strides that are multiples of ", epl, ", got ", q.strides());
+  TORCH_CHECK(mask.stride(1) == 1, op, ": mask needs a contiguous last dim, got strides ", mask.strides());
+  TORCH_CHECK(B * H * S <= INT32_MAX, op, ": problem too large: B=", B, " H=", H, " S=", S);
+  c10::cuda::CUDAGuard guard(q.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const DeviceInfo& d = device_info(q.get_device());
+  int64_t splits = want_splits > 0 ? want_splits : decode_attention_splits(B * H, S, d.sms);
+  splits = d.major < 9 ? 1 : std::min({splits, S, (int64_t)kAttnMaxSplits});  // splits meet in a cluster: sm_90+
+  const int64_t chunk = (S + splits - 1) / splits;
+  splits = (S + chunk - 1) / chunk;  // no empty splits
+  TORCH_CHECK(B <= 65535 && H <= 65535, op, ": B=", B, " and H=", H, " must be at most 65535 (grid)");
+
+  at::Tensor y = at::empty({B, H, R, D}, q.options());
+  AttnParams p{};
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.mask = mask.data_ptr();
+  p.y = y.data_ptr();
+  p.q_sb = q.stride(0);
+  p.q_sh = q.stride(1);
+  p.q_sr = q.stride(2);
+  p.mask_sb = mask.stride(0);
+  p.B = (int)B;
+  p.H = (int)H;
+  p.R = (int)R;
+  p.S = (int)S;
+  p.splits = (int)splits;
+  p.chunk = (int)chunk;
+  p.scale_log2 = (float)(1.4426950408889634 / std::sqrt((double)D));
+  C10_CUDA_CHECK(launch_decode_attention(p, q.scalar_type() == at::kHalf, (int)D, stream, use_pdl(d)));
+  return y;
+}
+
+at::Tensor kv16_decode_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const at::Tensor& mask) {
+  return decode_attention(q, k, v, mask, -1);
+}
+
 }  // namespace
 }  // namespace lowbit
 
-TORCH_LIBRARY_IMPL(lowbit, CUDA, m) { m.impl("w4a16_gemm", &lowbit::w4a16_gemm_cuda); }
+TORCH_LIBRARY_IMPL(lowbit, CUDA, m) {
+  m.impl("w4a16_gemm", &lowbit::w4a16_gemm_cuda);
+  m.impl("kv16_decode_attention", &lowbit::kv16_decode_attention_cuda);
+}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_path", &lowbit::gemm_path,
@@ -416,4 +495,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming, 3 = streaming with a shared-memory ring, "
         "4 = streaming with swapped operands",
         py::arg("M"), py::arg("N"), py::arg("K"));
+  m.def("decode_attention", &lowbit::decode_attention,
+        "kv16_decode_attention with a forced number of column splits (-1: decode_attention_splits)",
+        py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("mask"), py::arg("splits") = -1);
+  m.def("decode_attention_splits", &lowbit::decode_attention_splits,
+        "the decode attention's column splits for heads = B * H_kv, S cache columns and a GPU of `sms` SMs",
+        py::arg("heads"), py::arg("S"), py::arg("sms"));
 }

@@ -75,6 +75,7 @@
 
 #include <type_traits>
 
+#include "launch.cuh"
 #include "w4a16.h"
 
 namespace lowbit {
@@ -169,29 +170,6 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, uint32_t saddr) {
 __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) { ldmatrix_x4(r, smem_addr(p)); }
 __device__ __forceinline__ void ldmatrix_x2(uint32_t* r, uint32_t saddr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(saddr));
-}
-
-// Programmatic dependent launch (sm_90+; the host sets the launch attribute, see ops.cpp `use_pdl`).
-// A kernel launched with it may start while the kernel before it in the stream is still running, as
-// soon as that kernel's CTAs have all called launch_dependents (or exited).  Until pdl_wait() returns
-// (the previous kernel finished and its writes are visible), ours only reads the packed weights, scales
-// and zeros: model constants, which the kernel just before the op must not write (the contract in
-// kernels.w4a16_gemm's docstring).  x, the workspace, the counters and y come after it.  Without the
-// attribute both instructions are no-ops.  The host sets it on sm_90+ GPUs only, and kernels/build.py
-// always compiles for the GPU present, so code with the attribute always has the instructions (a build
-// for an older target with PTX, JIT-compiled on Hopper, would have neither the wait nor any guard).
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-// Lets the next kernel (if launched with the attribute) start its own pre-wait part: called once a
-// CTA has issued all its weight reads.  The next kernel still waits for this one to finish before it
-// touches anything this one writes.
-__device__ __forceinline__ void pdl_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
 }
 
 // ---- k-partial reduction, epilogue and split-K finish (both GEMM kernels) ----
@@ -949,8 +927,6 @@ __global__ void __launch_bounds__(128) w4_dequant_kernel(DequantParams p) {
 // The kernels are templates over (activation dtype, zeros present, m16 tiles);
 // `dispatch` turns the runtime triple into those template arguments once, for
 // every launcher and occupancy query below.
-template <typename T> struct Type { using type = T; };
-template <int V> using Int = std::integral_constant<int, V>;
 template <bool V> using Bool = std::integral_constant<bool, V>;
 
 template <class F>
@@ -969,23 +945,6 @@ auto dispatch(bool fp16, bool has_z, int mt, F&& f) {
     if (fp16) return has_z ? f(Type<__half>{}, Bool<true>{}, m) : f(Type<__half>{}, Bool<false>{}, m);
     return has_z ? f(Type<__nv_bfloat16>{}, Bool<true>{}, m) : f(Type<__nv_bfloat16>{}, Bool<false>{}, m);
   });
-}
-
-// kern<<<grid, block, smem, stream>>>(p), with programmatic stream serialization when `pdl` (the
-// host decides: sm_90+ only, see use_pdl in ops.cpp and pdl_wait above).
-template <class Kern, class P>
-cudaError_t launch(Kern kern, dim3 grid, int block, int smem, cudaStream_t stream, bool pdl, const P& p) {
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(block);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cfg.attrs = &attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, kern, p);
 }
 
 // CTAs per SM for a kernel at `smem` bytes of dynamic shared memory (raising the limit first).

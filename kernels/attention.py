@@ -1,0 +1,80 @@
+"""Pure-PyTorch reference and input checks for lowbit::kv16_decode_attention (csrc/attention_kernel.cu).
+
+    y = kv16_decode_attention(q, k_cache, v_cache, mask)
+
+q (B, H, R, D): the R query heads that share KV head h, as R rows of that head (model.py's GQA layout),
+one query position per sequence (a decode step); k_cache, v_cache (B, H, S, D) contiguous; mask (B, S),
+additive, the same for every head and row (-inf hides a column); all bfloat16 or all float16.
+y (B, H, R, D) = softmax(q k^T / sqrt(D) + mask) v, in q's dtype; a row with no visible column is NaN
+(model.py never makes one; SDPA's answer there differs by backend and torch version).  The CUDA kernel takes D = 64 or 128 and R <= 8.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+MAX_ROWS = 8  # csrc/attention.h kAttnMaxRows
+HEAD_DIMS = (64, 128)
+_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def check_attention_inputs(q, k_cache, v_cache, mask) -> tuple[int, int, int, int, int]:
+    """Raise ValueError/TypeError naming the offending numbers; returns (B, H, R, S, D)."""
+    if q.dtype not in _DTYPES:
+        raise TypeError(f"kv16_decode_attention: q must be bfloat16 or float16, got {q.dtype}")
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("mask", mask)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"kv16_decode_attention: {name} must have q's dtype {q.dtype}, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"kv16_decode_attention: {name} is on {t.device}, q on {q.device}")
+    if q.dim() != 4 or k_cache.dim() != 4 or mask.dim() != 2:
+        raise ValueError(f"kv16_decode_attention: q (B, H, R, D), k_cache/v_cache (B, H, S, D) and mask (B, S) "
+                         f"expected, got shapes {tuple(q.shape)}, {tuple(k_cache.shape)}, {tuple(mask.shape)}")
+    B, H, R, D = q.shape
+    S = k_cache.shape[2]
+    if (tuple(v_cache.shape) != tuple(k_cache.shape) or tuple(k_cache.shape) != (B, H, S, D)
+            or tuple(mask.shape) != (B, S)):
+        raise ValueError(f"kv16_decode_attention: shapes disagree: q {tuple(q.shape)}, k_cache "
+                         f"{tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}, mask {tuple(mask.shape)}")
+    if min(B, H, R, S, D) < 1:
+        raise ValueError(f"kv16_decode_attention: empty problem: B={B} H={H} R={R} S={S} D={D}")
+    if q.is_cuda:
+        if D not in HEAD_DIMS:
+            raise ValueError(f"kv16_decode_attention: the CUDA kernel takes head_dim 64 or 128, got {D}")
+        if R > MAX_ROWS:
+            raise ValueError(f"kv16_decode_attention: the CUDA kernel takes at most {MAX_ROWS} query rows per KV "
+                             f"head, got {R}")
+        if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+            raise ValueError("kv16_decode_attention: k_cache and v_cache must be contiguous")
+        epl = D // 32
+        if q.stride(3) != 1 or any(st % epl for st in q.stride()[:3]):
+            raise ValueError(f"kv16_decode_attention: q needs a contiguous last dim and strides that are "
+                             f"multiples of {epl}, got strides {q.stride()}")
+        if mask.stride(1) != 1:
+            raise ValueError(f"kv16_decode_attention: mask needs a contiguous last dim, got strides {mask.stride()}")
+    return B, H, R, S, D
+
+
+def reference_kv16_decode_attention(q, k_cache, v_cache, mask) -> torch.Tensor:
+    """The op in float32 (the CUDA kernel's arithmetic is fp32 too, in another order), rounded once."""
+    D = q.shape[-1]
+    scores = q.float() @ k_cache.float().transpose(-1, -2) / math.sqrt(D)  # (B, H, R, S)
+    scores = scores + mask.float()[:, None, None, :]
+    return (scores.softmax(-1) @ v_cache.float()).to(q.dtype)  # (B, H, R, D)
+
+
+# Up to this many (sequence, KV head) pairs the kernel beats F.scaled_dot_product_attention (cuDNN) at decode;
+# beyond, SDPA's one CTA per pair fills the GPU and reads faster (H200, torch 2.11, `python eval/attention.py`,
+# BENCHMARKS.md "Decode attention").
+KERNEL_MAX_BATCH_HEADS = 32
+
+
+def prefer_kernel(batch_heads: int) -> bool:
+    """The one place that picks the decode attention: our kernel for batch x KV heads <= 32, else SDPA."""
+    return batch_heads <= KERNEL_MAX_BATCH_HEADS
+
+
+def supported(rows: int, head_dim: int, dtype: torch.dtype) -> bool:
+    """Whether the CUDA kernel takes this attention layer: R query rows per KV head, head_dim, dtype."""
+    return 1 <= rows <= MAX_ROWS and head_dim in HEAD_DIMS and dtype in _DTYPES

@@ -1,0 +1,261 @@
+// lowbit decode attention: one query position per sequence against a 16-bit KV cache, split over the
+// cache's columns (flash-decoding), for GQA laid out as the model does it:
+//
+//   y[b,h,r,:] = softmax_j( q[b,h,r,:]·k[b,h,j,:] / sqrt(D) + mask[b,j] ) · v[b,h,j,:]
+//
+// q (B, H, R, D): the R query heads that share KV head h are R rows of that head, so each cached
+// K/V byte is read once for all of them.  mask (B, S) is the same for every head and row (one query
+// position); columns whose mask is -inf are never read.
+//
+// Why a kernel of our own: at batch 1 the fused attention behind F.scaled_dot_product_attention runs
+// one CTA per (sequence, KV head) and Llama-3-8B has 8 KV heads, so 8 of 132 SMs pull the whole
+// cache: 12.7 us per layer for 1.6 MB at S = 384 (H200, torch 2.11, cuDNN backend; BENCHMARKS.md
+// "Decode attention"), where the bandwidth allows well under 1 us.
+//
+// ---------------------------------------------------------------------------
+// Work split
+// ---------------------------------------------------------------------------
+// grid (splits, H, B); a CTA of 4 warps owns `chunk` consecutive columns of one (b, h).  Each warp
+// takes every 4th column; per column the whole warp reads the K row and the V row (D 16-bit values:
+// lane l holds D/32 consecutive ones, one 8- or 4-byte load), so a warp-wide load is one contiguous
+// 256- or 128-byte row.  kUnroll columns are loaded before any is used, to keep loads in flight.
+//
+// Scores: each lane multiplies its D/32 elements, a butterfly of shuffles sums the warp, so every lane
+// holds the score of every row.  Softmax online, in base 2 (q is pre-scaled by log2(e)/sqrt(D)):
+// per row a running maximum m, sum l and output o (the lane's D/32 elements), all fp32; the
+// probabilities stay fp32 (the fused kernels round them to 16 bits before P·V).
+//
+// Combining: the four warps' (m, l, o) through shared memory in warp order; then, with one split, y.
+// Otherwise the splits of one (b, h) are one thread-block cluster (sm_90+; at most 8 CTAs, the portable
+// cluster size): each CTA leaves its partial (M, L, O) in its shared memory and, after a cluster barrier,
+// combines one slice of the R x D outputs from all of them through distributed shared memory, in split
+// order 0..splits-1 (deterministic whatever the arrival order; no global workspace, no counters, so two
+// launches never share state).  Below sm_90 the host runs one split.  A split or warp that saw no visible
+// column has l = 0 and weighs nothing; a row with no visible column at all gives 0/0 = NaN
+// (kernels/attention.py).
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+#include <limits.h>
+#include <stdint.h>
+
+#include "attention.h"
+#include "launch.cuh"
+
+namespace lowbit {
+namespace {
+namespace cg = cooperative_groups;
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kUnroll = 8;  // columns per warp whose K/V loads are issued before the first is used
+constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
+
+// A lane's EPL consecutive 16-bit values as one aligned load: uint2 at D = 128, one word at D = 64.
+template <int EPL> using Raw = typename std::conditional<EPL == 4, uint2, uint32_t>::type;
+__device__ __forceinline__ uint32_t word(uint2 r, int i) { return i ? r.y : r.x; }
+__device__ __forceinline__ uint32_t word(uint32_t r, int) { return r; }
+// Element e of the raw load, as float (little-endian: element 2i is the low half of word i).
+template <typename T, class R> __device__ __forceinline__ float elem(R raw, int e) {
+  const uint32_t w = word(raw, e >> 1);
+  const uint16_t bits = (e & 1) ? (uint16_t)(w >> 16) : (uint16_t)(w & 0xFFFFu);
+  if constexpr (std::is_same<T, __half>::value) return __half2float(__ushort_as_half(bits));
+  else return __uint_as_float((uint32_t)bits << 16);  // bf16 is the top half of an fp32
+}
+
+template <typename T, int EPL, int RM>
+__global__ void __launch_bounds__(kThreads) kv16_decode_attention_kernel(const AttnParams p) {
+  constexpr int D = EPL * 32;
+  using V = Raw<EPL>;
+  const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int R = p.R;
+  const int j0 = split * p.chunk, j1 = min(p.S, j0 + p.chunk);
+  const size_t head = (size_t)b * p.H + h;
+  // Column j of this head's K (V) is kh[32 j] (vh[32 j]) for this lane.
+  const V* kh = reinterpret_cast<const V*>(static_cast<const T*>(p.k) + head * p.S * D) + lane;
+  const V* vh = reinterpret_cast<const V*>(static_cast<const T*>(p.v) + head * p.S * D) + lane;
+  const T* mrow = static_cast<const T*>(p.mask) + b * p.mask_sb;
+  __shared__ int s_hi;
+  if (threadIdx.x == 0) s_hi = -1;
+
+  pdl_wait();  // q, this step's cache column and the mask come from the kernels just before
+
+  // Loads of one turn: kUnroll columns c = j + 4u per warp, K row, V row and mask value, addresses clamped
+  // to column `last` (so no branch stands between loads and uses), columns past it weighing nothing.
+  float mk[kUnroll];
+  V kv[kUnroll], vv[kUnroll];
+  auto load = [&](int j, int last, float (&m_)[kUnroll], V (&k_)[kUnroll], V (&v_)[kUnroll]) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int c = min(j + u * kWarps, last);
+      k_[u] = kh[(size_t)c * 32];
+      v_[u] = vh[(size_t)c * 32];
+      m_[u] = j + u * kWarps <= last ? to_float(mrow[c]) : -INFINITY;
+    }
+  };
+  // 1. The first turn's loads, the scan of the chunk's mask for its last visible column and the q rows go
+  // out together: one memory round trip before the math (the first turn's reads are wasted when the chunk
+  // turns out to be all hidden).
+  const int jf = j0 + warp;
+  load(jf, j1 - 1, mk, kv, vv);
+  int hi = -1;
+  for (int c = j0 + threadIdx.x; c < j1; c += kThreads)
+    if (to_float(mrow[c]) != -INFINITY) hi = c;
+  float q[RM][EPL];  // rows >= R are zero and never stored
+#pragma unroll
+  for (int r = 0; r < RM; ++r) {
+    const int rr = min(r, R - 1);
+    const V qv = *reinterpret_cast<const V*>(static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh +
+                                             rr * p.q_sr + lane * EPL);
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) q[r][e] = r < R ? elem<T>(qv, e) * p.scale_log2 : 0.f;
+  }
+  __syncthreads();  // s_hi initialised
+  if (hi >= 0) atomicMax(&s_hi, hi);
+  __syncthreads();
+  hi = s_hi;  // columns past it are never read (decode: most of a young cache)
+
+  float m[RM], l[RM], o[RM][EPL];
+#pragma unroll
+  for (int r = 0; r < RM; ++r) {
+    m[r] = -INFINITY;
+    l[r] = 0.f;
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) o[r][e] = 0.f;
+  }
+
+  // 2. Turn by turn, the next turn's loads in flight while this one's math runs.
+  for (int j = jf; j <= hi; j += kWarps * kUnroll) {
+    float nmk[kUnroll];
+    V nkv[kUnroll], nvv[kUnroll];
+    if (j + kWarps * kUnroll <= hi) load(j + kWarps * kUnroll, hi, nmk, nkv, nvv);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      float s[RM];
+#pragma unroll
+      for (int r = 0; r < RM; ++r) {
+        s[r] = 0.f;
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) s[r] = fmaf(q[r][e], elem<T>(kv[u], e), s[r]);
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1)
+#pragma unroll
+        for (int r = 0; r < RM; ++r) s[r] += __shfl_xor_sync(0xffffffffu, s[r], off);
+#pragma unroll
+      for (int r = 0; r < RM; ++r) {
+        const float sc = mk[u] == -INFINITY ? -INFINITY : fmaf(mk[u], kLog2e, s[r]);
+        const float mn = fmaxf(m[r], sc);
+        const float base = mn == -INFINITY ? 0.f : mn;  // nothing visible yet: keep 0 * ... = 0, not NaN
+        const float a = exp2f(m[r] - base), pe = exp2f(sc - base);
+        m[r] = mn;
+        l[r] = fmaf(l[r], a, pe);
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) o[r][e] = fmaf(o[r][e], a, pe * elem<T>(vv[u], e));
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) mk[u] = nmk[u], kv[u] = nkv[u], vv[u] = nvv[u];
+  }
+  pdl_launch_dependents();  // all cache reads done: the next kernel may start its own prologue
+
+  // 3. The four warps' (m, l, o) combined in warp order into this CTA's partial (M, L, O).
+  __shared__ float s_m[kWarps][RM], s_l[kWarps][RM];
+  __shared__ float s_o[kWarps][RM][D];
+  __shared__ float s_M[RM], s_L[RM], s_O[RM][D];
+#pragma unroll
+  for (int r = 0; r < RM; ++r) {
+    if (lane == 0) s_m[warp][r] = m[r], s_l[warp][r] = l[r];
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) s_o[warp][r][lane * EPL + e] = o[r][e];
+  }
+  __syncthreads();
+  T* y = static_cast<T*>(p.y) + head * R * D;  // (R, D) of this (b, h)
+  const int RD = R * D;
+  for (int i = threadIdx.x; i < RD; i += kThreads) {
+    const int r = i / D, d = i % D;
+    float M = -INFINITY, L = 0.f, O = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, s_m[w][r]);
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float c = s_l[w][r] == 0.f ? 0.f : exp2f(s_m[w][r] - M);
+      L = fmaf(s_l[w][r], c, L);
+      O = fmaf(s_o[w][r][d], c, O);
+    }
+    if (p.splits == 1) {
+      y[i] = from_float<T>(O / L);
+    } else {
+      s_O[r][d] = O;
+      if (d == 0) s_M[r] = M, s_L[r] = L;
+    }
+  }
+  if (p.splits == 1) return;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // clusters: sm_90+ (the host runs one split below it)
+
+  // 4. The splits of this (b, h) form one cluster: CTA k combines slice k of the R x D outputs from every
+  // CTA's partial in distributed shared memory, in split order 0..splits-1 (no global workspace, no
+  // counters, deterministic); the second barrier keeps each partial alive until all have read it.
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();
+  const int per = (RD + p.splits - 1) / p.splits;
+  const int i0 = split * per, i1 = min(RD, i0 + per);
+  for (int i = i0 + threadIdx.x; i < i1; i += kThreads) {
+    const int r = i / D, d = i % D;
+    float M = -INFINITY;
+    for (int k = 0; k < p.splits; ++k) M = fmaxf(M, *cluster.map_shared_rank(&s_M[r], k));
+    float L = 0.f, O = 0.f;
+    for (int k = 0; k < p.splits; ++k) {
+      const float lk = *cluster.map_shared_rank(&s_L[r], k);
+      const float c = lk == 0.f ? 0.f : exp2f(*cluster.map_shared_rank(&s_M[r], k) - M);
+      L = fmaf(lk, c, L);
+      O = fmaf(*cluster.map_shared_rank(&s_O[r][d], k), c, O);
+    }
+    y[i] = from_float<T>(O / L);
+  }
+  cluster.sync();
+#endif
+}
+
+}  // namespace
+
+cudaError_t launch_decode_attention(const AttnParams& p, bool fp16, int D, cudaStream_t stream, bool pdl) {
+  // grid (splits, H, B) in clusters of (splits, 1, 1): the splits of one (b, h) (at most 8, a portable size).
+  cudaLaunchAttribute attrs[2] = {};
+  int n = 0;
+  if (p.splits > 1) {
+    attrs[n].id = cudaLaunchAttributeClusterDimension;
+    attrs[n++].val.clusterDim = {(unsigned)p.splits, 1, 1};
+  }
+  if (pdl) {
+    attrs[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(p.splits, p.H, p.B);
+  cfg.blockDim = dim3(kThreads);
+  cfg.stream = stream;
+  cfg.attrs = attrs;
+  cfg.numAttrs = n;
+  // Rows per KV head rounded up to 2, 4 or 8 (the registers and shuffles the kernel spends per row).
+  auto rows = [&](auto t, auto epl) {
+    using T = typename decltype(t)::type;
+    constexpr int EPL = decltype(epl)::value;
+    if (p.R <= 2) return cudaLaunchKernelEx(&cfg, kv16_decode_attention_kernel<T, EPL, 2>, p);
+    if (p.R <= 4) return cudaLaunchKernelEx(&cfg, kv16_decode_attention_kernel<T, EPL, 4>, p);
+    return cudaLaunchKernelEx(&cfg, kv16_decode_attention_kernel<T, EPL, kAttnMaxRows>, p);
+  };
+  auto dims = [&](auto t) { return D == 64 ? rows(t, Int<2>{}) : rows(t, Int<4>{}); };
+  return fp16 ? dims(Type<__half>{}) : dims(Type<__nv_bfloat16>{});
+}
+
+}  // namespace lowbit

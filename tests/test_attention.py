@@ -1,0 +1,245 @@
+"""lowbit::kv16_decode_attention: the reference against SDPA (CPU), the op's checks, fake and opcheck, the
+model's decode path through it, and the CUDA kernel against the reference (GPU)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels
+from kernels import build as kbuild
+from model import ModelArgs, Transformer
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA GPU on this machine")
+# The bar: the kernel's fp32 result rounded once to the output dtype, plus fp32 noise: 1.5 units of the output
+# dtype's epsilon times the row's largest |y| (the float32 reference rounds once too, so correct results sit
+# within 1 unit of it; 0.5 for the gap between fp32 orders of summation, far below what it needs).
+ULP_BAR = 1.5
+
+
+def problem(B, H, R, S, D, dtype, device, seed, pad=None, upto=None):
+    """Random q (B, H, R, D) and caches; an additive mask (B, S) as model.py makes it: row b sees columns
+    pad[b] .. upto (and always column upto); the rest -inf."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    q, k, v = (torch.randn(*shape, generator=g, device=device, dtype=dtype)
+               for shape in ((B, H, R, D), (B, H, S, D), (B, H, S, D)))
+    pad = torch.zeros(B, dtype=torch.long, device=device) if pad is None else torch.as_tensor(pad, device=device)
+    upto = S - 1 if upto is None else upto
+    j = torch.arange(S, device=device)
+    visible = (j[None] <= upto) & ((j[None] >= pad[:, None]) | (j[None] == upto))
+    mask = torch.zeros(B, S, dtype=dtype, device=device).masked_fill(~visible, float("-inf"))
+    return q, k, v, mask
+
+
+def sdpa(q, k, v, mask):
+    return F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask.double()[:, None, None])
+
+
+def ulp_error(y, q, k, v, mask):
+    ref = sdpa(q, k, v, mask)
+    ulp = torch.finfo(y.dtype).eps * ref.abs().amax(-1, keepdim=True).clamp_min(1e-3)
+    return ((y.double() - ref).abs() / ulp).max().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B,H,R,S,D,pad,upto", [(1, 8, 4, 48, 128, None, 30), (3, 2, 3, 17, 64, [0, 4, 16], 16),
+                                                 (2, 1, 1, 5, 32, [2, 0], 4), (1, 3, 9, 64, 16, None, None)])
+def test_reference_matches_sdpa(B, H, R, S, D, pad, upto, dtype):
+    """The CPU implementation (the reference) is SDPA's softmax(q k^T / sqrt(D) + mask) v, rounded once."""
+    q, k, v, mask = problem(B, H, R, S, D, dtype, "cpu", 0, pad, upto)
+    y = kernels.kv16_decode_attention(q, k, v, mask)
+    assert y.shape == (B, H, R, D) and y.dtype == dtype
+    assert ulp_error(y, q, k, v, mask) <= ULP_BAR
+
+
+def test_fully_masked_row_is_nan():
+    """Defined, not silently zero (SDPA's answer differs by backend and version; model.py never makes one)."""
+    q, k, v, mask = problem(2, 1, 2, 8, 64, torch.bfloat16, "cpu", 1)
+    mask[1] = float("-inf")
+    y = kernels.kv16_decode_attention(q, k, v, mask)
+    assert torch.isnan(y[1]).all() and not torch.isnan(y[0]).any()
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_bad_inputs_name_the_numbers(case):
+    q, k, v, mask = problem(1, 2, 4, 16, 64, torch.bfloat16, "cpu", 0)
+    bad = [((q.float(), k, v, mask), TypeError, "q must be bfloat16 or float16, got torch.float32"),
+           ((q, k.half(), v, mask), TypeError, "k_cache must have q's dtype torch.bfloat16, got torch.float16"),
+           ((q, k, v[:, :, :8], mask), ValueError, r"shapes disagree: q \(1, 2, 4, 64\), k_cache \(1, 2, 16, 64\), "
+                                                   r"v_cache \(1, 2, 8, 64\)"),
+           ((q, k, v, mask[:, :8]), ValueError, r"mask \(1, 8\)"),
+           ((q[0], k, v, mask), ValueError, r"got shapes \(2, 4, 64\)")][case]
+    args, exc, msg = bad
+    with pytest.raises(exc, match=msg):
+        kernels.kv16_decode_attention(*args)
+
+
+def test_opcheck_and_compile_cpu():
+    q, k, v, mask = problem(2, 2, 3, 24, 64, torch.bfloat16, "cpu", 3, pad=[0, 5])
+    torch.library.opcheck(torch.ops.lowbit.kv16_decode_attention, (q, k, v, mask))
+    f = torch.compile(kernels.kv16_decode_attention, fullgraph=True, backend="aot_eager")
+    assert torch.equal(f(q, k, v, mask), kernels.kv16_decode_attention(q, k, v, mask))
+
+
+def tiny_model(dtype, device, **over):
+    torch.manual_seed(0)
+    args = dict(dim=512, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=97, ffn_dim=96, max_seq_len=256)
+    m = Transformer(ModelArgs(**{**args, **over})).eval()
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return m.to(device=device, dtype=dtype)
+
+
+def decode_logits(m, decode_kernel, force=False):
+    """Left-padded batch of 3: prefill, then 6 decode steps; logits of every step (B, 7, V)."""
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15]]
+    dev = m.tok_embeddings.weight.device
+    T = max(map(len, prompts))
+    pad = torch.tensor([T - len(p) for p in prompts], device=dev)
+    m.setup_caches(3, 32, decode_kernel)
+    if force:  # CPU: the op's reference implementation stands in for the kernel
+        for layer in m.layers:
+            layer.attention.decode_kernel = True
+    tok = torch.tensor([[0] * (T - len(p)) + p for p in prompts], device=dev)
+    out = [m(tok, torch.arange(T, device=dev), pad)[:, -1:]]
+    for t in range(T, T + 6):
+        nxt = out[-1].argmax(-1)
+        out.append(m(nxt, torch.tensor([t], device=dev), pad))
+    return torch.cat(out, 1)
+
+
+@torch.no_grad()
+def test_model_decode_through_the_op_matches_sdpa_cpu():
+    """model.py's decode path through the op (its CPU reference here): the mask row, GQA rows and the (B, Hkv,
+    rep, D) layout agree with SDPA's path; setup_caches does not take the kernel on CPU."""
+    m = tiny_model(torch.bfloat16, "cpu")
+    want = decode_logits(m, False)
+    m.setup_caches(3, 32, True)
+    assert not any(layer.attention.decode_kernel for layer in m.layers)
+    got = decode_logits(m, True, force=True)
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+def test_kernel_only_where_it_is_faster():
+    from kernels.attention import prefer_kernel
+    assert prefer_kernel(8) and prefer_kernel(32) and not prefer_kernel(33) and not prefer_kernel(256)
+
+
+@pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
+def test_split_heuristic():
+    """csrc/ops.cpp decode_attention_splits: two CTAs per SM where the heads allow, at most 8 (one cluster),
+    runs of >= 32 columns."""
+    split = kernels.load_extension().decode_attention_splits
+    assert split(8, 384, 132) == 8  # Llama-3-8B at batch 1: 33 wanted
+    assert split(8, 2048, 132) == 8
+    assert split(64, 2048, 132) == 5
+    assert split(256, 384, 132) == 2  # batch 32
+    assert split(512, 384, 132) == 1
+    assert split(8, 16, 132) == 1
+
+
+# ---------------------------------------------------------------------------------------------------- GPU
+def run_poisoned(fn, shape, dtype):
+    torch.empty(shape, dtype=dtype, device="cuda").fill_(float("nan"))  # the block the output will reuse
+    return fn()
+
+
+def check_gpu(B, H, R, S, D, dtype, seed, splits=-1, pad=None, upto=None):
+    q, k, v, mask = problem(B, H, R, S, D, dtype, "cuda", seed, pad, upto)
+    ext = kernels.load_extension()
+    y1 = run_poisoned(lambda: ext.decode_attention(q, k, v, mask, splits), q.shape, dtype)
+    y2 = run_poisoned(lambda: ext.decode_attention(q, k, v, mask, splits), q.shape, dtype)
+    torch.cuda.synchronize()
+    what = f"B={B} H={H} R={R} S={S} D={D} {dtype} splits={splits} pad={pad} upto={upto}"
+    err = ulp_error(y1, q, k, v, mask)
+    assert err <= ULP_BAR, f"{what}: {err:.2f} ulp"
+    assert torch.equal(y1, y2), f"{what}: two identical runs differ"
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("D", [64, 128])
+def test_gpu_sweep(D, dtype):
+    """Odd shapes, every row count up to 8, cache lengths around the split sizes, forced split counts."""
+    seed = 0
+    for B, H, R, S in ((1, 8, 4, 384), (1, 8, 4, 2048), (3, 3, 3, 1), (2, 1, 7, 5), (5, 2, 8, 33), (1, 32, 1, 100),
+                       (32, 8, 4, 384), (2, 3, 2, 1000), (64, 8, 4, 48)):
+        for splits in (-1, 1, 2, 7, S):
+            seed += 1
+            check_gpu(B, H, R, S, D, dtype, seed, splits)
+
+
+@needs_cuda
+def test_gpu_masks_as_the_model_makes_them():
+    """Left padding per row, columns beyond the step hidden (never read), and a split that sees nothing."""
+    for splits in (-1, 1, 4, 12):
+        check_gpu(3, 8, 4, 384, 128, torch.bfloat16, 7, splits, pad=[0, 100, 250], upto=300)
+        check_gpu(2, 2, 3, 64, 64, torch.bfloat16, 8, splits, pad=[10, 0], upto=20)
+
+
+@needs_cuda
+def test_gpu_fully_masked_row_is_nan():
+    q, k, v, mask = problem(2, 2, 4, 64, 128, torch.bfloat16, "cuda", 9)
+    mask[0] = float("-inf")
+    y = kernels.kv16_decode_attention(q, k, v, mask)
+    assert torch.isnan(y[0]).all() and not torch.isnan(y[1]).any()
+
+
+@needs_cuda
+def test_gpu_opcheck_strided_q_and_graph_replay():
+    """opcheck on CUDA; q as a strided view (model.py's permute of the fused qkv output); CUDA-graph replay
+    of a split launch equals the eager call (the counters are left at zero)."""
+    B, H, R, S, D = 2, 8, 4, 256, 128
+    _, k, v, mask = problem(B, H, R, S, D, torch.bfloat16, "cuda", 10, pad=[0, 30], upto=200)
+    big = torch.randn(B, H, R, 2 * D, device="cuda", dtype=torch.bfloat16)
+    q = big[..., D:]  # strides (H R 2D, R 2D, 2D, 1)
+    torch.library.opcheck(torch.ops.lowbit.kv16_decode_attention, (q, k, v, mask))
+    eager = kernels.kv16_decode_attention(q, k, v, mask)
+    assert ulp_error(eager, q, k, v, mask) <= ULP_BAR
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        kernels.kv16_decode_attention(q, k, v, mask)
+    torch.cuda.current_stream().wait_stream(s)
+    with torch.cuda.graph(g):
+        out = kernels.kv16_decode_attention(q, k, v, mask)
+    for _ in range(3):
+        g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, eager)
+
+
+@needs_cuda
+def test_gpu_bad_shapes_are_clear_errors():
+    q, k, v, mask = problem(1, 2, 9, 16, 128, torch.bfloat16, "cuda", 0)
+    with pytest.raises(ValueError, match="at most 8 query rows per KV head, got 9"):
+        kernels.kv16_decode_attention(q, k, v, mask)
+    q, k, v, mask = problem(1, 2, 4, 16, 96, torch.bfloat16, "cuda", 0)
+    with pytest.raises(ValueError, match="head_dim 64 or 128, got 96"):
+        kernels.kv16_decode_attention(q, k, v, mask)
+
+
+@needs_cuda
+@torch.no_grad()
+def test_gpu_model_decode_kernel_matches_sdpa():
+    """The model's decode steps through the kernel against SDPA, bf16 on the GPU, eager."""
+    m = tiny_model(torch.bfloat16, "cuda")
+    want = decode_logits(m, False)
+    got = decode_logits(m, True)
+    assert all(layer.attention.decode_kernel for layer in m.layers)
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+@needs_cuda
+def test_gpu_generator_compiled_with_kernel_matches_sdpa():
+    """generate.Generator compiled (fullgraph, CUDA graphs, one layer compiled once): the same greedy tokens
+    with the decode attention through the kernel as through SDPA."""
+    from generate import Generator
+    m = tiny_model(torch.bfloat16, "cuda")
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15]]
+    runs = {a: Generator(m, True, compile_once=True, decode_attention=a)(prompts, 8, set(), 0, show_progress=False)
+            for a in ("sdpa", "kernel")}
+    assert m.decode_kernel and all(layer.attention.decode_kernel for layer in m.layers)
+    assert runs["kernel"]["tokens"] == runs["sdpa"]["tokens"]
