@@ -86,7 +86,7 @@ def extension_available() -> bool:
 
 
 # The op's CUDA paths by number (csrc/ops.cpp gemm_path; choose_path picks one).
-PATHS = ("mma", "dequant_cublas", "stream", "stream_smem", "stream_swap")
+PATHS = ("mma", "dequant_cublas", "stream", "stream_smem", "stream_swap", "wgmma")
 
 
 def choose_path(M: int, N: int, K: int) -> str:
@@ -141,11 +141,12 @@ def gemm_path(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor, zer
     path: -1 = choose_path, else an index into PATHS; splits: -1 = the launch plan's split-K count, else
     >= 1 (the count run can differ: no split may be empty); m_tiles: -1 = by M and path (csrc/ops.cpp
     m_tiles_for), else 1, 2 or 4 m16 tiles per CTA.  Path 1 (dequantize + cuBLAS) takes neither knob and
-    ignores both; path 4 (swapped operands) takes at most 8 rows and one m-tile.  Validated here, in Python,
-    for the reason w4a16_gemm gives.
+    ignores both; path 4 (swapped operands) takes at most 8 rows and one m-tile; path 5 (the wgmma kernel,
+    experimental: written without a GPU, not yet run on one) runs on compute capability 9.0 only.  Validated
+    here, in Python, for the reason w4a16_gemm gives.
     """
-    if path not in (-1, 0, 1, 2, 3, 4):
-        raise ValueError(f"gemm_path: path must be -1 (choose_path) or 0-4 ({', '.join(PATHS)}), got {path}")
+    if path not in (-1, 0, 1, 2, 3, 4, 5):
+        raise ValueError(f"gemm_path: path must be -1 (choose_path) or 0-5 ({', '.join(PATHS)}), got {path}")
     if path == 4 and (x.shape[0] > 8 or m_tiles not in (-1, 1)):
         raise ValueError(f"gemm_path: path 4 (stream_swap) takes at most 8 rows and one m-tile, got M={x.shape[0]}, "
                          f"m_tiles={m_tiles}")
@@ -155,6 +156,9 @@ def gemm_path(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor, zer
         raise ValueError(f"gemm_path: m_tiles must be -1 (by M), 1, 2 or 4, got {m_tiles}")
     if not x.is_cuda:
         raise ValueError(f"gemm_path runs the CUDA kernels: x is on {x.device} (kernels.w4a16_gemm runs anywhere)")
+    if path == 5 and torch.cuda.get_device_capability(x.device) != (9, 0):
+        raise ValueError(f"gemm_path: path 5 (wgmma) runs on compute capability 9.0 (H100, H200), "
+                         f"{torch.cuda.get_device_name(x.device)} has {torch.cuda.get_device_capability(x.device)}")
     _check_eager(x, packed_w, scales, zeros, group_size)
     return load_extension().gemm_path(x, packed_w, scales, zeros, group_size, path, splits, m_tiles)
 

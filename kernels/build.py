@@ -17,7 +17,7 @@ import threading
 _HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(_HERE)
 CSRC = os.path.join(_HERE, "csrc")
-SOURCES = [os.path.join(CSRC, n) for n in ("ops.cpp", "w4a16_kernel.cu", "attention_kernel.cu")]
+SOURCES = [os.path.join(CSRC, n) for n in ("ops.cpp", "w4a16_kernel.cu", "w4a16_wgmma.cu", "attention_kernel.cu")]
 EXT_NAME = "lowbit_w4a16"
 
 _lock = threading.Lock()
@@ -62,7 +62,8 @@ def find_cuda_home() -> str | None:
 
 
 def _target_arch() -> str:
-    """Compute capability to build for: the GPU present, else $TORCH_CUDA_ARCH_LIST, else 9.0."""
+    """Compute capability to build for: the GPU present, else $TORCH_CUDA_ARCH_LIST, else 9.0; 9.0 is built as
+    9.0a (sm_90a: Hopper's wgmma, which the path-5 kernel needs; such code runs on compute capability 9.0 only)."""
     import torch
 
     if torch.cuda.is_available():
@@ -72,8 +73,10 @@ def _target_arch() -> str:
                 f"unsupported GPU {torch.cuda.get_device_name()} with compute capability {major}.{minor}: "
                 "lowbit w4a16_gemm needs >= 8.0 (bf16 mma.sync, cp.async)"
             )
-        return f"{major}.{minor}"
-    return os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0")
+        arch = f"{major}.{minor}"
+    else:
+        arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0")
+    return "9.0a" if arch == "9.0" else arch
 
 
 def build_dir(arch: str) -> str:

@@ -1,8 +1,9 @@
 #!/bin/bash
 # One device call: build, GPU correctness, microbenchmark.  Logs under $OUT (or ./out).
-# Usage (repo root):  bash kernels/devcheck.sh [quick|full|e2e|prof]   (full: ~6-8 min on an H100, most of it the
-# model-shape sweep; quick skips that sweep; e2e: only the end-to-end A/B runs below, ~6 min; prof: ncu with
-# stall reasons per SASS line of the streaming kernel, ~3 min)
+# Usage (repo root):  bash kernels/devcheck.sh [quick|full|e2e|prof|new]   (full: ~6-8 min on an H100, most of it
+# the model-shape sweep; quick skips that sweep; e2e: only the end-to-end A/B runs below, ~6 min; prof: ncu with
+# stall reasons per SASS line of the streaming kernel, ~3 min; new: the code written without a GPU on 2026-12-05,
+# the wgmma kernel (path 5) and the decode attention's cluster revision: tests, sanitizers, timings, ~8 min)
 set -o pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR="$PWD/.torch_extensions"
@@ -54,16 +55,32 @@ t bad 60 "bad_inputs_cuda"
 t core 240 "m_sweep or forced_paths or forced_splits or opcheck_cuda or graph or exact_weights or first_split"
 t stream 300 "stream_kernel"
 # compute-sanitizer: a few shapes through the mma and streaming kernels (split-K, odd M, every group)
-san() {
+san() {  # tool [paths]
   timeout 300 compute-sanitizer --tool "$1" --error-exitcode 9 python -c "
 import sys, torch; sys.path.insert(0, 'tests')
 from test_kernels import check_gpu
-for path in (0, 1, 2, 3):
+for path in (${2:-0, 1, 2, 3}):
     for M, N, K, gs, sym in ((1, 256, 512, 128, True), (17, 192, 320, 64, False), (33, 128, 4096, 32, False)):
         check_gpu(M, N, K, gs, sym, torch.bfloat16, 5, path)
 " > "$OUT/san_$1.log" 2>&1
   echo "sanitizer[$1] rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/san_$1.log" | tail -1)"
 }
+if [ "$MODE" = new ]; then
+  t wgmma 400 "wgmma or bad_knobs or path_override"
+  san memcheck 5,
+  san racecheck 5,
+  timeout 300 python -m pytest -q tests/test_attention.py > "$OUT/t_attention.log" 2>&1
+  echo "tests[attention] rc=$? $(tail -1 "$OUT/t_attention.log")"; grep -E "^E  |FAILED|Fatal" "$OUT/t_attention.log" | head -8
+  timeout 200 python eval/kernels.py --bandwidth --ms 16,17,32,33,48,64,96,128,256 --reps 10 --tag _wgmma --out "$OUT" \
+    --schemes "cublas,ours_sym,ours_asym,ours_sym[wgmma],ours_asym[wgmma],ours_sym[wgmma/mt2],ours_sym[wgmma/mt1]" \
+    > "$OUT/bench_wgmma.log" 2>&1; echo "bench[wgmma] rc=$?"
+  timeout 200 python eval/attention.py --bandwidth --batch 1,4,8,32 --seq 384,2048 --splits auto,1,2,4,8 --tag _new \
+    --out "$OUT" > "$OUT/bench_attention.log" 2>&1; echo "bench[attention] rc=$?"
+  echo "elapsed $(( $(date +%s) - T0 ))s"
+  sed -n '/## Sum/,$p' "$OUT/bench_wgmma.log" | grep -E "^\|"
+  grep -E "^\| [0-9]" "$OUT/bench_attention.log" | head -40
+  exit 0
+fi
 san memcheck
 san racecheck
 timeout 240 python eval/kernels.py --bandwidth --out "$OUT" \

@@ -246,7 +246,7 @@ def test_path_override_from_environment():
         assert out.returncode == 0 and out.stdout.strip() == want, out.stderr[-2000:]
     env["LOWBIT_W4A16_PATH"] = "fast"
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=600)
-    assert out.returncode != 0 and "LOWBIT_W4A16_PATH must be 0, 1, 2, 3 or 4 (or unset), got 'fast'" in out.stderr
+    assert out.returncode != 0 and "LOWBIT_W4A16_PATH must be 0, 1, 2, 3, 4 or 5 (or unset), got 'fast'" in out.stderr
 
 
 @needs_cuda
@@ -477,7 +477,7 @@ def test_gpu_forced_m_tiles(path):
 
 @pytest.mark.parametrize("knobs,message", [
     ((0, -1, 3), "m_tiles must be -1 (by M), 1, 2 or 4, got 3"),
-    ((5, -1, -1), "path must be -1 (choose_path) or 0-4"),
+    ((6, -1, -1), "path must be -1 (choose_path) or 0-5"),
     ((4, -1, 2), "path 4 (stream_swap) takes at most 8 rows and one m-tile, got M=4, m_tiles=2"),
     ((0, 0, -1), "splits must be -1 (the launch plan) or >= 1, got 0"),
     ((-1, -1, -1), "gemm_path runs the CUDA kernels: x is on cpu"),
@@ -621,20 +621,144 @@ def test_path4_emulated(M, N, K, gs, sym, splits):
     assert abs(y - ref).max() <= 1e-9 * abs(ref).max()
 
 
+def sweep_forced_path(path, ms, m_of_seed, sym, dtype, seed):
+    """A forced path at every M of `ms` on a square and an odd shape (N % 128 == 64, K % 128 == 64), then at
+    M = m_of_seed(seed) on every model shape x group size; returns the next seed."""
+    for M in ms:
+        for N, K in ((4096, 4096), (192, 320)):
+            check_gpu(M, N, K, 64 if K % 128 else 128, sym, dtype, seed=seed, path=path)
+            seed += 1
+    for N, K, gs in shape_group_cases():
+        check_gpu(m_of_seed(seed), N, K, gs, sym, dtype, seed=seed, path=path)
+        seed += 1
+    return seed
+
+
+def _emulate_path5(x, pw, sp, zp, gs, N, NR, dtype):
+    """Path 5 (csrc/w4a16_wgmma.cu) in Python, as its threads compute it: per CTA (m-block of NR rows, n-block of
+    128 channels) and 128-deep k-block, x staged chunk by chunk at c * NR * 16 + r * 16 bytes and read back as
+    wgmma's B through the descriptor (start kt * NR * 32, leading byte offset NR * 16, stride byte offset 128, the
+    PTX ISA's no-swizzle K-major layout ((8, m), (8, 2)):((8 elements, SBO), (1, LBO))); each warp q's A
+    fragments from words 2(q % 2) + j of n-tile q / 2 (nibble pair -> register {0, 2, 1, 3}, the scale and zero of
+    its sub-tile from the lane's uint2 of the permuted vector), each weight rounded once to `dtype`, placed as
+    the PTX ISA's m64nNk16 A layout puts them; the accumulator fragment (element 4i + 2v + u at A-row
+    16q + lane/4 + 8v, column 8i + 2(lane%4) + u) stored where the kernel's epilogue stores it (row, channel
+    32q + 16j + lane/4 + 8v) and the two warpgroups' partials summed.  Returns y (M, N) in float64."""
+    import numpy as np
+    M, K = x.shape
+    words = pw.contiguous().view(-1).numpy().astype(np.int64) & 0xFFFFFFFF
+    S, Z = sp.double().numpy(), (zp.double().numpy() if zp is not None else None)
+    xf = x.double().numpy()
+    k_tiles, n_tiles = K // 16, N // 64
+    kreg = (0, 2, 1, 3)
+    y = np.zeros((M, N))
+    for mb in range((M + NR - 1) // NR):
+        row0 = mb * NR
+        for nb in range((N + 127) // 128):
+            red = np.zeros((2, NR, 128))
+            for kb in range((K + 127) // 128):
+                xs = np.zeros(NR * 128)  # the stage's x, in elements: 16-byte chunk (r, c) at element (c * NR + r) * 8
+                for r in range(min(NR, M - row0)):
+                    for c in range(16):
+                        k = kb * 128 + c * 8
+                        if k < K:
+                            xs[(c * NR + r) * 8:(c * NR + r) * 8 + 8] = xf[row0 + r, k:k + 8]
+                for kt in range(8):
+                    k = kb * 128 + kt * 16
+                    if k >= K:
+                        break
+                    wg, start, lbo, sbo = kt // 4, kt * NR * 16, NR * 8, 64  # in elements
+                    B = np.array([[xs[start + (n // 8) * sbo + (n % 8) * 8 + (kk // 8) * lbo + kk % 8] for kk in range(16)]
+                                  for n in range(NR)])  # (NR, 16)
+                    for j in range(2):
+                        A = np.zeros((64, 16))
+                        for q in range(4):
+                            tile, half = q >> 1, q & 1
+                            nt = nb * 2 + tile
+                            if nt >= n_tiles:
+                                continue  # the kernel computes garbage rows there and never stores them
+                            g = k // gs
+                            for lane in range(32):
+                                word = int(words[((nt * k_tiles + k // 16) * 32 + lane) * 4 + 2 * half + j])
+                                for pr in range(4):
+                                    sub = 2 * (2 * half + j) + (pr >> 1)  # the sub-tile of the nibble pair
+                                    col = 64 * nt + (lane >> 2) * 8 + sub  # the lane's scale vector, element `sub`
+                                    sc = S[g, col]
+                                    for hh in range(2):
+                                        qv = (word >> (4 * pr + 16 * hh)) & 0xF
+                                        w = qv * sc + Z[g, col] if Z is not None else (qv - 8) * sc
+                                        w = float(torch.tensor(w, dtype=torch.float64).to(dtype).double())
+                                        ri = kreg[pr]
+                                        A[16 * q + (lane >> 2) + 8 * (ri & 1), 2 * (lane & 3) + hh + 8 * (ri >> 1)] = w
+                        D = A @ B.T  # (64, NR)
+                        for q in range(4):
+                            for lane in range(32):
+                                for e in range(NR // 2):
+                                    i, v, u = e >> 2, (e >> 1) & 1, e & 1
+                                    val = D[16 * q + (lane >> 2) + 8 * v, 8 * i + 2 * (lane & 3) + u]
+                                    row, ch = 8 * i + 2 * (lane & 3) + u, 32 * q + 16 * j + (lane >> 2) + 8 * v
+                                    red[wg, row, ch] += val
+            rows, cols = min(NR, M - row0), min(128, N - nb * 128)
+            y[row0:row0 + rows, nb * 128:nb * 128 + cols] = (red[0] + red[1])[:rows, :cols]
+    return y
+
+
+@pytest.mark.parametrize("M,N,K,gs,sym,NR", [
+    (5, 192, 320, 64, True, 16), (20, 128, 256, 128, False, 32), (40, 192, 320, 32, False, 32),
+    (33, 64, 192, 192, True, 64),
+])
+def test_path5_emulated(M, N, K, gs, sym, NR):
+    """The wgmma kernel's fragment and layout algebra (not the hardware): emulated lane by lane against float64 with
+    the same 16-bit-rounded weights, on shapes with N % 128 == 64, K % 128 == 64, several m-blocks, every kind of
+    group and both weight forms."""
+    x, q, s, z = make_problem(M, N, K, gs, sym, torch.bfloat16, "cpu", seed=M * 7 + N)
+    pw, sp, zp = kernels.pack_w4(q, s, z, gs)
+    y = _emulate_path5(x, pw, sp, zp, gs, N, NR, torch.bfloat16)
+    w = dequantize(q, s, z, gs, dtype=None).to(torch.bfloat16).double()  # each weight rounded once, as the kernel
+    want = (x.double() @ w.t()).numpy()
+    assert abs(y - want).max() <= 1e-9 * max(1.0, abs(want).max()), abs(y - want).max()
+
+
+needs_sm90 = pytest.mark.skipif(not (CUDA and torch.cuda.get_device_capability() == (9, 0)),
+                                reason="path 5 (wgmma) needs a GPU of compute capability 9.0")
+
+
+@needs_sm90
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("sym", [True, False])
+def test_gpu_wgmma(sym, dtype):
+    """Path 5, forced: the M sweep on a square and an odd shape (N % 128 == 64, K % 128 == 64), every model shape
+    x group at M = 17..64, 16/32/64-row m-blocks and split-K counts forced; poisoned outputs, bitwise repeats."""
+    seed = sweep_forced_path(5, M_SWEEP, lambda seed: 17 + seed % 48, sym, dtype, seed=7000)
+    for M, mt, splits in ((40, 1, -1), (40, 2, 3), (40, 4, -1), (64, 4, 1), (100, 4, 2), (5, 1, 7)):
+        check_gpu(M, 4096, 4096, 128, sym, dtype, seed=seed, path=5, splits=splits, m_tiles=mt)
+        seed += 1
+
+
+@needs_sm90
+def test_gpu_wgmma_correctly_rounded_and_graph_replay():
+    """Path 5's bf16 outputs equal the correctly rounded product of its (bf16-rounded) weights for >= 99% of the
+    outputs, as test_gpu_outputs_correctly_rounded asks of the other paths; and it replays in a CUDA graph."""
+    N, K, gs = 4096, 4096, 128
+    ext = kernels.load_extension()
+    for i, M in enumerate((17, 32, 33, 64)):
+        x, q, s, z = make_problem(M, N, K, gs, i % 2 == 0, torch.bfloat16, "cuda", seed=400 + i)
+        pw, sp, zp = kernels.pack_w4(q, s, z, gs)
+        y = ext.gemm_path(x, pw, sp, zp, gs, 5, -1).double()
+        w = dequantize(q, s, z, gs, dtype=None).to(torch.bfloat16).double()
+        want = (x.double() @ w.t()).to(torch.bfloat16).double()
+        share = (y == want).double().mean().item()
+        assert share >= 0.99, f"M={M}: only {100 * share:.2f}% of the outputs are correctly rounded"
+    check_graph_replays(5, seed=450)
+
+
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("sym", [True, False])
 def test_gpu_swapped_operands(sym, dtype):
     """Path 4 (the register-ring streaming kernel with the weights as the mma's A operand and x as B, M <= 8):
     every M it takes on a square and an odd shape, then every model shape x group size at M in 1..8."""
-    seed = 6000
-    for M in (1, 2, 3, 5, 7, 8):
-        for N, K in ((4096, 4096), (192, 320)):
-            check_gpu(M, N, K, 64 if K % 128 else 128, sym, dtype, seed=seed, path=4)
-            seed += 1
-    for N, K, gs in shape_group_cases():
-        check_gpu(1 + seed % 8, N, K, gs, sym, dtype, seed=seed, path=4)
-        seed += 1
+    sweep_forced_path(4, (1, 2, 3, 5, 7, 8), lambda seed: 1 + seed % 8, sym, dtype, seed=6000)
 
 
 @needs_cuda

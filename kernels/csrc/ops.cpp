@@ -28,7 +28,8 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 // Path heuristic: the ONE place that decides which kernel runs.
 // 0 = fused mma.sync kernel, 1 = dequantize to a 16-bit temporary + cuBLAS,
 // 2 = the streaming kernel (w4a16_kernel.cu), 3 = the same with its weight ring in shared memory,
-// 4 = path 2 with the weights as the mma's A operand (M <= 8).
+// 4 = path 2 with the weights as the mma's A operand (M <= 8), 5 = the wgmma kernel (w4a16_wgmma.cu: Hopper's
+// warpgroup tensor cores, sm_90 GPUs only; experimental: not yet run on a GPU, never picked here, only forced).
 // Thresholds from the microbenchmark on an H200, torch 2.11 (BENCHMARKS.md, "Kernel microbenchmark";
 // kernels/NOTES.md v5-v7): Llama-3-8B's four linears, g128 symmetric, sum in us.
 //   streaming, register ring (2) vs shared-memory ring (3), one process each line:
@@ -62,7 +63,7 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 // weights dominate: up to M = 96 at 32-row tiles (m_tiles_for), ahead of the fused kernel, which
 // the heuristic no longer picks (forced paths and the benchmark keep it); from 97 rows cuBLAS on a
 // dequantized copy wins despite writing and re-reading 2 bytes per weight (~140 us of the 285 at M=128).
-// LOWBIT_W4A16_PATH=0..4 in the environment overrides it for every call of the process (end-to-end
+// LOWBIT_W4A16_PATH=0..5 in the environment overrides it for every call of the process (end-to-end
 // A/B runs of a path without a rebuild; read once); 4 only for calls of at most 8 rows (a prefill takes
 // the rule below).
 constexpr int64_t kSwapMaxM = 8;
@@ -73,8 +74,8 @@ int64_t forced_path() {
     const char* env = std::getenv("LOWBIT_W4A16_PATH");
     if (env == nullptr || *env == '\0') return int64_t{-1};
     const std::string v(env);
-    TORCH_CHECK(v.size() == 1 && v[0] >= '0' && v[0] <= '4',
-                "LOWBIT_W4A16_PATH must be 0, 1, 2, 3 or 4 (or unset), got '", v, "'");
+    TORCH_CHECK(v.size() == 1 && v[0] >= '0' && v[0] <= '5',
+                "LOWBIT_W4A16_PATH must be 0, 1, 2, 3, 4 or 5 (or unset), got '", v, "'");
     return int64_t{v[0] - '0'};
   }();
   return forced;
@@ -89,16 +90,17 @@ int64_t choose_path(int64_t M, int64_t N, int64_t K) {
   return M < kDequantMinM ? 3 : 1;
 }
 
-// m16 tiles per CTA for a path that tiles M (0, 2, 3), the rows one CTA covers being 16 x that: the
+// m16 tiles per CTA for a path that tiles M (0, 2, 3, 5), the rows one CTA covers being 16 x that: the
 // second half of the heuristic above (the same measurements), kept apart because forced paths need it too.
-// The fused kernel: mma_m_tiles (1, 2, then 4 from M = 33). The streaming kernels: at most 2, as
+// The fused kernel and the wgmma kernel (path 5, unmeasured: its N is the m-block's rows, so the widest m-block
+// re-reads the weights least): mma_m_tiles (1, 2, then 4 from M = 33). The streaming kernels: at most 2, as
 // their ring and registers are sized for (w4a16.h; 203-255 registers at 4, NOTES.md open issue 2),
 // measured above: M = 33..96 runs as 32-row m-blocks.  At 64-row m-blocks (forced, H200, 2026-11-29, eighth
 // session, kernels/bench_h200_s8_mt4.md) they lose: 172.8 / 184.0 / 327.0 us (shared ring) against 156.4 /
 // 159.5 / 236.4 at M = 48 / 64 / 96.
 int m_tiles_for(int64_t path, int64_t M) {
   const int mt = mma_m_tiles((int)M);
-  return path >= 2 ? std::min(mt, 2) : mt;
+  return path >= 2 && path <= 4 ? std::min(mt, 2) : mt;
 }
 
 struct DeviceInfo {
@@ -280,10 +282,11 @@ StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, boo
 }
 
 // path: -1 = heuristic, 0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming kernel,
-// 3 = streaming kernel with its weight ring in shared memory, 4 = path 2 with swapped operands (M <= 8).
-// splits: -1 = the launch plan's split-K count; > 0 asks for that many (paths 0, 2, 3, 4; the count
+// 3 = streaming kernel with its weight ring in shared memory, 4 = path 2 with swapped operands (M <= 8),
+// 5 = the wgmma kernel (sm_90 GPUs; its m-blocks and split-K as path 0's).
+// splits: -1 = the launch plan's split-K count; > 0 asks for that many (paths 0, 2, 3, 4, 5; the count
 // actually run can differ: no split may be empty). A benchmark knob (eval/kernels.py "[stream/s4]").
-// m_tiles: -1 = m_tiles_for(path, M); 1, 2 or 4 m16 tiles per CTA instead (paths 0, 2, 3; path 4 takes
+// m_tiles: -1 = m_tiles_for(path, M); 1, 2 or 4 m16 tiles per CTA instead (paths 0, 2, 3, 5; path 4 takes
 // only 1, and at most 8 rows; more m-blocks when fewer): the benchmark knob (eval/kernels.py "[mma/mt2]") that measured the M = 33..96 rule above.
 // The streaming kernel at one m-tile keeps its exact-weight arithmetic for any M.
 at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
@@ -309,7 +312,11 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
     return at::mm(x, w16.t());
   }
 
-  TORCH_CHECK(path >= 0 && path <= 4, "w4a16_gemm: path must be -1 (heuristic), 0, 1, 2, 3 or 4, got ", path);
+  TORCH_CHECK(path >= 0 && path <= 5, "w4a16_gemm: path must be -1 (heuristic), 0, 1, 2, 3, 4 or 5, got ", path);
+  const DeviceInfo& d = device_info(x.get_device());
+  TORCH_CHECK(path != 5 || (d.major == 9 && d.minor == 0),
+              "w4a16_gemm: path 5 (wgmma) runs on compute capability 9.0 (H100, H200) only, this GPU has ", d.major,
+              ".", d.minor);
   TORCH_CHECK(path != 4 || (M <= 8 && (want_m_tiles == -1 || want_m_tiles == 1)),
               "w4a16_gemm: path 4 (swapped operands) takes M <= 8 and one m-tile, got M=", M, ", m_tiles=", want_m_tiles);
   at::Tensor y = at::empty({M, N}, x.options());
@@ -320,7 +327,6 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   TORCH_CHECK(M <= INT32_MAX && N * K <= ((int64_t)1 << 40), "w4a16_gemm: problem too large: M=", M, " N=", N,
               " K=", K);
 
-  const DeviceInfo& d = device_info(x.get_device());
   const int64_t ctas = m_blocks * n_blocks;
   int64_t splits = 1, kb_per_split = kb_total;
   StreamPlan plan{};
@@ -335,7 +341,8 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   } else {
     // Split K until one wave of resident CTAs is (nearly) full: memory-bound
     // decode needs every SM streaming weights.  Never more splits than k-blocks.
-    const int64_t slots = (int64_t)d.sms * mma_occupancy(fp16, has_z, mt);
+    const int occupancy = path == 5 ? wgmma_occupancy(fp16, has_z, mt) : mma_occupancy(fp16, has_z, mt);
+    const int64_t slots = (int64_t)d.sms * occupancy;
     if (ctas < slots && ctas <= kCounterCapacity) splits = std::min<int64_t>(kb_total, slots / ctas);
     if (want_splits > 0) {
       TORCH_CHECK(want_splits == 1 || ctas <= kCounterCapacity, "w4a16_gemm: M=", M,
@@ -372,6 +379,8 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
     p.ring_off = (int)plan.ring_off;
     C10_CUDA_CHECK(launch_stream(p, fp16, has_z, mt, smem_ring, swap, (int)m_blocks, (int)n_blocks, (int)plan.smem,
                                  stream, pdl));
+  } else if (path == 5) {
+    C10_CUDA_CHECK(launch_wgmma(p, fp16, has_z, mt, (int)m_blocks, (int)n_blocks, stream, pdl));
   } else {
     C10_CUDA_CHECK(launch_mma(p, fp16, has_z, mt, (int)m_blocks, (int)n_blocks, stream, pdl));
   }
@@ -469,7 +478,8 @@ TORCH_LIBRARY_IMPL(lowbit, CUDA, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_path", &lowbit::gemm_path,
         "w4a16 GEMM with a forced path (-1 auto, 0 mma, 1 dequant+cuBLAS, 2 streaming, 3 streaming with a "
-        "shared-memory ring, 4 streaming with swapped operands, M <= 8) and optionally a split-K count and m16 tiles per CTA (1, 2 or 4)",
+        "shared-memory ring, 4 streaming with swapped operands, M <= 8, 5 wgmma, compute capability 9.0) and "
+        "optionally a split-K count and m16 tiles per CTA (1, 2 or 4)",
         py::arg("x"), py::arg("packed_w"), py::arg("scales"), py::arg("zeros"), py::arg("group_size"),
         py::arg("path"), py::arg("splits") = -1, py::arg("m_tiles") = -1);
   m.def(
@@ -493,7 +503,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       py::arg("splits") = -1, py::arg("smem_ring") = false);
   m.def("choose_path", &lowbit::choose_path,
         "0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming, 3 = streaming with a shared-memory ring, "
-        "4 = streaming with swapped operands",
+        "4 = streaming with swapped operands, 5 = wgmma (sm_90 only, experimental: only forced)",
         py::arg("M"), py::arg("N"), py::arg("K"));
   m.def("decode_attention", &lowbit::decode_attention,
         "kv16_decode_attention with a forced number of column splits (-1: decode_attention_splits)",

@@ -77,6 +77,7 @@
 
 #include "launch.cuh"
 #include "w4a16.h"
+#include "w4a16_device.cuh"
 
 namespace lowbit {
 namespace {
@@ -85,94 +86,8 @@ constexpr int kThreads = 256;
 constexpr int kNBlk = kMmaNBlock;    // output channels per CTA
 constexpr int kKBlk = kMmaKBlock;    // reduction depth per pipeline stage
 constexpr int kStages = 4;           // cp.async ring depth
-constexpr int kMaxGroupsPerBlk = kKBlk / 32;  // smallest group size is 32
-constexpr int kWBytes = (kNBlk / 64) * (kKBlk / 16) * 512;  // 8 KB
-constexpr int kSBytes = kMaxGroupsPerBlk * kNBlk * 2;        // 1 KB
 
-// ---- dtype traits ---------------------------------------------------------
-// m16n8k16 tensor-core products with fp32 accumulators for the 16-bit type TY ("bf16" or "f16"):
-// mma: c += a·b; mma_zc: c = a·b (the accumulator input is zero).
-#define LOWBIT_MMA16(TY)                                                                              \
-  static __device__ __forceinline__ void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {   \
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." TY "." TY ".f32 "                             \
-                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"                              \
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                       \
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));                       \
-  }                                                                                                    \
-  static __device__ __forceinline__ void mma_zc(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {\
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." TY "." TY ".f32 "                             \
-                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"                          \
-                 : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])                                       \
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.f));             \
-  }
-
-template <typename T> struct Traits;
-template <> struct Traits<__nv_bfloat16> {
-  using T2 = __nv_bfloat162;
-  static constexpr uint32_t kMagic = 0x43004300u;  // 128.0 in both halves
-  static constexpr uint32_t kOne2 = 0x3F803F80u;   // 1.0 in both halves
-  // The streaming kernel at MT = 1: a nibble in the top four mantissa bits (3..6) of 16.0 gives
-  // 16 + q exactly; kTop = the shift that moves bit 0 of a nibble there.
-  static constexpr uint32_t kMagic16 = 0x41804180u, kTopMask = 0x00780078u;
-  static constexpr int kTop = 3;
-  static __device__ __forceinline__ T2 magic_sym() {  // 136 = 128 + 8
-    return __floats2bfloat162_rn(136.f, 136.f);
-  }
-  static __device__ __forceinline__ T2 magic() { return __floats2bfloat162_rn(128.f, 128.f); }
-  static __device__ __forceinline__ T2 from_floats(float a, float b) { return __floats2bfloat162_rn(a, b); }
-  LOWBIT_MMA16("bf16")
-};
-template <> struct Traits<__half> {
-  using T2 = __half2;
-  static constexpr uint32_t kMagic = 0x64006400u;  // 1024.0 in both halves
-  static constexpr uint32_t kOne2 = 0x3C003C00u;   // 1.0 in both halves
-  static constexpr uint32_t kMagic16 = 0x4C004C00u, kTopMask = 0x03C003C0u;  // mantissa bits 6..9
-  static constexpr int kTop = 6;
-  static __device__ __forceinline__ T2 magic_sym() { return __floats2half2_rn(1032.f, 1032.f); }
-  static __device__ __forceinline__ T2 magic() { return __floats2half2_rn(1024.f, 1024.f); }
-  static __device__ __forceinline__ T2 from_floats(float a, float b) { return __floats2half2_rn(a, b); }
-  LOWBIT_MMA16("f16")
-};
-#undef LOWBIT_MMA16
-
-template <typename T2> __device__ __forceinline__ uint32_t as_u32(T2 v) {
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-template <typename T2> __device__ __forceinline__ T2 as_t2(uint32_t v) {
-  return *reinterpret_cast<T2*>(&v);
-}
-
-// ---- cp.async helpers -----------------------------------------------------
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-// 16-byte async copy; when !pred the destination is zero-filled and global
-// memory is not read (src-size 0), the pointer is still a valid address.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool pred) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(pred ? 16 : 0));
-}
-// Weights: streamed once, so mark them evict_first in L2 to keep x and the
-// scales (re-read by every n-block) resident.
-__device__ __forceinline__ void cp_async16_evict_first(void* dst, const void* src, uint64_t policy) {
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)),
-               "l"(src), "l"(policy));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, uint32_t saddr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(saddr));
-}
-__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) { ldmatrix_x4(r, smem_addr(p)); }
-__device__ __forceinline__ void ldmatrix_x2(uint32_t* r, uint32_t saddr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(saddr));
-}
-
-// ---- k-partial reduction, epilogue and split-K finish (both GEMM kernels) ----
+// ---- k-partial reduction and epilogue (both mma.sync GEMM kernels; split-K finish in w4a16_device.cuh) ----
 // A CTA owns 128 output channels (2 n-tiles, warp wn) and four k-partials per
 // n-tile (warp wk).  The partials are summed through shared memory in a fixed
 // order, (w0 + w2) + (w1 + w3); then y is written (one split) or fp32 partials
@@ -244,32 +159,7 @@ __device__ __forceinline__ void reduce_and_store(float (&acc)[MT][8][4], uint8_t
       }
   }
   if (single) return;
-
-  // ---- split-K: the last CTA of this (m-block, n-block) reduces in fixed order
-  __shared__ int s_last;
-  __threadfence();  // make this CTA's partials visible device-wide before counting
-  __syncthreads();
-  int* counter = p.counters + (size_t)mb * gridDim.y + nb;
-  if (tid == 0) s_last = atomicAdd(counter, 1) == p.k_splits - 1;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();  // acquire side: order the partial reads after the counter
-  const int rows = min(MT * 16, M - row0);
-  const int cols = min(kNBlk, N - nb * kNBlk);
-  for (int e = tid; e < rows * (kNBlk / 4); e += kThreads) {
-    const int r = e / (kNBlk / 4), c4 = (e % (kNBlk / 4)) * 4;
-    if (c4 >= cols) continue;
-    const size_t off = (size_t)(row0 + r) * N + nb * kNBlk + c4;
-    float4 sum = __ldcg(reinterpret_cast<const float4*>(p.workspace + off));
-    for (int s = 1; s < p.k_splits; ++s) {
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(p.workspace + (size_t)s * M * N + off));
-      sum.x += v.x; sum.y += v.y; sum.z += v.z; sum.w += v.w;
-    }
-    T2* dst = reinterpret_cast<T2*>(yg + off);
-    dst[0] = Tr::from_floats(sum.x, sum.y);
-    dst[1] = Tr::from_floats(sum.z, sum.w);
-  }
-  if (tid == 0) *counter = 0;  // ready for the next launch on this stream
+  split_k_finish<T, kThreads>(p, tid, mb, nb, row0, min(MT * 16, M - row0));
 }
 
 // ---- the GEMM kernel ------------------------------------------------------
@@ -299,38 +189,20 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
   const int wk = warp >> 1;  // k-tile pair inside each k-block
   const int mb = blockIdx.x, nb = blockIdx.y, split = blockIdx.z;
   const int K = p.K, N = p.N, M = p.M, gs = p.group_size;
-  const int k_tiles = K >> 4;
   const int n_tiles = N >> 6;
-  const int kb_total = (K + kKBlk - 1) / kKBlk;
-  const int kb_begin = split * p.kb_per_split;
-  const int kb_end = min(kb_begin + p.kb_per_split, kb_total);
-  const int nkb = kb_end - kb_begin;
+  const int kb_begin = split * p.kb_per_split, nkb = split_k_blocks(p, split);
   const int row0 = mb * MT * 16;
   const bool ntile_ok = (nb * 2 + wn) < n_tiles;  // N % 128 == 64: last CTA has one n-tile
 
-  const int4* __restrict__ wq = reinterpret_cast<const int4*>(p.w);
   const T* __restrict__ xg = reinterpret_cast<const T*>(p.x);
-  const T* __restrict__ sg = reinterpret_cast<const T*>(p.s);
-  const T* __restrict__ zg = reinterpret_cast<const T*>(p.z);
-
-  uint64_t evict_first;
-  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(evict_first));
+  const uint64_t evict_first = evict_first_policy();
 
   auto stage_ptr = [&](int st) { return smem + st * S::kStage; };
 
   // Issue the copies of k-block kb into ring slot st.
   auto load_stage = [&](int st, int kb) {
     uint8_t* base = stage_ptr(st);
-    // weights: 2 n-tiles x 8 k-tiles x 32 chunks = 512 chunks, 2 per thread;
-    // each n-tile's 8 k-tiles are 4 KB contiguous in global memory.
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int c = tid + i * kThreads;
-      const int nt = c >> 8, rem = c & 255;
-      const int gnt = nb * 2 + nt, gkt = kb * 8 + (rem >> 5);
-      if (gnt < n_tiles && gkt < k_tiles)
-        cp_async16_evict_first(base + c * 16, wq + ((size_t)gnt * k_tiles + kb * 8) * 32 + rem, evict_first);
-    }
+    copy_stage_weights<T, HAS_Z>(base, base + kWBytes + S::kXBytes, p, tid, nb, kb, evict_first);
     // activations: 16·MT rows x 16 chunks; chunk index XOR-swizzled by row so
     // the 8 row addresses of every ldmatrix phase fall in distinct banks.
     uint8_t* xs = base + kWBytes;
@@ -342,22 +214,6 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
       const bool ok = gr < M && gk < K;
       const T* src = ok ? xg + (size_t)gr * K + gk : xg;
       cp_async16(xs + r * (kKBlk * 2) + ((ch ^ (r & 7)) << 4), src, ok);
-    }
-    // scales (and zeros): the groups that this k-block touches, 16 chunks each.
-    const int k0 = kb * kKBlk;
-    const int g0 = k0 / gs;
-    const int ng = (min(k0 + kKBlk, K) - 1) / gs - g0 + 1;
-    if (tid < kMaxGroupsPerBlk * 16) {
-      const int gi = tid >> 4, ch = tid & 15;
-      const int col = nb * kNBlk + ch * 8;
-      if (gi < ng && col < N)
-        cp_async16(base + kWBytes + S::kXBytes + tid * 16, sg + (size_t)(g0 + gi) * N + col, true);
-    } else if (HAS_Z && tid < 2 * kMaxGroupsPerBlk * 16) {
-      const int t = tid - kMaxGroupsPerBlk * 16;
-      const int gi = t >> 4, ch = t & 15;
-      const int col = nb * kNBlk + ch * 8;
-      if (gi < ng && col < N)
-        cp_async16(base + kWBytes + S::kXBytes + kSBytes + t * 16, zg + (size_t)(g0 + gi) * N + col, true);
     }
   };
 
@@ -553,8 +409,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
   const int wkt0 = wk * tw;                // this warp's first k-tile, CTA-local
   const int ntiles = ntile_ok ? max(0, min(tw, k_tiles - cta_kt0 - wkt0)) : 0;  // warp-uniform
 
-  uint64_t evict_first;
-  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(evict_first));
+  const uint64_t evict_first = evict_first_policy();
 
   // 1. path 2: the first D weight tiles of this warp's run, in flight while the previous kernel finishes
   //    (PDL) and x is staged
@@ -923,47 +778,6 @@ __global__ void __launch_bounds__(128) w4_dequant_kernel(DequantParams p) {
   }
 }
 
-// ---- host-side launchers --------------------------------------------------
-// The kernels are templates over (activation dtype, zeros present, m16 tiles);
-// `dispatch` turns the runtime triple into those template arguments once, for
-// every launcher and occupancy query below.
-template <bool V> using Bool = std::integral_constant<bool, V>;
-
-template <class F>
-auto dispatch_mt(int mt, F&& f) {
-  switch (mt) {
-    case 1: return f(Int<1>{});
-    case 2: return f(Int<2>{});
-    default: return f(Int<4>{});
-  }
-}
-
-// Calls f(Type<T>{}, Bool<HAS_Z>{}, Int<MT>{}).
-template <class F>
-auto dispatch(bool fp16, bool has_z, int mt, F&& f) {
-  return dispatch_mt(mt, [&](auto m) {
-    if (fp16) return has_z ? f(Type<__half>{}, Bool<true>{}, m) : f(Type<__half>{}, Bool<false>{}, m);
-    return has_z ? f(Type<__nv_bfloat16>{}, Bool<true>{}, m) : f(Type<__nv_bfloat16>{}, Bool<false>{}, m);
-  });
-}
-
-// CTAs per SM for a kernel at `smem` bytes of dynamic shared memory (raising the limit first).
-template <class K>
-int occupancy(K kern, int smem) {
-  if (smem > 0) cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, kThreads, smem) != cudaSuccess) return 1;
-  return n > 0 ? n : 1;
-}
-
-// One cached entry per (dtype, zeros, MT).
-template <class F>
-int cached(int (&cache)[2][2][5], bool fp16, bool has_z, int mt, F&& compute) {
-  int& c = cache[fp16][has_z][mt];
-  if (c == 0) c = compute();
-  return c;
-}
-
 }  // namespace
 
 int mma_m_tiles(int M) { return M <= 16 ? 1 : (M <= 32 ? 2 : 4); }
@@ -973,7 +787,7 @@ int mma_occupancy(bool fp16, bool has_z, int mt) {
   return cached(cache, fp16, has_z, mt, [&] {
     return dispatch(fp16, has_z, mt, [](auto t, auto z, auto m) {
       using T = typename decltype(t)::type;
-      return occupancy(w4a16_mma_kernel<T, decltype(m)::value, decltype(z)::value>,
+      return occupancy(w4a16_mma_kernel<T, decltype(m)::value, decltype(z)::value>, kThreads,
                        Smem<T, decltype(m)::value, decltype(z)::value>::kTotal);
     });
   });
@@ -1012,7 +826,7 @@ auto dispatch_stream(bool fp16, bool has_z, int mt, bool smem_ring, bool swap, F
 int stream_occupancy(bool fp16, bool has_z, int mt, bool smem_ring, bool swap) {
   static int cache[3][2][2][5] = {};
   return cached(cache[swap ? 2 : smem_ring], fp16, has_z, mt, [&] {
-    return dispatch_stream(fp16, has_z, mt, smem_ring, swap, [](auto kern) { return occupancy(kern, 0); });
+    return dispatch_stream(fp16, has_z, mt, smem_ring, swap, [](auto kern) { return occupancy(kern, kThreads, 0); });
   });
 }
 

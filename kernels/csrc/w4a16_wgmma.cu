@@ -1,0 +1,335 @@
+// lowbit int4-weight GEMM on Hopper's warpgroup tensor cores (path 5): y[M,N] = x[M,K] · W[N,K]^T for
+// M = 17..64 per m-block, the rows where the mma.sync kernels spend more time dequantizing and issuing
+// instructions than reading weights (BENCHMARKS.md: 99 us at M = 32, 160 at 64 for Llama-3-8B's four
+// linears, against a 28 us bandwidth bound).
+//
+// EXPERIMENTAL, written 2026-12-05 without a GPU: compiled (nvcc 13.0, sm_90a), never run.  The op's
+// heuristic (choose_path, csrc/ops.cpp) does not pick it; LOWBIT_W4A16_PATH=5 or gemm_path(..., path=5)
+// forces it, and tests/test_kernels.py checks it against the reference on an sm_90 GPU.
+//
+// ---------------------------------------------------------------------------
+// Operands: the weights are wgmma's A, from registers; x is its B, from shared memory
+// ---------------------------------------------------------------------------
+// wgmma.mma_async m64nNk16 multiplies a 64 x 16 A by a 16 x N B for a warpgroup (4 warps); A may come
+// from registers, where warp q holds rows 16q..16q+15 in exactly the layout of mma.m16n8k16's A fragment.
+// Our packed layout (w4a16_kernel.cu) gives each lane, per 64-channel x 16-k tile, four words; word w
+// holds sub-tiles 2w and 2w+1 (16 channels), which is that A fragment for those 16 rows (path 4 uses
+// the same identity): a0 = nibble pair 0 (rows 0-7, k 0-7 of the lane), a1 = pair 2 (rows 8-15), a2 =
+// pair 1 (k 8-15), a3 = pair 3.  So the dequantized words feed the tensor core with no shuffle, and the
+// batch is wgmma's N: N = 16, 32 or 64 rows of x per m-block (NR), every dequantized weight used for
+// all of them, while the mma.sync kernels re-dequantize per 32 rows and issue 8 mma per 16 rows.
+//
+// A CTA owns 128 channels (2 n-tiles) like the fused mma kernel, whose 4-stage cp.async ring of 128-deep
+// k-blocks, split-K plan and workspace it shares (ops.cpp), with 8 warps = 2 warpgroups: warpgroup g
+// takes k-tiles 4g..4g+3 of every k-block (two k-partials, summed at the end in a fixed order).  Warp q
+// of a warpgroup reads words 2(q%2), 2(q%2)+1 of n-tile q/2 (8 bytes per lane from shared memory) and
+// issues two wgmma per k-tile, j = 0, 1: A rows of wgmma j from warp q are channels 32q + 16j + 0..15 of
+// the CTA, so accumulator j of the warpgroup covers channels {32q + 16j + r}.
+//
+// x in shared memory: the K-major layout without swizzle, 8-row x 16-byte core matrices: chunk (row r,
+// 16-byte column c) of a stage at c * NR * 16 + r * 16, so a k-tile's B is two columns, NR * 16 bytes
+// apart (the descriptor's leading byte offset), core matrices 128 bytes apart along rows (its stride
+// byte offset).  Rows past M are zero-filled.
+//
+// Per k-tile, warp by warp: dequantize 2 words into A registers (buffer kk % 2), fence, two wgmma,
+// commit, then wait until at most this group is in flight, so the other A buffer is free for the next
+// k-tile while the tensor core works.  At the end of each k-block everything is waited for (the ring
+// slot is refilled after the next barrier).  cp.async data becomes visible to the tensor core's (async
+// proxy) reads through fence.proxy.async before the barrier.
+//
+// Dequantization and rounding are the fused mma kernel's: 128+q by the bit trick, minus 128 (136
+// symmetric), one fma with the group's scale and zero (one multiply): each weight rounded once to 16
+// bits, as the reference does.  Accumulation fp32; the two warpgroups' partials are summed (g0 + g1)
+// through shared memory, then y is written or, with split-K, fp32 partials and the last CTA's fixed-order
+// sum (split_k_finish).
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "launch.cuh"
+#include "w4a16.h"
+#include "w4a16_device.cuh"
+
+// wgmma exists in the sm_90a target only (kernels/build.py builds 9.0 as 9.0a).
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define LOWBIT_HAS_WGMMA 1
+#else
+#define LOWBIT_HAS_WGMMA 0
+#endif
+
+namespace lowbit {
+namespace {
+
+constexpr int kWgThreads = 256;  // two warpgroups
+constexpr int kStagesWg = 4;     // cp.async ring depth, as the fused mma kernel
+constexpr int kRedPitch = kMmaNBlock + 4;  // floats per row of the partial-sum buffer: the 4 lanes that share
+                                           // a channel write rows 2 apart, 8 banks apart with the padding
+
+template <int NR, bool HAS_Z>
+struct WgSmem {
+  static constexpr int kXBytes = NR * kMmaKBlock * 2;
+  static constexpr int kStage = kWBytes + kXBytes + kSBytes + (HAS_Z ? kSBytes : 0);
+  static constexpr int kPipe = kStagesWg * kStage;
+  static constexpr int kRed = 2 * NR * kRedPitch * 4;  // both warpgroups' (NR x 128) fp32 partials
+  static constexpr int kTotal = kPipe > kRed ? kPipe : kRed;
+};
+
+#if LOWBIT_HAS_WGMMA
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Orders the compiler's later uses of an accumulator after the wait above (the wgmma writes it late).
+__device__ __forceinline__ void reg_fence(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+// cp.async wrote the stage through the generic proxy; the tensor core reads it through the async proxy.
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Shared-memory matrix descriptor, no swizzle: start address, leading byte offset (between the two
+// 8-column halves of a k16 slice), stride byte offset (between 8-row core matrices), each >> 4.
+__device__ __forceinline__ uint64_t kmajor_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo) {
+  return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32);
+}
+
+// d (64 x NR fp32, NR/2 per thread) += a (64 x 16, registers) * B (16 x NR, descriptor), T = bf16 or fp16.
+template <typename T, int NR> __device__ __forceinline__ void wgmma_rs(float* d, const uint32_t* a, uint64_t desc);
+#define LOWBIT_WGMMA_N16(CTYPE, TY)                                                                         \
+  template <>                                                                                               \
+  __device__ __forceinline__ void wgmma_rs<CTYPE, 16>(float* d, const uint32_t* a, uint64_t desc) {         \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"                                               \
+                 "wgmma.mma_async.sync.aligned.m64n16k16.f32." TY "." TY " {"                               \
+                 "%0, %1, %2, %3, %4, %5, %6, %7}, "                                                        \
+                 "{%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"                                                \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),                                          \
+                   "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])                                           \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));                          \
+  }
+#define LOWBIT_WGMMA_N32(CTYPE, TY)                                                                         \
+  template <>                                                                                               \
+  __device__ __forceinline__ void wgmma_rs<CTYPE, 32>(float* d, const uint32_t* a, uint64_t desc) {         \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"                                               \
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY " {"                               \
+                 "%0, %1, %2, %3, %4, %5, %6, %7,"                                                          \
+                 "%8, %9, %10, %11, %12, %13, %14, %15}, "                                                  \
+                 "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"                                              \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),                                          \
+                   "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),                                          \
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),                                        \
+                   "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])                                       \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));                          \
+  }
+#define LOWBIT_WGMMA_N64(CTYPE, TY)                                                                         \
+  template <>                                                                                               \
+  __device__ __forceinline__ void wgmma_rs<CTYPE, 64>(float* d, const uint32_t* a, uint64_t desc) {         \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                               \
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " {"                               \
+                 "%0, %1, %2, %3, %4, %5, %6, %7,"                                                          \
+                 "%8, %9, %10, %11, %12, %13, %14, %15,"                                                    \
+                 "%16, %17, %18, %19, %20, %21, %22, %23,"                                                  \
+                 "%24, %25, %26, %27, %28, %29, %30, %31}, "                                                \
+                 "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"                                              \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),                                          \
+                   "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),                                          \
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),                                        \
+                   "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),                                      \
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),                                      \
+                   "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),                                      \
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),                                      \
+                   "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])                                       \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));                          \
+  }
+LOWBIT_WGMMA_N16(__nv_bfloat16, "bf16")
+LOWBIT_WGMMA_N16(__half, "f16")
+LOWBIT_WGMMA_N32(__nv_bfloat16, "bf16")
+LOWBIT_WGMMA_N32(__half, "f16")
+LOWBIT_WGMMA_N64(__nv_bfloat16, "bf16")
+LOWBIT_WGMMA_N64(__half, "f16")
+#undef LOWBIT_WGMMA_N16
+#undef LOWBIT_WGMMA_N32
+#undef LOWBIT_WGMMA_N64
+#endif  // LOWBIT_HAS_WGMMA
+
+template <typename T, int NR, bool HAS_Z>
+__global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParams p) {
+#if LOWBIT_HAS_WGMMA
+  using Tr = Traits<T>;
+  using T2 = typename Tr::T2;
+  using S = WgSmem<NR, HAS_Z>;
+  constexpr int kNBlk = kMmaNBlock, kKBlk = kMmaKBlock;
+  extern __shared__ __align__(128) uint8_t smem[];
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wg = warp >> 2, q = warp & 3;      // warpgroup (k half of each k-block), warp in it
+  const int tile = q >> 1, half = q & 1;       // the warp's n-tile in the CTA, and which word pair of it
+  const int mb = blockIdx.x, nb = blockIdx.y, split = blockIdx.z;
+  const int K = p.K, N = p.N, M = p.M, gs = p.group_size;
+  const int kb_begin = split * p.kb_per_split, nkb = split_k_blocks(p, split);
+  const int row0 = mb * NR;
+  const T* __restrict__ xg = reinterpret_cast<const T*>(p.x);
+  const uint64_t evict_first = evict_first_policy();
+  auto stage_ptr = [&](int st) { return smem + st * S::kStage; };
+
+  // The copies of k-block kb into ring slot st: weights and scales as the fused kernel, x in wgmma's layout.
+  auto load_stage = [&](int st, int kb) {
+    uint8_t* base = stage_ptr(st);
+    copy_stage_weights<T, HAS_Z>(base, base + kWBytes + S::kXBytes, p, tid, nb, kb, evict_first);
+    uint8_t* xs = base + kWBytes;
+#pragma unroll
+    for (int i = 0; i < NR * 16 / kWgThreads; ++i) {  // NR rows x 16 chunks of 16 bytes
+      const int c = tid + i * kWgThreads;
+      const int r = c >> 4, ch = c & 15;
+      const int gr = row0 + r, gk = kb * kKBlk + ch * 8;
+      const bool ok = gr < M && gk < K;
+      cp_async16(xs + ch * (NR * 16) + r * 16, ok ? xg + (size_t)gr * K + gk : xg, ok);
+    }
+  };
+
+  float acc[2][NR / 2];  // wgmma j = 0, 1; element 4i + 2v + u: channel 32q + 16j + lane/4 + 8v, row 8i + 2(lane%4) + u
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int e = 0; e < NR / 2; ++e) acc[j][e] = 0.f;
+  uint32_t a[2][2][4];  // A registers: [buffer][wgmma j][a0..a3]
+  const T2 magic = HAS_Z ? Tr::magic() : Tr::magic_sym();
+  constexpr int kReg[4] = {0, 2, 1, 3};  // nibble pair -> A register (see the header)
+
+  auto compute_stage = [&](int st, int kb) {
+    const uint8_t* base = stage_ptr(st);
+    const uint32_t xs = smem_addr(base + kWBytes);
+    const uint8_t* ss = base + kWBytes + S::kXBytes;
+    const int g0 = (kb * kKBlk) / gs;
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const int kt = wg * 4 + kk;
+      const int k = kb * kKBlk + kt * 16;
+      if (k >= K) break;  // partial last k-block (K % 128 == 64): all of warpgroup 1, uniform
+      const uint2 wv = *reinterpret_cast<const uint2*>(base + ((tile * 8 + kt) * 32 + lane) * 16 + half * 8);
+      // the scales of sub-tiles 4 half .. 4 half + 3 of the n-tile (channels 8 j + lane/4)
+      const int soff = ((k / gs - g0) * kNBlk + tile * 64 + (lane >> 2) * 8 + half * 4) * 2;
+      const uint2 sv = *reinterpret_cast<const uint2*>(ss + soff);
+      uint2 zv = make_uint2(0, 0);
+      if (HAS_Z) zv = *reinterpret_cast<const uint2*>(ss + kSBytes + soff);
+      const uint32_t words[2] = {wv.x, wv.y}, svals[2] = {sv.x, sv.y}, zvals[2] = {zv.x, zv.y};
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        T2 s2[2], z2[2];  // sub-tile 2w (rows 0-7) and 2w+1 (rows 8-15): the low and high half of the word
+#pragma unroll
+        for (int hs = 0; hs < 2; ++hs) {
+          const uint32_t sh = (svals[j] >> (16 * hs)) & 0xFFFFu, zh = (zvals[j] >> (16 * hs)) & 0xFFFFu;
+          s2[hs] = as_t2<T2>(sh | (sh << 16));
+          z2[hs] = as_t2<T2>(zh | (zh << 16));
+        }
+#pragma unroll
+        for (int pr = 0; pr < 4; ++pr) {
+          const uint32_t v = ((words[j] >> (4 * pr)) & 0x000F000Fu) | Tr::kMagic;  // 128+q exactly
+          const T2 t = __hsub2(as_t2<T2>(v), magic);                              // q (or q-8), exact
+          a[kk & 1][j][kReg[pr]] = HAS_Z ? as_u32(__hfma2(t, s2[pr >> 1], z2[pr >> 1]))  // one rounding
+                                         : as_u32(__hmul2(t, s2[pr >> 1]));
+        }
+      }
+      wgmma_fence();  // the A registers above (and the accumulators) are ready for the tensor core
+      const uint64_t desc = kmajor_desc(xs + kt * NR * 32, NR * 16, 128);
+      wgmma_rs<T, NR>(acc[0], a[kk & 1][0], desc);
+      wgmma_rs<T, NR>(acc[1], a[kk & 1][1], desc);
+      wgmma_commit();
+      wgmma_wait<1>();  // the previous k-tile's group is done: its A buffer may be written next
+    }
+    wgmma_wait<0>();  // no wgmma reads this slot any more: it may be refilled after the next barrier
+  };
+
+  // ---- main pipeline (as the fused mma kernel) ------------------------------
+  pdl_wait();  // a stage copies x with the weights: nothing is read before the previous kernel ends
+#pragma unroll
+  for (int s = 0; s < kStagesWg - 1; ++s) {
+    if (s < nkb) load_stage(s, kb_begin + s);
+    cp_async_commit();
+  }
+  for (int i = 0; i < nkb; ++i) {
+    cp_async_wait<kStagesWg - 2>();
+    fence_proxy_async();
+    __syncthreads();  // stage i visible to all (and to the tensor core); slot (i-1)%S no longer read
+    const int nxt = i + kStagesWg - 1;
+    if (nxt < nkb) load_stage(nxt % kStagesWg, kb_begin + nxt);
+    cp_async_commit();
+    compute_stage(i % kStagesWg, kb_begin + i);
+  }
+  pdl_launch_dependents();
+  cp_async_wait<0>();
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int e = 0; e < NR / 2; ++e) reg_fence(acc[j][e]);
+  __syncthreads();  // the ring is free: reuse it for the partial sums
+
+  // ---- the two warpgroups' partials, summed in a fixed order; y or the split's workspace slice ----
+  float* red = reinterpret_cast<float*>(smem);  // [warpgroup][row of the m-block][channel of the CTA]
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int e = 0; e < NR / 2; ++e) {
+      const int i = e >> 2, v = (e >> 1) & 1, u = e & 1;
+      const int row = 8 * i + 2 * (lane & 3) + u, ch = 32 * q + 16 * j + (lane >> 2) + 8 * v;
+      red[(wg * NR + row) * kRedPitch + ch] = acc[j][e];
+    }
+  __syncthreads();
+  const bool single = p.k_splits == 1;
+  const int rows = min(NR, M - row0), cols = min(kNBlk, N - nb * kNBlk);
+  T* yg = reinterpret_cast<T*>(p.y);
+  for (int e = tid; e < rows * (kNBlk / 4); e += kWgThreads) {
+    const int r = e / (kNBlk / 4), c4 = (e % (kNBlk / 4)) * 4;
+    if (c4 >= cols) continue;
+    const float4 p0 = *reinterpret_cast<const float4*>(red + r * kRedPitch + c4);
+    const float4 p1 = *reinterpret_cast<const float4*>(red + (NR + r) * kRedPitch + c4);
+    const float4 sum = make_float4(p0.x + p1.x, p0.y + p1.y, p0.z + p1.z, p0.w + p1.w);
+    const size_t off = (size_t)(row0 + r) * N + nb * kNBlk + c4;
+    if (single) {
+      T2* dst = reinterpret_cast<T2*>(yg + off);
+      dst[0] = Tr::from_floats(sum.x, sum.y);
+      dst[1] = Tr::from_floats(sum.z, sum.w);
+    } else {
+      *reinterpret_cast<float4*>(p.workspace + (size_t)split * M * N + off) = sum;
+    }
+  }
+  if (single) return;
+  split_k_finish<T, kWgThreads>(p, tid, mb, nb, row0, rows);
+#else
+  __trap();  // built for another target: the host never launches it there (wgmma_supported)
+#endif
+}
+
+// Calls f(Type<T>{}, Bool<HAS_Z>{}, Int<NR>{}) for NR = 16 * mt.
+template <class F>
+auto dispatch_wg(bool fp16, bool has_z, int mt, F&& f) {
+  return dispatch(fp16, has_z, mt, [&](auto t, auto z, auto m) { return f(t, z, Int<16 * decltype(m)::value>{}); });
+}
+
+}  // namespace
+
+int wgmma_occupancy(bool fp16, bool has_z, int mt) {
+  static int cache[2][2][5] = {};
+  return cached(cache, fp16, has_z, mt, [&] {
+    return dispatch_wg(fp16, has_z, mt, [](auto t, auto z, auto nr) {
+      using T = typename decltype(t)::type;
+      constexpr int NR = decltype(nr)::value;
+      constexpr bool HZ = decltype(z)::value;
+      return occupancy(w4a16_wgmma_kernel<T, NR, HZ>, kWgThreads, WgSmem<NR, HZ>::kTotal);
+    });
+  });
+}
+
+cudaError_t launch_wgmma(const GemmParams& p, bool fp16, bool has_z, int mt, int m_blocks, int n_blocks,
+                         cudaStream_t stream, bool pdl) {
+  return dispatch_wg(fp16, has_z, mt, [&](auto t, auto z, auto nr) {
+    using T = typename decltype(t)::type;
+    constexpr int NR = decltype(nr)::value;
+    constexpr bool HZ = decltype(z)::value;
+    auto kern = w4a16_wgmma_kernel<T, NR, HZ>;
+    cudaError_t attr = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, WgSmem<NR, HZ>::kTotal);
+    if (attr != cudaSuccess) return attr;
+    return launch(kern, dim3(m_blocks, n_blocks, p.k_splits), kWgThreads, WgSmem<NR, HZ>::kTotal, stream, pdl, p);
+  });
+}
+
+}  // namespace lowbit
