@@ -1,9 +1,10 @@
 #!/bin/bash
 # One device call: build, GPU correctness, microbenchmark.  Logs under $OUT (or ./out).
-# Usage (repo root):  bash kernels/devcheck.sh [quick|full|e2e|prof|new]   (full: ~6-8 min on an H100, most of it
+# Usage (repo root):  bash kernels/devcheck.sh [quick|full|e2e|prof|new|e2e_attn]   (full: ~6-8 min on an H100, most of it
 # the model-shape sweep; quick skips that sweep; e2e: only the end-to-end A/B runs below, ~6 min; prof: ncu with
 # stall reasons per SASS line of the streaming kernel, ~3 min; new: the code written without a GPU on 2026-12-05,
-# the wgmma kernel (path 5) and the decode attention's cluster revision: tests, sanitizers, timings, ~8 min)
+# the wgmma kernel (path 5) and the decode attention's cluster revision: tests, sanitizers, timings, ~8 min;
+# e2e_attn: the decode attention's end-to-end A/B, ~6 min)
 set -o pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR="$PWD/.torch_extensions"
@@ -29,6 +30,18 @@ torch.cuda.synchronize()
     > "$OUT/prof_stalls.txt" 2>&1
   ncu --import "$OUT/stream.ncu-rep" --page source --csv --print-source sass > "$OUT/prof_source.csv" 2>&1
   grep -iE "stall|Warp Cycles|Eligible" "$OUT/prof_stalls.txt" | head -60
+  echo "elapsed $(( $(date +%s) - T0 ))s"
+  exit 0
+fi
+if [ "$MODE" = e2e_attn ]; then
+  # The decode attention end to end (BENCHMARKS.md "Decode attention"): Llama-3-8B int4-marlin, head quantized,
+  # our kernel against SDPA at batch 1 and 4 (where prefer_kernel uses it), one process each, medians of 3.
+  B="python eval/bench.py --model llama-3-8b --prompt-len 128 --max-new-tokens 256 --batch 1,4 --quant int4-marlin"
+  for a in kernel sdpa; do
+    timeout 280 $B --quant-output --repeats 3 --decode-attention $a --out "$OUT/e2e_attn_$a" > "$OUT/e2e_attn_$a.log" 2>&1
+    echo "e2e_attn[$a] rc=$?"
+  done
+  grep -hE "^\| int4" "$OUT"/e2e_attn_*.log
   echo "elapsed $(( $(date +%s) - T0 ))s"
   exit 0
 fi

@@ -227,8 +227,8 @@ int occupancy(K kern, int threads, int smem) {
 }
 
 // One cached entry per (dtype, zeros, MT).
-template <class F>
-int cached(int (&cache)[2][2][5], bool fp16, bool has_z, int mt, F&& compute) {
+template <int MTS, class F>
+int cached(int (&cache)[2][2][MTS], bool fp16, bool has_z, int mt, F&& compute) {
   int& c = cache[fp16][has_z][mt];
   if (c == 0) c = compute();
   return c;
