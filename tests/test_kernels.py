@@ -231,6 +231,23 @@ def test_extension_compiles():
 
 
 @pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
+def test_wgmma_kernel_assembles_without_serialization_or_spills(tmp_path):
+    """ptxas keeps path 5's wgmma pipeline asynchronous (it warns, C7510-C7515, "wgmma ... serialized", when it
+    cannot keep the A or accumulator registers live across the asynchronous window and inserts waits) and spills
+    nothing, for every instantiation (sm_90a; ~10 s)."""
+    import os
+    import subprocess
+    nvcc = os.path.join(kbuild.find_cuda_home(), "bin", "nvcc")
+    out = subprocess.run([nvcc, "-c", "-O3", "-std=c++17", "--expt-relaxed-constexpr",
+                          "-gencode=arch=compute_90a,code=sm_90a", "-Xptxas=-v,-warn-spills", f"-I{kbuild.CSRC}",
+                          os.path.join(kbuild.CSRC, "w4a16_wgmma.cu"), "-o", str(tmp_path / "wgmma.o")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = out.stdout + out.stderr
+    assert "wgmma_kernel" in log and not re.search(r"C751\d|serializ|[1-9]\d* bytes spill", log), log[-3000:]
+
+
+@pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
 def test_path_override_from_environment():
     """LOWBIT_W4A16_PATH forces one path for every M (end-to-end A/B runs; 4, at most 8 rows, for the calls that
     fit); a bad value is a clear error."""

@@ -83,7 +83,8 @@ __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_grou
 template <int N> __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
-// Orders the compiler's later uses of an accumulator after the wait above (the wgmma writes it late).
+// Pins an accumulator at this point of the program: the compiler may not move its accesses across (the wgmma
+// reads and writes it asynchronously between fence and wait).
 __device__ __forceinline__ void reg_fence(float& r) { asm volatile("" : "+f"(r)::"memory"); }
 // cp.async wrote the stage through the generic proxy; the tensor core reads it through the async proxy.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
@@ -227,6 +228,12 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
   for (int j = 0; j < 2; ++j)
 #pragma unroll
     for (int e = 0; e < NR / 2; ++e) acc[j][e] = 0.f;
+  auto fence_accumulators = [&] {
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int e = 0; e < NR / 2; ++e) reg_fence(acc[j][e]);
+  };
   uint32_t a[2][2][4];  // A registers: [buffer][wgmma j][a0..a3]
   const T2 magic = HAS_Z ? Tr::magic() : Tr::magic_sym();
   constexpr int kReg[4] = {0, 2, 1, 3};  // nibble pair -> A register (see the header)
@@ -241,6 +248,8 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
       const int kt = wg * 4 + kk;
       const int k = kb * kKBlk + kt * 16;
       if (k >= K) break;  // partial last k-block (K % 128 == 64): all of warpgroup 1, uniform
+      // N % 128 == 64: the CTA's second n-tile does not exist and its slot was never filled; warps 2-3 still take
+      // part in the warpgroup's wgmma, and what they read only reaches accumulator rows that are never stored.
       const uint2 wv = *reinterpret_cast<const uint2*>(base + ((tile * 8 + kt) * 32 + lane) * 16 + half * 8);
       // the scales of sub-tiles 4 half .. 4 half + 3 of the n-tile (channels 8 j + lane/4)
       const int soff = ((k / gs - g0) * kNBlk + tile * 64 + (lane >> 2) * 8 + half * 4) * 2;
@@ -265,12 +274,14 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
                                          : as_u32(__hmul2(t, s2[pr >> 1]));
         }
       }
-      wgmma_fence();  // the A registers above (and the accumulators) are ready for the tensor core
+      fence_accumulators();  // keep the compiler from moving accumulator accesses into the asynchronous window
+      wgmma_fence();         // the A registers above (and the accumulators) are ready for the tensor core
       const uint64_t desc = kmajor_desc(xs + kt * NR * 32, NR * 16, 128);
       wgmma_rs<T, NR>(acc[0], a[kk & 1][0], desc);
       wgmma_rs<T, NR>(acc[1], a[kk & 1][1], desc);
       wgmma_commit();
       wgmma_wait<1>();  // the previous k-tile's group is done: its A buffer may be written next
+      fence_accumulators();
     }
     wgmma_wait<0>();  // no wgmma reads this slot any more: it may be refilled after the next barrier
   };
@@ -293,10 +304,7 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
   }
   pdl_launch_dependents();
   cp_async_wait<0>();
-#pragma unroll
-  for (int j = 0; j < 2; ++j)
-#pragma unroll
-    for (int e = 0; e < NR / 2; ++e) reg_fence(acc[j][e]);
+  fence_accumulators();
   __syncthreads();  // the ring is free: reuse it for the partial sums
 
   // ---- the two warpgroups' partials, summed in a fixed order; y or the split's workspace slice ----
