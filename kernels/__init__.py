@@ -174,8 +174,9 @@ def kv16_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     if not torch.compiler.is_compiling():
         check_attention_inputs(q, k_cache, v_cache, mask)
         if q.is_cuda:
-            if q.data_ptr() % (q.shape[-1] // 16):  # the kernel loads D/32 16-bit values at a time
-                raise ValueError(f"kv16_decode_attention: q must be {q.shape[-1] // 16}-byte aligned")
+            for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+                if t.data_ptr() % (q.shape[-1] // 16):  # the kernel loads D/32 16-bit values at a time
+                    raise ValueError(f"kv16_decode_attention: {name} must be {q.shape[-1] // 16}-byte aligned")
             load_extension()
     return torch.ops.lowbit.kv16_decode_attention(q, k_cache, v_cache, mask)
 

@@ -178,6 +178,26 @@ def test_gpu_masks_as_the_model_makes_them():
 
 
 @needs_cuda
+def test_gpu_lowest_finite_mask_is_not_minus_infinity():
+    """A mask of torch.finfo(dtype).min (what some code uses instead of -inf) stays finite after the kernel's scaling
+    by log2(e): a row hidden that way is the reference's uniform average, not NaN; partly hidden rows are unchanged."""
+    q, k, v, mask = problem(2, 2, 4, 64, 128, torch.bfloat16, "cuda", 11)
+    mask[0] = torch.finfo(torch.bfloat16).min
+    mask[1, 40:] = torch.finfo(torch.bfloat16).min
+    for splits in (1, 4):
+        y = kernels.load_extension().decode_attention(q, k, v, mask, splits)
+        assert torch.isfinite(y).all() and ulp_error(y, q, k, v, mask) <= ULP_BAR
+
+
+@needs_cuda
+def test_gpu_misaligned_cache_is_a_clear_error():
+    q, k, v, mask = problem(1, 2, 4, 16, 128, torch.bfloat16, "cuda", 12)
+    k_odd = torch.empty(k.numel() + 1, dtype=k.dtype, device="cuda")[1:].view(k.shape).copy_(k)  # 2-byte offset
+    with pytest.raises(ValueError, match="k_cache must be 8-byte aligned"):
+        kernels.kv16_decode_attention(q, k_odd, v, mask)
+
+
+@needs_cuda
 def test_gpu_fully_masked_row_is_nan():
     q, k, v, mask = problem(2, 2, 4, 64, 128, torch.bfloat16, "cuda", 9)
     mask[0] = float("-inf")
@@ -188,7 +208,7 @@ def test_gpu_fully_masked_row_is_nan():
 @needs_cuda
 def test_gpu_opcheck_strided_q_and_graph_replay():
     """opcheck on CUDA; q as a strided view (model.py's permute of the fused qkv output); CUDA-graph replay
-    of a split launch equals the eager call (the counters are left at zero)."""
+    of a split launch (its splits meet in a thread-block cluster) equals the eager call."""
     B, H, R, S, D = 2, 8, 4, 256, 128
     _, k, v, mask = problem(B, H, R, S, D, torch.bfloat16, "cuda", 10, pad=[0, 30], upto=200)
     big = torch.randn(B, H, R, 2 * D, device="cuda", dtype=torch.bfloat16)

@@ -5,7 +5,9 @@
 //
 // q (B, H, R, D): the R query heads that share KV head h are R rows of that head, so each cached
 // K/V byte is read once for all of them.  mask (B, S) is the same for every head and row (one query
-// position); columns whose mask is -inf are never read.
+// position); a split's columns after its last visible one (mask != -inf) are not read beyond its first
+// turn of loads; hidden columns before it are read and weigh zero (so a NaN or Inf stored there
+// propagates, as in the reference).
 //
 // Why a kernel of our own: at batch 1 the fused attention behind F.scaled_dot_product_attention runs
 // one CTA per (sequence, KV head) and Llama-3-8B has 8 KV heads, so 8 of 132 SMs pull the whole
@@ -135,7 +137,7 @@ __global__ void __launch_bounds__(kThreads) kv16_decode_attention_kernel(const A
 
   // 2. Turn by turn, the next turn's loads in flight while this one's math runs.
   for (int j = jf; j <= hi; j += kWarps * kUnroll) {
-    float nmk[kUnroll];
+    float nmk[kUnroll];  // left unset on the last turn, whose copy below is then never used
     V nkv[kUnroll], nvv[kUnroll];
     if (j + kWarps * kUnroll <= hi) load(j + kWarps * kUnroll, hi, nmk, nkv, nvv);
 #pragma unroll
@@ -153,7 +155,8 @@ __global__ void __launch_bounds__(kThreads) kv16_decode_attention_kernel(const A
         for (int r = 0; r < RM; ++r) s[r] += __shfl_xor_sync(0xffffffffu, s[r], off);
 #pragma unroll
       for (int r = 0; r < RM; ++r) {
-        const float sc = mk[u] == -INFINITY ? -INFINITY : fmaf(mk[u], kLog2e, s[r]);
+        // a finite mask as low as -3.4e38 must not overflow to -inf when scaled by log2(e): clamp it first
+        const float sc = mk[u] == -INFINITY ? -INFINITY : fmaf(fmaxf(mk[u], -1e37f), kLog2e, s[r]);
         const float mn = fmaxf(m[r], sc);
         const float base = mn == -INFINITY ? 0.f : mn;  // nothing visible yet: keep 0 * ... = 0, not NaN
         const float a = exp2f(m[r] - base), pe = exp2f(sc - base);
@@ -223,6 +226,8 @@ __global__ void __launch_bounds__(kThreads) kv16_decode_attention_kernel(const A
     y[i] = from_float<T>(O / L);
   }
   cluster.sync();
+#else
+  __trap();  // splits > 1 needs clusters: the host runs one split below sm_90 (ops.cpp decode_attention)
 #endif
 }
 

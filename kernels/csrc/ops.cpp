@@ -432,6 +432,9 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   TORCH_CHECK(q.stride(3) == 1 && q.stride(0) % epl == 0 && q.stride(1) % epl == 0 && q.stride(2) % epl == 0 &&
                   reinterpret_cast<uintptr_t>(q.data_ptr()) % (2 * epl) == 0,
               op, ": q needs a contiguous last dim and strides that are multiples of ", epl, ", got ", q.strides());
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(k.data_ptr()) % (2 * epl) == 0 &&
+                  reinterpret_cast<uintptr_t>(v.data_ptr()) % (2 * epl) == 0,
+              op, ": k_cache and v_cache must be ", 2 * epl, "-byte aligned (the kernel loads ", epl, " values at once)");
   TORCH_CHECK(mask.stride(1) == 1, op, ": mask needs a contiguous last dim, got strides ", mask.strides());
   TORCH_CHECK(B * H * S <= INT32_MAX, op, ": problem too large: B=", B, " H=", H, " S=", S);
   c10::cuda::CUDAGuard guard(q.device());
