@@ -6,7 +6,8 @@ q (B, H, R, D): the R query heads that share KV head h, as R rows of that head (
 one query position per sequence (a decode step); k_cache, v_cache (B, H, S, D) contiguous; mask (B, S),
 additive, the same for every head and row (-inf hides a column); all bfloat16 or all float16.
 y (B, H, R, D) = softmax(q k^T / sqrt(D) + mask) v, in q's dtype; a row with no visible column is NaN
-(model.py never makes one; SDPA's answer there differs by backend and torch version).  The CUDA kernel takes D = 64 or 128 and R <= 8.
+(model.py never makes one; SDPA's answer there differs by backend and torch version).  The CUDA kernel takes
+D = 64 or 128 and R <= 8.
 """
 from __future__ import annotations
 

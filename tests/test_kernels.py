@@ -686,8 +686,8 @@ def _emulate_path5(x, pw, sp, zp, gs, N, NR, dtype):
                     if k >= K:
                         break
                     wg, start, lbo, sbo = kt // 4, kt * NR * 16, NR * 8, 64  # in elements
-                    B = np.array([[xs[start + (n // 8) * sbo + (n % 8) * 8 + (kk // 8) * lbo + kk % 8] for kk in range(16)]
-                                  for n in range(NR)])  # (NR, 16)
+                    B = np.array([[xs[start + (n // 8) * sbo + (n % 8) * 8 + (kk // 8) * lbo + kk % 8]
+                                   for kk in range(16)] for n in range(NR)])  # (NR, 16)
                     for j in range(2):
                         A = np.zeros((64, 16))
                         for q in range(4):
