@@ -68,13 +68,12 @@ def forced(scheme: str) -> tuple[int, int, int]:
     name, *knobs = scheme[scheme.index("[") + 1:-1].split("/")
     splits = m_tiles = -1
     for knob in knobs:
-        if knob.startswith("mt") and knob[2:] in ("1", "2", "4", "8"):
+        if knob.startswith("mt") and knob[2:] in ("1", "2", "4"):
             m_tiles = int(knob[2:])
         elif knob.startswith("s") and knob[1:].isdigit() and int(knob[1:]) > 0:
             splits = int(knob[1:])
         else:
-            raise SystemExit(f"{scheme}: unknown knob {knob!r} (sN: N splits of K; mt1, mt2, mt4: m16 tiles per CTA, "
-                             "mt8 with wgmma)")
+            raise SystemExit(f"{scheme}: unknown knob {knob!r} (sN: N splits of K; mt1, mt2, mt4: m16 tiles per CTA)")
     if name not in FORCED_PATHS:
         raise SystemExit(f"{scheme}: unknown path {name!r}, one of {', '.join(FORCED_PATHS)}")
     return FORCED_PATHS[name], splits, m_tiles

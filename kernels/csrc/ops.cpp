@@ -92,17 +92,15 @@ int64_t choose_path(int64_t M, int64_t N, int64_t K) {
 
 // m16 tiles per CTA for a path that tiles M (0, 2, 3, 5), the rows one CTA covers being 16 x that: the
 // second half of the heuristic above (the same measurements), kept apart because forced paths need it too.
-// The fused kernel: mma_m_tiles (1, 2, then 4 from M = 33). The wgmma kernel (path 5, unmeasured): the same, then
-// 128-row m-blocks from M = 65 (its N is the m-block's rows, so wider m-blocks re-read the weights less and the
-// tensor core works on larger N). The streaming kernels: at most 2, as
+// The fused kernel and the wgmma kernel (path 5; its 128-row m-blocks gave wrong outputs on an H200, 2026-12-05,
+// kernels/NOTES.md v11, and were removed): mma_m_tiles (1, 2, then 4 from M = 33). The streaming kernels: at most 2, as
 // their ring and registers are sized for (w4a16.h; 203-255 registers at 4, NOTES.md open issue 2),
 // measured above: M = 33..96 runs as 32-row m-blocks.  At 64-row m-blocks (forced, H200, 2026-11-29, eighth
 // session, kernels/bench_h200_s8_mt4.md) they lose: 172.8 / 184.0 / 327.0 us (shared ring) against 156.4 /
 // 159.5 / 236.4 at M = 48 / 64 / 96.
 int m_tiles_for(int64_t path, int64_t M) {
-  if (path == 5) return M <= 64 ? mma_m_tiles((int)M) : 8;
   const int mt = mma_m_tiles((int)M);
-  return path >= 2 ? std::min(mt, 2) : mt;
+  return path >= 2 && path <= 4 ? std::min(mt, 2) : mt;
 }
 
 struct DeviceInfo {
@@ -288,7 +286,7 @@ StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, boo
 // 5 = the wgmma kernel (sm_90 GPUs; its m-blocks and split-K as path 0's).
 // splits: -1 = the launch plan's split-K count; > 0 asks for that many (paths 0, 2, 3, 4, 5; the count
 // actually run can differ: no split may be empty). A benchmark knob (eval/kernels.py "[stream/s4]").
-// m_tiles: -1 = m_tiles_for(path, M); 1, 2 or 4 m16 tiles per CTA instead (paths 0, 2, 3, 5, which takes 8 too; path 4 takes
+// m_tiles: -1 = m_tiles_for(path, M); 1, 2 or 4 m16 tiles per CTA instead (paths 0, 2, 3, 5; path 4 takes
 // only 1, and at most 8 rows; more m-blocks when fewer): the benchmark knob (eval/kernels.py "[mma/mt2]") that measured the M = 33..96 rule above.
 // The streaming kernel at one m-tile keeps its exact-weight arithmetic for any M.
 at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
@@ -301,9 +299,8 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   const bool fp16 = x.scalar_type() == at::kHalf;
   const bool has_z = z.has_value();
   if (path < 0) path = choose_path(M, N, K);
-  TORCH_CHECK(want_m_tiles == -1 || want_m_tiles == 1 || want_m_tiles == 2 || want_m_tiles == 4 ||
-                  (want_m_tiles == 8 && path == 5),
-              "w4a16_gemm: m_tiles must be -1 (by M), 1, 2 or 4 (8 with path 5), got ", want_m_tiles);
+  TORCH_CHECK(want_m_tiles == -1 || want_m_tiles == 1 || want_m_tiles == 2 || want_m_tiles == 4,
+              "w4a16_gemm: m_tiles must be -1 (by M), 1, 2 or 4, got ", want_m_tiles);
   int* counters = counters_for(x, stream);  // on every call, whatever the path: see counters_for
   const bool pdl = use_pdl(device_info(x.get_device()));
 

@@ -1,12 +1,12 @@
 // lowbit int4-weight GEMM on Hopper's warpgroup tensor cores (path 5): y[M,N] = x[M,K] · W[N,K]^T in
-// m-blocks of 16 to 128 rows, for the M where the mma.sync kernels spend more time dequantizing and issuing
-// instructions than reading weights (BENCHMARKS.md: 99 us at M = 32, 160 at 64 for Llama-3-8B's four
-// linears, against a 28 us bandwidth bound) and where dequantize + cuBLAS pays for its 16-bit copy (286 us
-// at M = 128 against cuBLAS's 142 on bf16 weights).
+// m-blocks of 16 to 64 rows, written for the M where the mma.sync kernels spend more time dequantizing and
+// issuing instructions than reading weights (BENCHMARKS.md: 99 us at M = 32, 160 at 64 for Llama-3-8B's four
+// linears, against a 28 us bandwidth bound).
 //
-// EXPERIMENTAL, written 2026-12-05 without a GPU: compiled (nvcc 13.0, sm_90a), never run.  The op's
-// heuristic (choose_path, csrc/ops.cpp) does not pick it; LOWBIT_W4A16_PATH=5 or gemm_path(..., path=5)
-// forces it, and tests/test_kernels.py checks it against the reference on an sm_90 GPU.
+// EXPERIMENTAL.  Written 2026-12-05 without a GPU, then run once on an H200 the same day (kernels/NOTES.md v11):
+// correct at 16-, 32- and 64-row m-blocks, but slower than the path the heuristic takes there (108 vs 99 us at
+// M = 32, 188 vs 159 at 64), and its 128-row m-blocks gave wrong outputs and were removed.  choose_path
+// (csrc/ops.cpp) does not pick it; LOWBIT_W4A16_PATH=5 or gemm_path(..., path=5) forces it.
 //
 // ---------------------------------------------------------------------------
 // Operands: the weights are wgmma's A, from registers; x is its B, from shared memory
@@ -17,7 +17,7 @@
 // holds sub-tiles 2w and 2w+1 (16 channels), which is that A fragment for those 16 rows (path 4 uses
 // the same identity): a0 = nibble pair 0 (rows 0-7, k 0-7 of the lane), a1 = pair 2 (rows 8-15), a2 =
 // pair 1 (k 8-15), a3 = pair 3.  So the dequantized words feed the tensor core with no shuffle, and the
-// batch is wgmma's N: N = 16, 32, 64 or 128 rows of x per m-block (NR), every dequantized weight used for
+// batch is wgmma's N: N = 16, 32 or 64 rows of x per m-block (NR), every dequantized weight used for
 // all of them, while the mma.sync kernels re-dequantize per 32 rows and issue 8 mma per 16 rows.
 //
 // A CTA owns 128 channels (2 n-tiles) like the fused mma kernel, whose 4-stage cp.async ring of 128-deep
@@ -142,50 +142,15 @@ template <typename T, int NR> __device__ __forceinline__ void wgmma_rs(float* d,
                    "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])                                       \
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));                          \
   }
-#define LOWBIT_WGMMA_N128(CTYPE, TY)                                                                        \
-  template <>                                                                                               \
-  __device__ __forceinline__ void wgmma_rs<CTYPE, 128>(float* d, const uint32_t* a, uint64_t desc) {        \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                               \
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {"                              \
-                 "%0, %1, %2, %3, %4, %5, %6, %7,"                                                          \
-                 "%8, %9, %10, %11, %12, %13, %14, %15,"                                                    \
-                 "%16, %17, %18, %19, %20, %21, %22, %23,"                                                  \
-                 "%24, %25, %26, %27, %28, %29, %30, %31,"                                                  \
-                 "%32, %33, %34, %35, %36, %37, %38, %39,"                                                  \
-                 "%40, %41, %42, %43, %44, %45, %46, %47,"                                                  \
-                 "%48, %49, %50, %51, %52, %53, %54, %55,"                                                  \
-                 "%56, %57, %58, %59, %60, %61, %62, %63}, "                                                \
-                 "{%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"                                              \
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),                                          \
-                   "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),                                          \
-                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),                                        \
-                   "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),                                      \
-                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),                                      \
-                   "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),                                      \
-                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),                                      \
-                   "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),                                      \
-                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),                                      \
-                   "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),                                      \
-                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),                                      \
-                   "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),                                      \
-                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]),                                      \
-                   "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),                                      \
-                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),                                      \
-                   "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])                                       \
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));                          \
-  }
 LOWBIT_WGMMA_N16(__nv_bfloat16, "bf16")
 LOWBIT_WGMMA_N16(__half, "f16")
 LOWBIT_WGMMA_N32(__nv_bfloat16, "bf16")
 LOWBIT_WGMMA_N32(__half, "f16")
 LOWBIT_WGMMA_N64(__nv_bfloat16, "bf16")
 LOWBIT_WGMMA_N64(__half, "f16")
-LOWBIT_WGMMA_N128(__nv_bfloat16, "bf16")
-LOWBIT_WGMMA_N128(__half, "f16")
 #undef LOWBIT_WGMMA_N16
 #undef LOWBIT_WGMMA_N32
 #undef LOWBIT_WGMMA_N64
-#undef LOWBIT_WGMMA_N128
 #endif  // LOWBIT_HAS_WGMMA
 
 template <typename T, int NR, bool HAS_Z>
@@ -343,7 +308,7 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
 #endif
 }
 
-// Calls f(Type<T>{}, Bool<HAS_Z>{}, Int<NR>{}) for NR = 16 * mt, mt in {1, 2, 4, 8}.
+// Calls f(Type<T>{}, Bool<HAS_Z>{}, Int<NR>{}) for NR = 16 * mt, mt in {1, 2, 4}.
 template <class F>
 auto dispatch_wg(bool fp16, bool has_z, int mt, F&& f) {
   auto rows = [&](auto nr) {
@@ -353,15 +318,14 @@ auto dispatch_wg(bool fp16, bool has_z, int mt, F&& f) {
   switch (mt) {
     case 1: return rows(Int<16>{});
     case 2: return rows(Int<32>{});
-    case 4: return rows(Int<64>{});
-    default: return rows(Int<128>{});
+    default: return rows(Int<64>{});
   }
 }
 
 }  // namespace
 
 int wgmma_occupancy(bool fp16, bool has_z, int mt) {
-  static int cache[2][2][9] = {};
+  static int cache[2][2][5] = {};
   return cached(cache, fp16, has_z, mt, [&] {
     return dispatch_wg(fp16, has_z, mt, [](auto t, auto z, auto nr) {
       using T = typename decltype(t)::type;
