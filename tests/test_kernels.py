@@ -653,9 +653,10 @@ def sweep_forced_path(path, ms, m_of_seed, sym, dtype, seed):
 
 def _emulate_path5(x, pw, sp, zp, gs, N, NR, dtype):
     """Path 5 (csrc/w4a16_wgmma.cu) in Python, as its threads compute it: per CTA (m-block of NR rows, n-block of
-    128 channels) and 128-deep k-block, x staged chunk by chunk at c * NR * 16 + r * 16 bytes and read back as
-    wgmma's B through the descriptor (start kt * NR * 32, leading byte offset NR * 16, stride byte offset 128, the
-    PTX ISA's no-swizzle K-major layout ((8, m), (8, 2)):((8 elements, SBO), (1, LBO))); each warp q's A
+    128 channels) and 128-deep k-block, x staged chunk by chunk where the kernel puts chunk c of row r (half c / 8,
+    128-byte row r, chunk (c % 8) ^ (r % 8)) and read back as wgmma's B through the descriptor (start: half kt / 4
+    plus 32 bytes per k-tile kt % 4; stride byte offset 1024; the PTX ISA's 128-byte-swizzle K-major layout
+    ((8, m), (8, 2)):((64 elements, SBO), (1, 8)) with address bits 4-6 XORed by bits 7-9); each warp q's A
     fragments from words 2(q % 2) + j of n-tile q / 2 (nibble pair -> register {0, 2, 1, 3}, the scale and zero of
     its sub-tile from the lane's uint2 of the permuted vector), each weight rounded once to `dtype`, placed as
     the PTX ISA's m64nNk16 A layout puts them; the accumulator fragment (element 4i + 2v + u at A-row
@@ -674,19 +675,24 @@ def _emulate_path5(x, pw, sp, zp, gs, N, NR, dtype):
         for nb in range((N + 127) // 128):
             red = np.zeros((2, NR, 128))
             for kb in range((K + 127) // 128):
-                xs = np.zeros(NR * 128)  # the stage's x, in elements: 16-byte chunk (r, c) at element (c * NR + r) * 8
+                xs = np.zeros(NR * 128)  # the stage's x, in 2-byte elements (the kernel's byte offsets / 2)
                 for r in range(min(NR, M - row0)):
                     for c in range(16):
                         k = kb * 128 + c * 8
-                        if k < K:
-                            xs[(c * NR + r) * 8:(c * NR + r) * 8 + 8] = xf[row0 + r, k:k + 8]
+                        if k < K:  # as the kernel's load_stage writes it
+                            at = ((c >> 3) * (NR * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4)) // 2
+                            xs[at:at + 8] = xf[row0 + r, k:k + 8]
+
+                def swizzled(byte):  # the hardware's 128-byte swizzle on a 1024-byte-aligned atom
+                    return byte ^ (((byte >> 7) & 7) << 4)
+
                 for kt in range(8):
                     k = kb * 128 + kt * 16
                     if k >= K:
                         break
-                    wg, start, lbo, sbo = kt // 4, kt * NR * 16, NR * 8, 64  # in elements
-                    B = np.array([[xs[start + (n // 8) * sbo + (n % 8) * 8 + (kk // 8) * lbo + kk % 8]
-                                   for kk in range(16)] for n in range(NR)])  # (NR, 16)
+                    wg, start, sbo = kt // 4, (kt >> 2) * (NR * 128) + (kt & 3) * 32, 1024  # bytes
+                    B = np.array([[xs[swizzled(start + (n // 8) * sbo + (n % 8) * 128 + kk * 2) // 2]
+                                   for kk in range(16)] for n in range(NR)])  # (NR, 16); kk * 2 < 32: one chunk pair
                     for j in range(2):
                         A = np.zeros((64, 16))
                         for q in range(4):

@@ -5,8 +5,9 @@
 //
 // EXPERIMENTAL.  Written 2026-12-05 without a GPU, then run once on an H200 the same day (kernels/NOTES.md v11):
 // correct at 16-, 32- and 64-row m-blocks, but slower than the path the heuristic takes there (108 vs 99 us at
-// M = 32, 188 vs 159 at 64), and its 128-row m-blocks gave wrong outputs and were removed.  choose_path
-// (csrc/ops.cpp) does not pick it; LOWBIT_W4A16_PATH=5 or gemm_path(..., path=5) forces it.
+// M = 32, 188 vs 159 at 64), and its 128-row m-blocks gave wrong outputs and were removed.  After that call x's
+// shared-memory layout changed to the 128-byte swizzle (below; v11b, not yet run).  choose_path (csrc/ops.cpp)
+// does not pick it; LOWBIT_W4A16_PATH=5 or gemm_path(..., path=5) forces it.
 //
 // ---------------------------------------------------------------------------
 // Operands: the weights are wgmma's A, from registers; x is its B, from shared memory
@@ -27,10 +28,14 @@
 // issues two wgmma per k-tile, j = 0, 1: A rows of wgmma j from warp q are channels 32q + 16j + 0..15 of
 // the CTA, so accumulator j of the warpgroup covers channels {32q + 16j + r}.
 //
-// x in shared memory: the K-major layout without swizzle, 8-row x 16-byte core matrices: chunk (row r,
-// 16-byte column c) of a stage at c * NR * 16 + r * 16, so a k-tile's B is two columns, NR * 16 bytes
-// apart (the descriptor's leading byte offset), core matrices 128 bytes apart along rows (its stride
-// byte offset).  Rows past M are zero-filled.
+// x in shared memory: the K-major layout with the 128-byte swizzle (CUTLASS's Swizzle<3,4,3>): each row's
+// 64 k (128 bytes) of a stage's two halves (k 0-63, 64-127) contiguous, 16-byte chunk c of row r stored at
+// chunk c ^ (r % 8), rows 128 bytes apart, 8-row atoms 1024 bytes apart (the descriptor's stride byte
+// offset) and 1024-byte aligned, as the hardware un-swizzles by address bits; a k-tile's B starts 32 bytes
+// further per k-tile within the half.  Consecutive threads stage consecutive chunks of one row: the
+// cp.async writes hit 8 different bank groups.  (The first version used the no-swizzle layout, chunk (r, c)
+// at c * NR * 16 + r * 16: consecutive threads wrote 1 KB apart, 16-way bank conflicts, and the kernel was
+// slower than path 3; NOTES.md v11.)  Rows past M are zero-filled.
 //
 // Per k-tile, warp by warp: dequantize 2 words into A registers (buffer kk % 2), fence, two wgmma,
 // commit, then wait until at most this group is in flight, so the other A buffer is free for the next
@@ -74,7 +79,8 @@ struct WgSmem {
   static constexpr int kStage = kWBytes + kXBytes + kSBytes + (HAS_Z ? kSBytes : 0);
   static constexpr int kPipe = kStagesWg * kStage;
   static constexpr int kRed = 2 * NR * kRedPitch * 4;  // both warpgroups' (NR x 128) fp32 partials
-  static constexpr int kTotal = kPipe > kRed ? kPipe : kRed;
+  // + 1 KB: the dynamic shared memory is re-based to a 1024-byte boundary (the swizzle atoms' alignment)
+  static constexpr int kTotal = (kPipe > kRed ? kPipe : kRed) + 1024;
 };
 
 #if LOWBIT_HAS_WGMMA
@@ -89,10 +95,12 @@ __device__ __forceinline__ void reg_fence(float& r) { asm volatile("" : "+f"(r):
 // cp.async wrote the stage through the generic proxy; the tensor core reads it through the async proxy.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-// Shared-memory matrix descriptor, no swizzle: start address, leading byte offset (between the two
-// 8-column halves of a k16 slice), stride byte offset (between 8-row core matrices), each >> 4.
-__device__ __forceinline__ uint64_t kmajor_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo) {
-  return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32);
+// Shared-memory matrix descriptor of a K-major operand with the 128-byte swizzle: start address >> 4, leading
+// byte offset unused (1 by convention), stride byte offset 1024 (between 8-row atoms) >> 4, swizzle mode 1
+// (128 B) in bits 62-63; base offset 0 (the atoms are 1024-byte aligned).
+__device__ __forceinline__ uint64_t kmajor_sw128_desc(uint32_t saddr) {
+  return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
+         ((uint64_t)1 << 62);
 }
 
 // d (64 x NR fp32, NR/2 per thread) += a (64 x 16, registers) * B (16 x NR, descriptor), T = bf16 or fp16.
@@ -160,7 +168,8 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
   using T2 = typename Tr::T2;
   using S = WgSmem<NR, HAS_Z>;
   constexpr int kNBlk = kMmaNBlock, kKBlk = kMmaKBlock;
-  extern __shared__ __align__(128) uint8_t smem[];
+  extern __shared__ __align__(128) uint8_t smem_raw[];
+  uint8_t* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);  // swizzle atoms: 1024-aligned
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wg = warp >> 2, q = warp & 3;      // warpgroup (k half of each k-block), warp in it
@@ -184,7 +193,9 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
       const int r = c >> 4, ch = c & 15;
       const int gr = row0 + r, gk = kb * kKBlk + ch * 8;
       const bool ok = gr < M && gk < K;
-      cp_async16(xs + ch * (NR * 16) + r * 16, ok ? xg + (size_t)gr * K + gk : xg, ok);
+      // half ch / 8 of the stage, row r, chunk ch % 8 swizzled by the row
+      cp_async16(xs + (ch >> 3) * (NR * 128) + r * 128 + (((ch & 7) ^ (r & 7)) << 4),
+                 ok ? xg + (size_t)gr * K + gk : xg, ok);
     }
   };
 
@@ -241,7 +252,7 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
       }
       fence_accumulators();  // keep the compiler from moving accumulator accesses into the asynchronous window
       wgmma_fence();         // the A registers above (and the accumulators) are ready for the tensor core
-      const uint64_t desc = kmajor_desc(xs + kt * NR * 32, NR * 16, 128);
+      const uint64_t desc = kmajor_sw128_desc(xs + (kt >> 2) * (NR * 128) + (kt & 3) * 32);
       wgmma_rs<T, NR>(acc[0], a[kk & 1][0], desc);
       wgmma_rs<T, NR>(acc[1], a[kk & 1][1], desc);
       wgmma_commit();
