@@ -28,7 +28,7 @@ from .reference import check_inputs, dequantize, pack_w4, reference_w4a16_gemm, 
 __all__ = [
     "w4a16_gemm", "pack_w4", "unpack_w4", "reference_w4a16_gemm", "dequantize",
     "load_extension", "extension_available", "choose_path", "gemm_path", "PATHS",
-    "kv16_decode_attention", "reference_kv16_decode_attention", "decode_attention_splits",
+    "kv16_decode_attention", "reference_kv16_decode_attention",
 ]
 
 _SCHEMA = "w4a16_gemm(Tensor x, Tensor packed_w, Tensor scales, Tensor? zeros, int group_size) -> Tensor"
@@ -179,12 +179,6 @@ def kv16_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
                     raise ValueError(f"kv16_decode_attention: {name} must be {q.shape[-1] // 16}-byte aligned")
             load_extension()
     return torch.ops.lowbit.kv16_decode_attention(q, k_cache, v_cache, mask)
-
-
-def decode_attention_splits(heads: int, S: int, sms: int) -> int:
-    """How many column splits the decode attention runs for B * H_kv = heads, S cache columns, `sms` SMs
-    (the heuristic lives in csrc/ops.cpp)."""
-    return load_extension().decode_attention_splits(heads, S, sms)
 
 
 def decode_attention_supported(rows: int, head_dim: int, dtype: torch.dtype, device: torch.device,

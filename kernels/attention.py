@@ -65,6 +65,15 @@ def reference_kv16_decode_attention(q, k_cache, v_cache, mask) -> torch.Tensor:
     return (scores.softmax(-1) @ v_cache.float()).to(q.dtype)  # (B, H, R, D)
 
 
+def ulp_error(y: torch.Tensor, ref: torch.Tensor) -> float:
+    """Largest error of y against a higher-precision ref, in units of y's dtype epsilon times the row's largest
+    reference output (1 = one unit in the last place at that magnitude); the tests' and eval/attention.py's
+    measure of the kernel against a reference."""
+    ref = ref.double()
+    ulp = torch.finfo(y.dtype).eps * ref.abs().amax(-1, keepdim=True).clamp_min(1e-3)
+    return ((y.double() - ref).abs() / ulp).max().item()
+
+
 # Up to this many (sequence, KV head) pairs the kernel beats F.scaled_dot_product_attention (cuDNN) at decode;
 # beyond, SDPA's one CTA per pair fills the GPU and reads faster (H200, torch 2.11, `python eval/attention.py`,
 # BENCHMARKS.md "Decode attention").
