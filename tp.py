@@ -14,6 +14,7 @@ Megatron-style split of every decoder layer, as gpt-fast's tp.py does:
 Quantization happens after sharding, on each rank's slices. Groups run along K, so a row-parallel slice
 must hold whole groups: `check_groups` refuses a split that would cut one.
 """
+import atexit
 import os
 import time
 
@@ -39,6 +40,11 @@ def init_distributed(device_type: str) -> tuple[int, int]:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        # Tear the group down before the interpreter does: a rank that returned early (only rank 0 reports) and
+        # left it to the destructors died of "terminate called without an active exception" (SIGABRT) in about 1
+        # of 4 CPU runs of tests/test_tp.py's torchrun test, 2026-12-05.  Local, no collective: safe whatever the
+        # other ranks are doing.
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     return dist.get_rank(), dist.get_world_size()
 
 
