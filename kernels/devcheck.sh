@@ -36,7 +36,7 @@ fi
 if [ "$MODE" = prof5 ]; then
   # Where path 5 (the wgmma kernel) loses its time (kernels/NOTES.md v11/v11b suspects): ncu on gate_up at M = 64,
   # tensor-pipe use, shared-memory bank conflicts, warp stall reasons, and the same for path 3 to compare.
-  timeout 300 ncu --clock-control none --kernel-name regex:"w4a16_(wgmma|stream)" --launch-count 2 \
+  timeout 160 ncu --clock-control none --kernel-name regex:"w4a16_(wgmma|stream)" --launch-count 2 \
     --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
     --section WarpStateStats --section SchedulerStats --section Occupancy python -c "
 import sys, torch; sys.path.insert(0, 'tests')
@@ -97,19 +97,22 @@ for path in (${2:-0, 1, 2, 3}):
   echo "sanitizer[$1] rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/san_$1.log" | tail -1)"
 }
 if [ "$MODE" = new ]; then
-  t wgmma 400 "wgmma or bad_knobs or path_override"
-  san memcheck 5,
-  san racecheck "4, 5"  # path 4's racecheck was never run (README)
-  timeout 300 python -m pytest -q tests/test_attention.py > "$OUT/t_attention.log" 2>&1
-  echo "tests[attention] rc=$? $(tail -1 "$OUT/t_attention.log")"; grep -E "^E  |FAILED|Fatal" "$OUT/t_attention.log" | head -8
-  timeout 200 python eval/kernels.py --bandwidth --ms 16,17,32,33,48,64,96,128,256 --reps 10 --tag _wgmma --out "$OUT" \
-    --schemes "cublas,ours_sym,ours_asym,ours_sym[wgmma],ours_asym[wgmma],ours_sym[wgmma/mt2],ours_sym[wgmma/mt1]" \
+  # In priority order; a step starts only while enough of the device call's 600 s is left (before <seconds>).
+  before() { [ $(( $(date +%s) - T0 )) -lt "$1" ] || { echo "skipped (time): ${*:2}"; return 1; }; }
+  t wgmma 200 "wgmma or bad_knobs or path_override"
+  before 400 bench && timeout 150 python eval/kernels.py --bandwidth --ms 16,32,48,64,96,128 --reps 10 --tag _wgmma \
+    --out "$OUT" --schemes "cublas,ours_sym,ours_sym[wgmma],ours_asym[wgmma],ours_sym[wgmma/mt2],ours_sym[wgmma/mt1]" \
     > "$OUT/bench_wgmma.log" 2>&1; echo "bench[wgmma] rc=$?"
-  timeout 200 python eval/attention.py --bandwidth --batch 1,4,8,32 --seq 384,2048 --splits auto,1,2,4,8 --tag _new \
-    --out "$OUT" > "$OUT/bench_attention.log" 2>&1; echo "bench[attention] rc=$?"
-  echo "elapsed $(( $(date +%s) - T0 ))s"
   sed -n '/## Sum/,$p' "$OUT/bench_wgmma.log" | grep -E "^\|"
-  grep -E "^\| [0-9]" "$OUT/bench_attention.log" | head -40
+  before 420 prof5 && bash kernels/devcheck.sh prof5 2>&1 | tail -n +3
+  before 380 core && t core 200 "m_sweep or forced_paths or forced_splits or opcheck_cuda or graph or exact_weights or first_split"
+  if before 480 attention; then
+    timeout 100 python -m pytest -q tests/test_attention.py > "$OUT/t_attention.log" 2>&1
+    echo "tests[attention] rc=$? $(tail -1 "$OUT/t_attention.log")"; grep -E "^E  |FAILED|Fatal" "$OUT/t_attention.log" | head -8
+  fi
+  before 500 memcheck && san memcheck 5,
+  before 530 racecheck && san racecheck "4, 5"  # path 4's racecheck was never run (README)
+  echo "elapsed $(( $(date +%s) - T0 ))s"
   exit 0
 fi
 san memcheck
