@@ -261,4 +261,20 @@ def test_gpu_generator_compiled_with_kernel_matches_sdpa():
     runs = {a: Generator(m, True, compile_once=True, decode_attention=a)(prompts, 8, set(), 0, show_progress=False)
             for a in ("sdpa", "kernel")}
     assert m.decode_kernel and all(layer.attention.decode_kernel for layer in m.layers)
-    assert runs["kernel"]["tokens"] == runs["sdpa"]["tokens"]
+    # Greedy tokens may part where two logits nearly tie: the kernel's and SDPA's rounding differ (eager logits differ
+    # by up to 0.023 on this model; on an H100 the compiled runs parted at a step whose top two logits were 0.023
+    # apart).  So the tokens must agree up to the first step where they part, and there the kernel's pick must be
+    # within 0.05 of the best logit of the same history, computed eagerly through SDPA.
+    for b, (got, want) in enumerate(zip(runs["kernel"]["tokens"], runs["sdpa"]["tokens"])):
+        i = next((i for i, (g, w) in enumerate(zip(got, want)) if g != w), None)
+        if i is None:
+            continue
+        history = prompts[b] + want[:i]
+        for layer in m.layers:
+            layer.compile_once = False  # an eager forward
+        m.setup_caches(1, len(history), False)
+        with torch.no_grad():
+            logits = m(torch.tensor([history], device="cuda"), torch.arange(len(history), device="cuda"),
+                       torch.zeros(1, dtype=torch.long, device="cuda"))[0, -1].float()
+        gap = (logits.max() - logits[got[i]]).item()
+        assert gap <= 0.05, f"sequence {b} parts at step {i} ({got[i]} vs {want[i]}) with a logit gap of {gap}"

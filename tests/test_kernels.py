@@ -412,6 +412,48 @@ def test_gpu_forced_paths(path):
         check_gpu(M, 4096, 4096, 128, i % 2 == 0, torch.bfloat16, seed=77 + i, path=path)
 
 
+def launched_kernels(fn):
+    """Names of the CUDA kernels fn() launches (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+def kernel_of_path(names):
+    """Which path a list of launched kernel names belongs to (the template arguments of the streaming kernel tell
+    its rings apart: <T, MT, HAS_Z, SMEM_RING, SWAP>, booleans printed as 0/1 or false/true)."""
+    flag = {"0": False, "false": False, "1": True, "true": True}
+    for n in names:
+        if "w4a16_wgmma_kernel" in n:
+            return 5
+        if "w4a16_mma_kernel" in n:
+            return 0
+        if "w4_dequant_kernel" in n:
+            return 1
+        if "w4a16_stream_kernel" in n:
+            args = [a.strip() for a in n.split("w4a16_stream_kernel<", 1)[1].split(">", 1)[0].split(",")]
+            smem_ring, swap = flag[args[3]], flag[args[4]]
+            return 4 if swap else 3 if smem_ring else 2
+    raise AssertionError(f"no kernel of ours among {names}")
+
+
+@needs_cuda
+def test_gpu_forced_path_runs_its_kernel():
+    """A forced path launches that path's kernel (path 5 once ran the streaming kernel: a test of outputs alone
+    cannot see that, since every path gives the same answer)."""
+    x, q, s, z = make_problem(40, 4096, 4096, 128, False, torch.bfloat16, "cuda", seed=31)
+    pw, sp, zp = kernels.pack_w4(q, s, z, 128)
+    ext = kernels.load_extension()
+    paths = (0, 1, 2, 3, 4) + ((5,) if torch.cuda.get_device_capability() == (9, 0) else ())
+    for path in paths:
+        for M in (8, 40) if path != 4 else (8,):
+            xm = x[:M].contiguous()
+            names = launched_kernels(lambda: ext.gemm_path(xm, pw, sp, zp, 128, path, -1, -1))
+            assert kernel_of_path(names) == path, f"path {path}, M={M}: launched {names}"
+
+
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("sym", [True, False])

@@ -330,7 +330,7 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   const int64_t ctas = m_blocks * n_blocks;
   int64_t splits = 1, kb_per_split = kb_total;
   StreamPlan plan{};
-  const bool streaming = path >= 2, smem_ring = path == 3, swap = path == 4;
+  const bool streaming = path >= 2 && path <= 4, smem_ring = path == 3, swap = path == 4;
   if (streaming) {
     plan = plan_stream(M, K, gs, has_z, mt, smem_ring, ctas, stream_occupancy(fp16, has_z, mt, smem_ring, swap), d,
                        want_splits);
