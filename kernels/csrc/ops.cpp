@@ -92,15 +92,20 @@ int64_t choose_path(int64_t M, int64_t N, int64_t K) {
 
 // m16 tiles per CTA for a path that tiles M (0, 2, 3, 5), the rows one CTA covers being 16 x that: the
 // second half of the heuristic above (the same measurements), kept apart because forced paths need it too.
-// The fused kernel and the wgmma kernel (path 5; its 128-row m-blocks gave wrong outputs on an H200, 2026-12-05,
-// kernels/NOTES.md v11, and were removed): mma_m_tiles (1, 2, then 4 from M = 33). The streaming kernels: at most 2, as
+// The fused kernel and the wgmma kernel (path 5): mma_m_tiles (1, 2, then 4 from M = 33). The streaming kernels
+// (is_streaming): at most 2, as
 // their ring and registers are sized for (w4a16.h; 203-255 registers at 4, NOTES.md open issue 2),
 // measured above: M = 33..96 runs as 32-row m-blocks.  At 64-row m-blocks (forced, H200, 2026-11-29, eighth
 // session, kernels/bench_h200_s8_mt4.md) they lose: 172.8 / 184.0 / 327.0 us (shared ring) against 156.4 /
 // 159.5 / 236.4 at M = 48 / 64 / 96.
+// Paths 2, 3 and 4 run the streaming kernel (w4a16_kernel.cu); 0 and 5 their own kernels, 1 cuBLAS.  The one
+// place that says so: m_tiles_for and gemm_path both ask (writing the test twice once sent path 5 to the
+// streaming launcher, kernels/NOTES.md v11c).
+bool is_streaming(int64_t path) { return path >= 2 && path <= 4; }
+
 int m_tiles_for(int64_t path, int64_t M) {
   const int mt = mma_m_tiles((int)M);
-  return path >= 2 && path <= 4 ? std::min(mt, 2) : mt;
+  return is_streaming(path) ? std::min(mt, 2) : mt;
 }
 
 struct DeviceInfo {
@@ -330,7 +335,7 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   const int64_t ctas = m_blocks * n_blocks;
   int64_t splits = 1, kb_per_split = kb_total;
   StreamPlan plan{};
-  const bool streaming = path >= 2 && path <= 4, smem_ring = path == 3, swap = path == 4;
+  const bool streaming = is_streaming(path), smem_ring = path == 3, swap = path == 4;
   if (streaming) {
     plan = plan_stream(M, K, gs, has_z, mt, smem_ring, ctas, stream_occupancy(fp16, has_z, mt, smem_ring, swap), d,
                        want_splits);
