@@ -227,7 +227,10 @@ def test_bad_inputs_cpu(case):
 def test_extension_compiles():
     """Compile-only check (works without a GPU; builds for $TORCH_CUDA_ARCH_LIST or 9.0). May take minutes."""
     mod = kernels.load_extension()
-    assert hasattr(mod, "gemm_path") and [mod.choose_path(m, 4096, 4096) for m in (1, 8, 9, 16, 17, 32, 33, 96, 97, 128)] == [4, 4, 2, 2, 3, 3, 3, 3, 1, 1]
+    ms = (1, 8, 9, 16, 17, 32, 33, 96, 97, 128, 129)
+    assert hasattr(mod, "gemm_path") and [mod.choose_path(m, 4096, 4096) for m in ms] == [4, 4, 2, 2, 3, 3, 3, 3, 1, 1, 1]
+    # on compute capability 9.0 the wgmma kernel takes M = 97..128 (csrc/ops.cpp choose_path)
+    assert [mod.choose_path(m, 4096, 4096, wgmma=True) for m in ms] == [4, 4, 2, 2, 3, 3, 3, 3, 5, 5, 1]
 
 
 @pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
@@ -245,6 +248,34 @@ def test_wgmma_kernel_assembles_without_serialization_or_spills(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     log = out.stdout + out.stderr
     assert "wgmma_kernel" in log and not re.search(r"C751\d|serializ|[1-9]\d* bytes spill", log), log[-3000:]
+
+
+def _cuobjdump() -> str | None:
+    import os
+    import shutil
+    home = kbuild.find_cuda_home()
+    tool = os.path.join(home, "bin", "cuobjdump") if home else ""
+    return tool if os.path.isfile(tool) else shutil.which("cuobjdump")
+
+
+@pytest.mark.skipif(kbuild.find_cuda_home() is None or _cuobjdump() is None,
+                    reason="nvcc or cuobjdump not found: cannot build or disassemble the extension")
+def test_no_memory_descriptor_in_an_odd_uniform_register():
+    """A 64-bit memory descriptor lives in an even/odd uniform register pair.  With an L2 cache-policy operand on
+    the fused kernels' weight copies, ptxas (CUDA 13.0) emitted `LDGSTS ... desc[UR1]` (odd, never written) in their
+    main loops: 'illegal instruction' on an H100 whenever that loop issued a copy (NOTES v11e).  Scans the SASS of
+    every kernel in the built extension."""
+    import subprocess
+    so = kernels.load_extension().__file__
+    out = subprocess.run([_cuobjdump(), "-sass", so], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    bad, fn = [], None
+    for line in out.stdout.splitlines():
+        if "Function :" in line:
+            fn = line.split("Function :")[1].strip()
+        elif re.search(r"desc\[UR\d*[13579]\]", line):
+            bad.append(f"{fn}: {line.strip()[:120]}")
+    assert "Function :" in out.stdout and not bad, "\n".join(bad[:10])
 
 
 @pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
@@ -442,8 +473,9 @@ def kernel_of_path(names):
 @needs_cuda
 def test_gpu_forced_path_runs_its_kernel():
     """A forced path launches that path's kernel (path 5 once ran the streaming kernel: a test of outputs alone
-    cannot see that, since every path gives the same answer)."""
-    x, q, s, z = make_problem(40, 4096, 4096, 128, False, torch.bfloat16, "cuda", seed=31)
+    cannot see that, since every path gives the same answer); so does the heuristic's choice (-1) at the rows where
+    it changes kernels (112: path 5 on compute capability 9.0, else 1)."""
+    x, q, s, z = make_problem(112, 4096, 4096, 128, False, torch.bfloat16, "cuda", seed=31)
     pw, sp, zp = kernels.pack_w4(q, s, z, 128)
     ext = kernels.load_extension()
     paths = (0, 1, 2, 3, 4) + ((5,) if torch.cuda.get_device_capability() == (9, 0) else ())
@@ -452,6 +484,11 @@ def test_gpu_forced_path_runs_its_kernel():
             xm = x[:M].contiguous()
             names = launched_kernels(lambda: ext.gemm_path(xm, pw, sp, zp, 128, path, -1, -1))
             assert kernel_of_path(names) == path, f"path {path}, M={M}: launched {names}"
+    for M in (8, 16, 40, 112):
+        xm = x[:M].contiguous()
+        names = launched_kernels(lambda: ext.gemm_path(xm, pw, sp, zp, 128, -1, -1, -1))
+        want = kernels.PATHS.index(kernels.choose_path(M, 4096, 4096))
+        assert kernel_of_path(names) == want, f"heuristic, M={M}: launched {names}, choose_path says {want}"
 
 
 @needs_cuda
@@ -480,7 +517,7 @@ def test_gpu_exact_weights_only_in_streaming_kernel_at_m_le_16(sym, dtype):
         assert (rounded.float().abs() >= 1).all(), "the construction must separate the two semantics"
         for path in (-1, 0, 1, 2, 3) + ((4,) if M <= 8 else ()):
             y = ext.gemm_path(x, pw, sp, zp, gs, path, -1).cpu()
-            taken = ext.choose_path(M, N, K) if path < 0 else path
+            taken = kernels.PATHS.index(kernels.choose_path(M, N, K)) if path < 0 else path
             what = f"M={M} path={path} (ran {taken}): y[0,0]={y[0, 0].item()}, rounded weights give " \
                    f"{rounded[0, 0].item()}"
             if taken in (2, 3, 4) and M <= 16:

@@ -119,7 +119,7 @@ __device__ __forceinline__ uint64_t evict_first_policy() {
 // channels per group, group gi of the block at s_dst + gi * kMmaNBlock * 2.  Tiles past N or K are not copied.
 template <typename T, bool HAS_Z>
 __device__ __forceinline__ void copy_stage_weights(uint8_t* w_dst, uint8_t* s_dst, const GemmParams& p, int tid,
-                                                   int nb, int kb, uint64_t policy) {
+                                                   int nb, int kb) {
   constexpr int kNBlk = kMmaNBlock, kKBlk = kMmaKBlock, kCopyThreads = 256;
   const int K = p.K, N = p.N, gs = p.group_size;
   const int k_tiles = K >> 4, n_tiles = N >> 6;
@@ -130,7 +130,10 @@ __device__ __forceinline__ void copy_stage_weights(uint8_t* w_dst, uint8_t* s_ds
     const int nt = c >> 8, rem = c & 255;
     const int gnt = nb * 2 + nt, gkt = kb * 8 + (rem >> 5);
     if (gnt < n_tiles && gkt < k_tiles)
-      cp_async16_evict_first(w_dst + c * 16, wq + ((size_t)gnt * k_tiles + kb * 8) * 32 + rem, policy);
+      // No L2 evict_first hint here, unlike the streaming kernels: with one, ptxas (CUDA 13.0) emitted in the
+      // main loop of both fused kernels an LDGSTS whose memory descriptor is the odd, never-written uniform
+      // register UR1 ("desc[UR1]"), an illegal instruction on the H100 (kernels/NOTES.md v11e).
+      cp_async16(w_dst + c * 16, wq + ((size_t)gnt * k_tiles + kb * 8) * 32 + rem, true);
   }
   const T* __restrict__ sg = reinterpret_cast<const T*>(p.s);
   const T* __restrict__ zg = reinterpret_cast<const T*>(p.z);

@@ -53,9 +53,9 @@
 // summed through shared memory in a fixed order at the end.
 //
 // Pipeline: STAGES-deep cp.async ring of (weights 8 KB, x 4·MT KB, scales,
-// zeros); one __syncthreads per k-block.  Weight copies carry an L2
-// evict_first policy (each weight byte is used once per m-block), activations
-// and scales use the default policy (they are re-read by every n-block).
+// zeros); one __syncthreads per k-block.  All copies use the default L2 policy:
+// an evict_first hint on the weight copies made ptxas (CUDA 13.0) emit an
+// illegal instruction in this kernel (see copy_stage_weights, NOTES v11e).
 //
 // Parallelism at batch 1: N/128 CTAs are too few for 132 SMs (o_proj: 32), so
 // K is split over gridDim.z CTAs.  Each writes fp32 partials to a workspace,
@@ -195,14 +195,12 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
   const bool ntile_ok = (nb * 2 + wn) < n_tiles;  // N % 128 == 64: last CTA has one n-tile
 
   const T* __restrict__ xg = reinterpret_cast<const T*>(p.x);
-  const uint64_t evict_first = evict_first_policy();
-
   auto stage_ptr = [&](int st) { return smem + st * S::kStage; };
 
   // Issue the copies of k-block kb into ring slot st.
   auto load_stage = [&](int st, int kb) {
     uint8_t* base = stage_ptr(st);
-    copy_stage_weights<T, HAS_Z>(base, base + kWBytes + S::kXBytes, p, tid, nb, kb, evict_first);
+    copy_stage_weights<T, HAS_Z>(base, base + kWBytes + S::kXBytes, p, tid, nb, kb);
     // activations: 16·MT rows x 16 chunks; chunk index XOR-swizzled by row so
     // the 8 row addresses of every ldmatrix phase fall in distinct banks.
     uint8_t* xs = base + kWBytes;

@@ -179,13 +179,12 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
   const int kb_begin = split * p.kb_per_split, nkb = split_k_blocks(p, split);
   const int row0 = mb * NR;
   const T* __restrict__ xg = reinterpret_cast<const T*>(p.x);
-  const uint64_t evict_first = evict_first_policy();
   auto stage_ptr = [&](int st) { return smem + st * S::kStage; };
 
   // The copies of k-block kb into ring slot st: weights and scales as the fused kernel, x in wgmma's layout.
   auto load_stage = [&](int st, int kb) {
     uint8_t* base = stage_ptr(st);
-    copy_stage_weights<T, HAS_Z>(base, base + kWBytes + S::kXBytes, p, tid, nb, kb, evict_first);
+    copy_stage_weights<T, HAS_Z>(base, base + kWBytes + S::kXBytes, p, tid, nb, kb);
     uint8_t* xs = base + kWBytes;
 #pragma unroll
     for (int i = 0; i < NR * 16 / kWgThreads; ++i) {  // NR rows x 16 chunks of 16 bytes
