@@ -93,9 +93,11 @@ def choose_path(M: int, N: int, K: int) -> str:
     """Which CUDA path the op takes for this shape: one of PATHS.
 
     The heuristic itself lives in csrc/ops.cpp (choose_path) next to the
-    dispatch that uses it; this only asks it.
+    dispatch that uses it; this only asks it, for the current CUDA device
+    (path 5, wgmma, exists on compute capability 9.0 only).
     """
-    return PATHS[load_extension().choose_path(M, N, K)]
+    wgmma = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+    return PATHS[load_extension().choose_path(M, N, K, wgmma)]
 
 
 def w4a16_gemm(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor,

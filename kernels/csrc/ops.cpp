@@ -29,7 +29,7 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 // 0 = fused mma.sync kernel, 1 = dequantize to a 16-bit temporary + cuBLAS,
 // 2 = the streaming kernel (w4a16_kernel.cu), 3 = the same with its weight ring in shared memory,
 // 4 = path 2 with the weights as the mma's A operand (M <= 8), 5 = the wgmma kernel (w4a16_wgmma.cu: Hopper's
-// warpgroup tensor cores, sm_90 GPUs only; experimental: not yet run on a GPU, never picked here, only forced).
+// warpgroup tensor cores, compute capability 9.0 only: picked for M = 97..128 there, see below).
 // Thresholds from the microbenchmark on an H200, torch 2.11 (BENCHMARKS.md, "Kernel microbenchmark";
 // kernels/NOTES.md v5-v7): Llama-3-8B's four linears, g128 symmetric, sum in us.
 //   streaming, register ring (2) vs shared-memory ring (3), one process each line:
@@ -66,9 +66,16 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 // LOWBIT_W4A16_PATH=0..5 in the environment overrides it for every call of the process (end-to-end
 // A/B runs of a path without a rebuild; read once); 4 only for calls of at most 8 rows (a prefill takes
 // the rule below).
+//   path 5 (wgmma) vs path 1 on an H100 (2026-12-05, session 14, torch 2.11.0+cu130, one process, eval/kernels.py
+//   --ms 97,112,128,160,192,256,512,1024 --reps 10, BENCHMARKS.md "Path 5 on an H100"): 311.7 / 312.4 / 313.4 vs
+//   367.5 / 369.6 / 371.7 us at M = 97 / 112 / 128 (cuBLAS bf16 178-195), then 492.0 vs 379.2 at 160 and 965.2
+//   vs 490.6 at 512; path 3 at M = 96: 237.9 against path 5's 291.4.  So path 5 for M = 97..128 where it runs
+//   (compute capability 9.0: `wgmma`), path 1 above and elsewhere; the H200 numbers above (path 1: 280-287 at
+//   97-128) predate a working path 5 and were not re-taken against it.
 constexpr int64_t kSwapMaxM = 8;
 constexpr int64_t kRegRingMaxM = 16;
 constexpr int64_t kDequantMinM = 97;
+constexpr int64_t kWgmmaMaxM = 128;
 int64_t forced_path() {
   static const int64_t forced = [] {
     const char* env = std::getenv("LOWBIT_W4A16_PATH");
@@ -81,13 +88,14 @@ int64_t forced_path() {
   return forced;
 }
 
-int64_t choose_path(int64_t M, int64_t N, int64_t K) {
+int64_t choose_path(int64_t M, int64_t N, int64_t K, bool wgmma) {
   (void)N;
   (void)K;
   if (const int64_t forced = forced_path(); forced >= 0 && (forced != 4 || M <= kSwapMaxM)) return forced;
   if (M <= kSwapMaxM) return 4;
   if (M <= kRegRingMaxM) return 2;
-  return M < kDequantMinM ? 3 : 1;
+  if (M < kDequantMinM) return 3;
+  return wgmma && M <= kWgmmaMaxM ? 5 : 1;
 }
 
 // m16 tiles per CTA for a path that tiles M (0, 2, 3, 5), the rows one CTA covers being 16 x that: the
@@ -303,11 +311,12 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   const bool fp16 = x.scalar_type() == at::kHalf;
   const bool has_z = z.has_value();
-  if (path < 0) path = choose_path(M, N, K);
+  const DeviceInfo& d = device_info(x.get_device());
+  if (path < 0) path = choose_path(M, N, K, d.major == 9 && d.minor == 0);
   TORCH_CHECK(want_m_tiles == -1 || want_m_tiles == 1 || want_m_tiles == 2 || want_m_tiles == 4,
               "w4a16_gemm: m_tiles must be -1 (by M), 1, 2 or 4, got ", want_m_tiles);
   int* counters = counters_for(x, stream);  // on every call, whatever the path: see counters_for
-  const bool pdl = use_pdl(device_info(x.get_device()));
+  const bool pdl = use_pdl(d);
 
   if (path == 1) {
     at::Tensor w16 = at::empty({N, K}, x.options());
@@ -318,7 +327,6 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   }
 
   TORCH_CHECK(path >= 0 && path <= 5, "w4a16_gemm: path must be -1 (heuristic), 0, 1, 2, 3, 4 or 5, got ", path);
-  const DeviceInfo& d = device_info(x.get_device());
   TORCH_CHECK(path != 5 || (d.major == 9 && d.minor == 0),
               "w4a16_gemm: path 5 (wgmma) runs on compute capability 9.0 (H100, H200) only, this GPU has ", d.major,
               ".", d.minor);
@@ -511,8 +519,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       py::arg("splits") = -1, py::arg("smem_ring") = false);
   m.def("choose_path", &lowbit::choose_path,
         "0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming, 3 = streaming with a shared-memory ring, "
-        "4 = streaming with swapped operands, 5 = wgmma (sm_90 only, experimental: only forced)",
-        py::arg("M"), py::arg("N"), py::arg("K"));
+        "4 = streaming with swapped operands, 5 = wgmma (compute capability 9.0 only: `wgmma` says the GPU is one)",
+        py::arg("M"), py::arg("N"), py::arg("K"), py::arg("wgmma") = false);
   m.def("decode_attention", &lowbit::decode_attention,
         "kv16_decode_attention with a forced number of column splits (-1: decode_attention_splits)",
         py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("mask"), py::arg("splits") = -1);
