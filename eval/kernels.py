@@ -303,7 +303,7 @@ def main():
                     help="also: ours_sym[mma], ours_sym[dq], ours_sym[stream], ours_sym[smem], ours_sym[swap], "
                          "ours_sym[wgmma] (force the mma kernel / dequantize+cuBLAS / the streaming kernel with its "
                          "ring in registers / in shared memory / with swapped operands, M <= 8 only / the wgmma "
-                         "kernel, compute capability 9.0 only, experimental), ours_sym[stream/s4] "
+                         "kernel, compute capability 9.0 only), ours_sym[stream/s4] "
                          "(and split K in 4), ours_sym[mma/mt2] (2 m16 tiles per CTA; "
                          "mt1, mt2, mt4; combine as [smem/s2/mt2]); likewise ours_asym[...]; read_int4 "
                          "(a floor: one reduction reading the packed int4 weights, no GEMM)")
