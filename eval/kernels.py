@@ -68,12 +68,12 @@ def forced(scheme: str) -> tuple[int, int, int]:
     name, *knobs = scheme[scheme.index("[") + 1:-1].split("/")
     splits = m_tiles = -1
     for knob in knobs:
-        if knob.startswith("mt") and knob[2:] in ("1", "2", "4"):
+        if knob.startswith("mt") and knob[2:] in ("1", "2", "4", "8"):
             m_tiles = int(knob[2:])
         elif knob.startswith("s") and knob[1:].isdigit() and int(knob[1:]) > 0:
             splits = int(knob[1:])
         else:
-            raise SystemExit(f"{scheme}: unknown knob {knob!r} (sN: N splits of K; mt1, mt2, mt4: m16 tiles per CTA)")
+            raise SystemExit(f"{scheme}: unknown knob {knob!r} (sN: N splits of K; mt1, mt2, mt4, mt8 (wgmma only): m16 tiles per CTA)")
     if name not in FORCED_PATHS:
         raise SystemExit(f"{scheme}: unknown path {name!r}, one of {', '.join(FORCED_PATHS)}")
     return FORCED_PATHS[name], splits, m_tiles
@@ -305,7 +305,7 @@ def main():
                          "ring in registers / in shared memory / with swapped operands, M <= 8 only / the wgmma "
                          "kernel, compute capability 9.0 only), ours_sym[stream/s4] "
                          "(and split K in 4), ours_sym[mma/mt2] (2 m16 tiles per CTA; "
-                         "mt1, mt2, mt4; combine as [smem/s2/mt2]); likewise ours_asym[...]; read_int4 "
+                         "mt1, mt2, mt4, and mt8 for wgmma; combine as [smem/s2/mt2]); likewise ours_asym[...]; read_int4 "
                          "(a floor: one reduction reading the packed int4 weights, no GEMM)")
     ap.add_argument("--bandwidth", action="store_true", help="measure the D2D copy bandwidth first")
     ap.add_argument("--reps", type=int, default=20, help="graph replays per timing; the median is reported")

@@ -142,7 +142,7 @@ def gemm_path(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor, zer
 
     path: -1 = choose_path, else an index into PATHS; splits: -1 = the launch plan's split-K count, else
     >= 1 (the count run can differ: no split may be empty); m_tiles: -1 = by M and path (csrc/ops.cpp
-    m_tiles_for), else 1, 2 or 4 m16 tiles per CTA.  Path 1 (dequantize + cuBLAS) takes neither knob and ignores
+    m_tiles_for), else 1, 2 or 4 m16 tiles per CTA (path 5 also 8).  Path 1 (dequantize + cuBLAS) takes neither knob and ignores
     both; path 4 (swapped operands) takes at most 8 rows and one m-tile; path 5 (the wgmma kernel, which
     the heuristic takes for 97-128 rows) runs on compute capability 9.0 only.  Validated
     here, in Python, for the reason w4a16_gemm gives.
@@ -154,8 +154,9 @@ def gemm_path(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor, zer
                          f"m_tiles={m_tiles}")
     if splits != -1 and splits < 1:
         raise ValueError(f"gemm_path: splits must be -1 (the launch plan) or >= 1, got {splits}")
-    if m_tiles not in (-1, 1, 2, 4):
-        raise ValueError(f"gemm_path: m_tiles must be -1 (by M), 1, 2 or 4, got {m_tiles}")
+    if m_tiles not in (-1, 1, 2, 4) and not (m_tiles == 8 and path == 5):
+        raise ValueError(f"gemm_path: m_tiles must be -1 (by M), 1, 2, 4 or (path 5 only) 8, got {m_tiles} for path "
+                         f"{path}")
     if not x.is_cuda:
         raise ValueError(f"gemm_path runs the CUDA kernels: x is on {x.device} (kernels.w4a16_gemm runs anywhere)")
     if path == 5 and torch.cuda.get_device_capability(x.device) != (9, 0):

@@ -29,7 +29,7 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 // 0 = fused mma.sync kernel, 1 = dequantize to a 16-bit temporary + cuBLAS,
 // 2 = the streaming kernel (w4a16_kernel.cu), 3 = the same with its weight ring in shared memory,
 // 4 = path 2 with the weights as the mma's A operand (M <= 8), 5 = the wgmma kernel (w4a16_wgmma.cu: Hopper's
-// warpgroup tensor cores, compute capability 9.0 only: picked for M = 97..128 there, see below).
+// warpgroup tensor cores, compute capability 9.0 only: picked for M = 65..128 there, see below).
 // Thresholds from the microbenchmark on an H200, torch 2.11 (BENCHMARKS.md, "Kernel microbenchmark";
 // kernels/NOTES.md v5-v7): Llama-3-8B's four linears, g128 symmetric, sum in us.
 //   streaming, register ring (2) vs shared-memory ring (3), one process each line:
@@ -72,9 +72,17 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 //   vs 490.6 at 512; path 3 at M = 96: 237.9 against path 5's 291.4.  So path 5 for M = 97..128 where it runs
 //   (compute capability 9.0: `wgmma`), path 1 above and elsewhere; the H200 numbers above (path 1: 280-287 at
 //   97-128) predate a working path 5 and were not re-taken against it.
+//   path 5 v12 (loop-contained wgmma pipeline, 128-row m-blocks from M = 65; NOTES.md v12) on an H100 (2026-12-06,
+//   session 18, torch 2.11.0+cu130, one process each, eval/kernels.py --reps 10, BENCHMARKS.md "Path 5 v12"):
+//   sym, path 5 vs path 3: 150.7 vs 156.8 at M = 40, 157.1 vs 163.1 at 64, 218.3 vs 235.4 at 80, 223.2 vs 241.6 at
+//   96; with zeros 172.7 vs 166.5 at 40, 181.9 vs 173.4 at 64, 234.4 vs 255.5 at 96.  Path 5 vs path 1: 226.3 vs
+//   372.6 at 128 (sym), 380.4 vs 379.1 at 160, 388.0 vs 403.3 at 256, 626.5 vs 457.9 at 384; zeros 411.7 vs 382.1
+//   at 160, 425.2 vs 407.0 at 256.  So path 5 for M = 65..128 (it wins both ways there), path 3 below (a tie:
+//   +4 % sym, -5 % with zeros, the int4-marlin default), path 1 above.
 constexpr int64_t kSwapMaxM = 8;
 constexpr int64_t kRegRingMaxM = 16;
 constexpr int64_t kDequantMinM = 97;
+constexpr int64_t kWgmmaMinM = 65;
 constexpr int64_t kWgmmaMaxM = 128;
 int64_t forced_path() {
   static const int64_t forced = [] {
@@ -94,13 +102,16 @@ int64_t choose_path(int64_t M, int64_t N, int64_t K, bool wgmma) {
   if (const int64_t forced = forced_path(); forced >= 0 && (forced != 4 || M <= kSwapMaxM)) return forced;
   if (M <= kSwapMaxM) return 4;
   if (M <= kRegRingMaxM) return 2;
+  if (wgmma && M >= kWgmmaMinM && M <= kWgmmaMaxM) return 5;
   if (M < kDequantMinM) return 3;
-  return wgmma && M <= kWgmmaMaxM ? 5 : 1;
+  return 1;
 }
 
 // m16 tiles per CTA for a path that tiles M (0, 2, 3, 5), the rows one CTA covers being 16 x that: the
 // second half of the heuristic above (the same measurements), kept apart because forced paths need it too.
-// The fused kernel and the wgmma kernel (path 5): mma_m_tiles (1, 2, then 4 from M = 33). The streaming kernels
+// The fused kernel and the wgmma kernel (path 5): mma_m_tiles (1, 2, then 4 from M = 33); path 5 takes 8 (one
+// 128-row m-block) from M = 65 (H100, 2026-12-06, BENCHMARKS.md "Path 5 v12": 219.4 vs 268.5 us at M = 96, 222.0 vs
+// 272.9 at 128 against 64-row m-blocks; 213.1 vs 152.2 at 64). The streaming kernels
 // (is_streaming): at most 2, as
 // their ring and registers are sized for (w4a16.h; 203-255 registers at 4, NOTES.md open issue 2),
 // measured above: M = 33..96 runs as 32-row m-blocks.  At 64-row m-blocks (forced, H200, 2026-11-29, eighth
@@ -113,6 +124,7 @@ bool is_streaming(int64_t path) { return path >= 2 && path <= 4; }
 
 int m_tiles_for(int64_t path, int64_t M) {
   const int mt = mma_m_tiles((int)M);
+  if (path == 5 && M > 64) return 8;  // one 128-row m-block: each weight dequantized once for up to 128 rows
   return is_streaming(path) ? std::min(mt, 2) : mt;
 }
 
@@ -299,8 +311,9 @@ StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, boo
 // 5 = the wgmma kernel (sm_90 GPUs; its m-blocks and split-K as path 0's).
 // splits: -1 = the launch plan's split-K count; > 0 asks for that many (paths 0, 2, 3, 4, 5; the count
 // actually run can differ: no split may be empty). A benchmark knob (eval/kernels.py "[stream/s4]").
-// m_tiles: -1 = m_tiles_for(path, M); 1, 2 or 4 m16 tiles per CTA instead (paths 0, 2, 3, 5; path 4 takes
-// only 1, and at most 8 rows; more m-blocks when fewer): the benchmark knob (eval/kernels.py "[mma/mt2]") that measured the M = 33..96 rule above.
+// m_tiles: -1 = m_tiles_for(path, M); 1, 2 or 4 m16 tiles per CTA instead (paths 0, 2, 3, 5; path 5 also 8;
+// path 4 takes only 1, and at most 8 rows; more m-blocks when fewer): the benchmark knob (eval/kernels.py
+// "[mma/mt2]") that measured the M = 33..96 rule above.
 // The streaming kernel at one m-tile keeps its exact-weight arithmetic for any M.
 at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
                      const std::optional<at::Tensor>& z, int64_t gs, int64_t path, int64_t want_splits,
@@ -313,8 +326,10 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   const bool has_z = z.has_value();
   const DeviceInfo& d = device_info(x.get_device());
   if (path < 0) path = choose_path(M, N, K, d.major == 9 && d.minor == 0);
-  TORCH_CHECK(want_m_tiles == -1 || want_m_tiles == 1 || want_m_tiles == 2 || want_m_tiles == 4,
-              "w4a16_gemm: m_tiles must be -1 (by M), 1, 2 or 4, got ", want_m_tiles);
+  TORCH_CHECK(want_m_tiles == -1 || want_m_tiles == 1 || want_m_tiles == 2 || want_m_tiles == 4 ||
+                  (want_m_tiles == 8 && path == 5),
+              "w4a16_gemm: m_tiles must be -1 (by M), 1, 2, 4 or (path 5 only) 8, got ", want_m_tiles, " for path ",
+              path);
   int* counters = counters_for(x, stream);  // on every call, whatever the path: see counters_for
   const bool pdl = use_pdl(d);
 
@@ -380,11 +395,11 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   p.N = (int)N;
   p.K = (int)K;
   p.group_size = (int)gs;
+  p.group_shift = gs == K ? 31 : __builtin_ctzll((unsigned long long)gs);  // gs in {32, 64, 128}
   p.k_splits = (int)splits;
   p.kb_per_split = (int)kb_per_split;
   if (streaming) {
     p.kt_per_warp = (int)plan.kt_per_warp;
-    p.group_shift = gs == K ? 31 : __builtin_ctzll((unsigned long long)gs);  // gs in {32, 64, 128}
     p.groups = (int)(K / gs);
     p.groups_per_cta = (int)plan.groups_per_cta;
     p.s_off = (int)plan.s_off;

@@ -14,11 +14,12 @@ struct GemmParams {
   float* workspace;   // (k_splits, M, N) fp32 partials, only when k_splits > 1
   int* counters;      // one zero-initialised int per (m-block, n-block)
   int M, N, K, group_size;
-  int k_splits, kb_per_split;  // split-K: k-blocks of 128 per CTA (mma kernel)
+  int group_shift;             // log2(group_size); 31 for one group per channel (k >> 31 == 0)
+  int k_splits, kb_per_split;  // split-K: k-blocks of 128 per CTA (mma and wgmma kernels)
   // streaming kernel only (see w4a16_kernel.cu): k-tiles of 16 per warp (a multiple of 4; a CTA
-  // covers 4x that), log2(group_size) (31 for one group per channel), K / group_size, groups staged
-  // per CTA, and the byte offsets of the staged scales and zeros in dynamic shared memory.
-  int kt_per_warp, group_shift, groups, groups_per_cta, s_off, z_off;
+  // covers 4x that), K / group_size, groups staged per CTA, and the byte offsets of the staged
+  // scales and zeros in dynamic shared memory.
+  int kt_per_warp, groups, groups_per_cta, s_off, z_off;
   int ring_off;  // path 3: byte offset of the per-warp weight rings in dynamic shared memory
 };
 
@@ -50,7 +51,7 @@ cudaError_t launch_mma(const GemmParams& p, bool fp16, bool has_z, int mt, int m
 int stream_occupancy(bool fp16, bool has_z, int mt, bool smem_ring, bool swap);  // CTAs per SM, by registers
 cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, bool smem_ring, bool swap,
                           int m_blocks, int n_blocks, int smem_bytes, cudaStream_t stream, bool pdl);
-// Path 5, the wgmma kernel (w4a16_wgmma.cu; sm_90a only; choose_path: M = 97..128): as launch_mma, NR = 16 * mt rows per
+// Path 5, the wgmma kernel (w4a16_wgmma.cu; sm_90a only; choose_path: M = 65..128): as launch_mma, NR = 16 * mt rows per
 // m-block.
 int wgmma_occupancy(bool fp16, bool has_z, int mt);
 cudaError_t launch_wgmma(const GemmParams& p, bool fp16, bool has_z, int mt, int m_blocks, int n_blocks,

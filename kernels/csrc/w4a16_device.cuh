@@ -121,7 +121,7 @@ template <typename T, bool HAS_Z>
 __device__ __forceinline__ void copy_stage_weights(uint8_t* w_dst, uint8_t* s_dst, const GemmParams& p, int tid,
                                                    int nb, int kb) {
   constexpr int kNBlk = kMmaNBlock, kKBlk = kMmaKBlock, kCopyThreads = 256;
-  const int K = p.K, N = p.N, gs = p.group_size;
+  const int K = p.K, N = p.N, gsh = p.group_shift;
   const int k_tiles = K >> 4, n_tiles = N >> 6;
   const int4* __restrict__ wq = reinterpret_cast<const int4*>(p.w);
 #pragma unroll
@@ -138,8 +138,8 @@ __device__ __forceinline__ void copy_stage_weights(uint8_t* w_dst, uint8_t* s_ds
   const T* __restrict__ sg = reinterpret_cast<const T*>(p.s);
   const T* __restrict__ zg = reinterpret_cast<const T*>(p.z);
   const int k0 = kb * kKBlk;
-  const int g0 = k0 / gs;
-  const int ng = (min(k0 + kKBlk, K) - 1) / gs - g0 + 1;
+  const int g0 = k0 >> gsh;
+  const int ng = ((min(k0 + kKBlk, K) - 1) >> gsh) - g0 + 1;
   if (tid < kMaxGroupsPerBlk * 16) {
     const int gi = tid >> 4, ch = tid & 15;
     const int col = nb * kNBlk + ch * 8;

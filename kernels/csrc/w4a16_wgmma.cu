@@ -1,13 +1,14 @@
 // lowbit int4-weight GEMM on Hopper's warpgroup tensor cores (path 5): y[M,N] = x[M,K] · W[N,K]^T in
-// m-blocks of 16 to 64 rows, written for the M where the mma.sync kernels spend more time dequantizing and
+// m-blocks of 16 to 128 rows, written for the M where the mma.sync kernels spend more time dequantizing and
 // issuing instructions than reading weights (BENCHMARKS.md: 99 us at M = 32, 160 at 64 for Llama-3-8B's four
 // linears, against a 28 us bandwidth bound).
 //
-// EXPERIMENTAL.  Written 2026-12-05 without a GPU, then run once on an H200 the same day (kernels/NOTES.md v11):
-// correct at 16-, 32- and 64-row m-blocks, but slower than the path the heuristic takes there (108 vs 99 us at
-// M = 32, 188 vs 159 at 64), and its 128-row m-blocks gave wrong outputs and were removed.  After that call x's
-// shared-memory layout changed to the 128-byte swizzle (below; v11b, not yet run).  choose_path (csrc/ops.cpp)
-// does not pick it; LOWBIT_W4A16_PATH=5 or gemm_path(..., path=5) forces it.
+// History (kernels/NOTES.md v11-v12): written 2026-12-05 without a GPU; its first runs were the streaming kernel
+// (a routing bug in ops.cpp), then an illegal instruction that ptxas put into copy_stage_weights (v11e).  v12
+// (2026-12-06) keeps every wgmma group inside its k-block iteration while the next k-block is dequantized, and
+// adds 128-row m-blocks: on an H100, Llama-3-8B's four linears at M = 96 take 223 us (v11: 291; path 3: 242) and
+// at M = 128 226 us (v11: 299; dequantize + cuBLAS: 373; cuBLAS bf16: 181).  choose_path (csrc/ops.cpp) takes it
+// for M = 65..128 on compute capability 9.0.  LOWBIT_W4A16_PATH=5 or gemm_path(..., path=5) forces it at any M.
 //
 // ---------------------------------------------------------------------------
 // Operands: the weights are wgmma's A, from registers; x is its B, from shared memory
@@ -18,11 +19,11 @@
 // holds sub-tiles 2w and 2w+1 (16 channels), which is that A fragment for those 16 rows (path 4 uses
 // the same identity): a0 = nibble pair 0 (rows 0-7, k 0-7 of the lane), a1 = pair 2 (rows 8-15), a2 =
 // pair 1 (k 8-15), a3 = pair 3.  So the dequantized words feed the tensor core with no shuffle, and the
-// batch is wgmma's N: N = 16, 32 or 64 rows of x per m-block (NR), every dequantized weight used for
+// batch is wgmma's N: N = 16, 32, 64 or 128 rows of x per m-block (NR), every dequantized weight used for
 // all of them, while the mma.sync kernels re-dequantize per 32 rows and issue 8 mma per 16 rows.
 //
-// A CTA owns 128 channels (2 n-tiles) like the fused mma kernel, whose 4-stage cp.async ring of 128-deep
-// k-blocks, split-K plan and workspace it shares (ops.cpp), with 8 warps = 2 warpgroups: warpgroup g
+// A CTA owns 128 channels (2 n-tiles) like the fused mma kernel, whose stage copies (4-slot cp.async ring of
+// 128-deep k-blocks), split-K plan and workspace it shares (ops.cpp), with 8 warps = 2 warpgroups: warpgroup g
 // takes k-tiles 4g..4g+3 of every k-block (two k-partials, summed at the end in a fixed order).  Warp q
 // of a warpgroup reads words 2(q%2), 2(q%2)+1 of n-tile q/2 (8 bytes per lane from shared memory) and
 // issues two wgmma per k-tile, j = 0, 1: A rows of wgmma j from warp q are channels 32q + 16j + 0..15 of
@@ -37,11 +38,11 @@
 // at c * NR * 16 + r * 16: consecutive threads wrote 1 KB apart, 16-way bank conflicts, and the kernel was
 // slower than path 3; NOTES.md v11.)  Rows past M are zero-filled.
 //
-// Per k-tile, warp by warp: dequantize 2 words into A registers (buffer kk % 2), fence, two wgmma,
-// commit, then wait until at most this group is in flight, so the other A buffer is free for the next
-// k-tile while the tensor core works.  At the end of each k-block everything is waited for (the ring
-// slot is refilled after the next barrier).  cp.async data becomes visible to the tensor core's (async
-// proxy) reads through fence.proxy.async before the barrier.
+// Per k-block, warp by warp: the 8 wgmma of the k-block (2 per k-tile) issue from A registers dequantized the
+// iteration before, as one commit group; while the tensor core works, the warp dequantizes the next k-block
+// (its 4 k-tiles x 2 words) into a second register set and issues the copies 3 k-blocks ahead; then it waits
+// for its group (main pipeline, below, for why a group never outlives its iteration).  cp.async data becomes
+// visible to the tensor core's (async proxy) reads through fence.proxy.async before the barrier.
 //
 // Dequantization and rounding are the fused mma kernel's: 128+q by the bit trick, minus 128 (136
 // symmetric), one fma with the group's scale and zero (one multiply): each weight rounded once to 16
@@ -69,7 +70,8 @@ namespace lowbit {
 namespace {
 
 constexpr int kWgThreads = 256;  // two warpgroups
-constexpr int kStagesWg = 4;     // cp.async ring depth, as the fused mma kernel
+constexpr int kStagesWg = 4;     // ring slots of 128-deep k-blocks
+constexpr int kAheadWg = kStagesWg - 2;  // copies issued this far ahead of the k-block dequantized (main pipeline)
 constexpr int kRedPitch = kMmaNBlock + 4;  // floats per row of the partial-sum buffer: the 4 lanes that share
                                            // a channel write rows 2 apart, 8 banks apart with the padding
 
@@ -150,15 +152,50 @@ template <typename T, int NR> __device__ __forceinline__ void wgmma_rs(float* d,
                    "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])                                       \
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));                          \
   }
+#define LOWBIT_WGMMA_N128(CTYPE, TY)                                                                        \
+  template <>                                                                                               \
+  __device__ __forceinline__ void wgmma_rs<CTYPE, 128>(float* d, const uint32_t* a, uint64_t desc) {        \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                               \
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {"                              \
+                 "%0, %1, %2, %3, %4, %5, %6, %7,"                                                         \
+                 "%8, %9, %10, %11, %12, %13, %14, %15,"                                                   \
+                 "%16, %17, %18, %19, %20, %21, %22, %23,"                                                 \
+                 "%24, %25, %26, %27, %28, %29, %30, %31,"                                                 \
+                 "%32, %33, %34, %35, %36, %37, %38, %39,"                                                 \
+                 "%40, %41, %42, %43, %44, %45, %46, %47,"                                                 \
+                 "%48, %49, %50, %51, %52, %53, %54, %55,"                                                 \
+                 "%56, %57, %58, %59, %60, %61, %62, %63"                                                  \
+                 "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"                                      \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),  \
+                   "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),  \
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),  \
+                   "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),  \
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),  \
+                   "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),  \
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),  \
+                   "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),  \
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),  \
+                   "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),  \
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),  \
+                   "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),  \
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]),  \
+                   "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),  \
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),  \
+                   "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])  \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));                          \
+  }
 LOWBIT_WGMMA_N16(__nv_bfloat16, "bf16")
 LOWBIT_WGMMA_N16(__half, "f16")
 LOWBIT_WGMMA_N32(__nv_bfloat16, "bf16")
 LOWBIT_WGMMA_N32(__half, "f16")
 LOWBIT_WGMMA_N64(__nv_bfloat16, "bf16")
 LOWBIT_WGMMA_N64(__half, "f16")
+LOWBIT_WGMMA_N128(__nv_bfloat16, "bf16")
+LOWBIT_WGMMA_N128(__half, "f16")
 #undef LOWBIT_WGMMA_N16
 #undef LOWBIT_WGMMA_N32
 #undef LOWBIT_WGMMA_N64
+#undef LOWBIT_WGMMA_N128
 #endif  // LOWBIT_HAS_WGMMA
 
 template <typename T, int NR, bool HAS_Z>
@@ -175,7 +212,7 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
   const int wg = warp >> 2, q = warp & 3;      // warpgroup (k half of each k-block), warp in it
   const int tile = q >> 1, half = q & 1;       // the warp's n-tile in the CTA, and which word pair of it
   const int mb = blockIdx.x, nb = blockIdx.y, split = blockIdx.z;
-  const int K = p.K, N = p.N, M = p.M, gs = p.group_size;
+  const int K = p.K, N = p.N, M = p.M, gsh = p.group_shift;  // group size 2^gsh (31: one group per channel)
   const int kb_begin = split * p.kb_per_split, nkb = split_k_blocks(p, split);
   const int row0 = mb * NR;
   const T* __restrict__ xg = reinterpret_cast<const T*>(p.x);
@@ -209,25 +246,32 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
 #pragma unroll
       for (int e = 0; e < NR / 2; ++e) reg_fence(acc[j][e]);
   };
-  uint32_t a[2][2][4];  // A registers: [buffer][wgmma j][a0..a3]
+  using AFrags = uint32_t[4][2][4];  // the warp's A registers of one k-block: [k-tile kk][wgmma j][a0..a3]
   const T2 magic = HAS_Z ? Tr::magic() : Tr::magic_sym();
   constexpr int kReg[4] = {0, 2, 1, 3};  // nibble pair -> A register (see the header)
 
-  auto compute_stage = [&](int st, int kb) {
+  // The warp's A fragments of k-block kb (ring slot st): its 4 k-tiles (4 wg .. 4 wg + 3), 2 words each.
+  auto dequantize = [&](int st, int kb, AFrags& a) {
     const uint8_t* base = stage_ptr(st);
-    const uint32_t xs = smem_addr(base + kWBytes);
     const uint8_t* ss = base + kWBytes + S::kXBytes;
-    const int g0 = (kb * kKBlk) / gs;
+    const int g0 = (kb * kKBlk) >> gsh;
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       const int kt = wg * 4 + kk;
       const int k = kb * kKBlk + kt * 16;
-      if (k >= K) break;  // partial last k-block (K % 128 == 64): all of warpgroup 1, uniform
+      if (k >= K) {  // partial last k-block (K % 128 == 64): all of warpgroup 1, uniform.  Zero A (the slot holds
+                     // no weights there) times zero-filled x: multiply issues its wgmma without a branch between.
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) a[kk][j][r] = 0u;
+        continue;
+      }
       // N % 128 == 64: the CTA's second n-tile does not exist and its slot was never filled; warps 2-3 still take
       // part in the warpgroup's wgmma, and what they read only reaches accumulator rows that are never stored.
       const uint2 wv = *reinterpret_cast<const uint2*>(base + ((tile * 8 + kt) * 32 + lane) * 16 + half * 8);
       // the scales of sub-tiles 4 half .. 4 half + 3 of the n-tile (channels 8 j + lane/4)
-      const int soff = ((k / gs - g0) * kNBlk + tile * 64 + (lane >> 2) * 8 + half * 4) * 2;
+      const int soff = (((k >> gsh) - g0) * kNBlk + tile * 64 + (lane >> 2) * 8 + half * 4) * 2;
       const uint2 sv = *reinterpret_cast<const uint2*>(ss + soff);
       uint2 zv = make_uint2(0, 0);
       if (HAS_Z) zv = *reinterpret_cast<const uint2*>(ss + kSBytes + soff);
@@ -245,43 +289,70 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
         for (int pr = 0; pr < 4; ++pr) {
           const uint32_t v = ((words[j] >> (4 * pr)) & 0x000F000Fu) | Tr::kMagic;  // 128+q exactly
           const T2 t = __hsub2(as_t2<T2>(v), magic);                              // q (or q-8), exact
-          a[kk & 1][j][kReg[pr]] = HAS_Z ? as_u32(__hfma2(t, s2[pr >> 1], z2[pr >> 1]))  // one rounding
-                                         : as_u32(__hmul2(t, s2[pr >> 1]));
+          a[kk][j][kReg[pr]] = HAS_Z ? as_u32(__hfma2(t, s2[pr >> 1], z2[pr >> 1]))  // one rounding
+                                     : as_u32(__hmul2(t, s2[pr >> 1]));
         }
       }
-      fence_accumulators();  // keep the compiler from moving accumulator accesses into the asynchronous window
-      wgmma_fence();         // the A registers above (and the accumulators) are ready for the tensor core
-      const uint64_t desc = kmajor_sw128_desc(xs + (kt >> 2) * (NR * 128) + (kt & 3) * 32);
-      wgmma_rs<T, NR>(acc[0], a[kk & 1][0], desc);
-      wgmma_rs<T, NR>(acc[1], a[kk & 1][1], desc);
-      wgmma_commit();
-      wgmma_wait<1>();  // the previous k-tile's group is done: its A buffer may be written next
-      fence_accumulators();
     }
-    wgmma_wait<0>();  // no wgmma reads this slot any more: it may be refilled after the next barrier
   };
 
-  // ---- main pipeline (as the fused mma kernel) ------------------------------
+  // The warpgroup's 8 wgmma of k-block kb (2 per k-tile), one commit group; no branch between them (a branch there
+  // makes ptxas serialize every wgmma of the kernel: warning C7520).
+  auto multiply = [&](int st, AFrags& a) {
+    const uint32_t xs = smem_addr(stage_ptr(st) + kWBytes);
+    fence_accumulators();  // keep the compiler from moving accumulator accesses into the asynchronous window
+    wgmma_fence();         // the A registers (and the accumulators) are ready for the tensor core
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const int kt = wg * 4 + kk;
+      const uint64_t desc = kmajor_sw128_desc(xs + (kt >> 2) * (NR * 128) + (kt & 3) * 32);
+      wgmma_rs<T, NR>(acc[0], a[kk][0], desc);
+      wgmma_rs<T, NR>(acc[1], a[kk][1], desc);
+    }
+    wgmma_commit();
+  };
+
+  // ---- main pipeline ------------------------------------------------------------
+  // Iteration i: the wgmma of k-block i are issued from the A registers dequantized in iteration i - 1; while
+  // the tensor core works, the warp waits for k-block i + 1's copies, passes the barrier, issues the copies of
+  // k-block i + 3 and dequantizes k-block i + 1 into the other register set; then it waits for its wgmma.  Every
+  // wgmma group ends in the iteration that issued it (ptxas serializes wgmma whose input registers other code
+  // may redefine while a group is pending across a loop's back edge: warning C7513), and the slot refilled at
+  // iteration i last held k-block i - 1, done before every warp's barrier of iteration i.  So S = 4 slots hold
+  // k-blocks i (tensor core), i + 1 (dequantized), i + 2 and i + 3 (in flight).  (The first version waited for
+  // the previous k-tile's group after every k-tile and dequantized between the waits: NOTES.md v12.)
+  auto step = [&](int i, AFrags& cur, AFrags& nxt) {
+    multiply(i % kStagesWg, cur);
+    if (i + 1 < nkb) {
+      cp_async_wait<kAheadWg - 1>();
+      fence_proxy_async();
+      __syncthreads();  // k-block i + 1 visible to all; k-block i - 1's slot no longer read by anyone
+      const int ld = i + 1 + kAheadWg;
+      if (ld < nkb) load_stage(ld % kStagesWg, kb_begin + ld);
+      cp_async_commit();
+      dequantize((i + 1) % kStagesWg, kb_begin + i + 1, nxt);
+    }
+    wgmma_wait<0>();
+    fence_accumulators();
+  };
   pdl_wait();  // a stage copies x with the weights: nothing is read before the previous kernel ends
 #pragma unroll
-  for (int s = 0; s < kStagesWg - 1; ++s) {
+  for (int s = 0; s <= kAheadWg; ++s) {
     if (s < nkb) load_stage(s, kb_begin + s);
     cp_async_commit();
   }
-  for (int i = 0; i < nkb; ++i) {
-    cp_async_wait<kStagesWg - 2>();
-    fence_proxy_async();
-    __syncthreads();  // stage i visible to all (and to the tensor core); slot (i-1)%S no longer read
-    const int nxt = i + kStagesWg - 1;
-    if (nxt < nkb) load_stage(nxt % kStagesWg, kb_begin + nxt);
-    cp_async_commit();
-    compute_stage(i % kStagesWg, kb_begin + i);
+  AFrags a0, a1;
+  cp_async_wait<kAheadWg>();
+  fence_proxy_async();
+  __syncthreads();
+  dequantize(0, kb_begin, a0);
+  for (int i = 0; i < nkb; i += 2) {  // two iterations per trip: the register sets swap roles at compile time
+    step(i, a0, a1);
+    if (i + 1 < nkb) step(i + 1, a1, a0);
   }
   pdl_launch_dependents();
   cp_async_wait<0>();
-  fence_accumulators();
-  __syncthreads();  // the ring is free: reuse it for the partial sums
-
+  __syncthreads();  // every warp's wgmma and shared reads are done: the ring is reused for the partial sums
   // ---- the two warpgroups' partials, summed in a fixed order; y or the split's workspace slice ----
   float* red = reinterpret_cast<float*>(smem);  // [warpgroup][row of the m-block][channel of the CTA]
 #pragma unroll
@@ -318,7 +389,7 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
 #endif
 }
 
-// Calls f(Type<T>{}, Bool<HAS_Z>{}, Int<NR>{}) for NR = 16 * mt, mt in {1, 2, 4}.
+// Calls f(Type<T>{}, Bool<HAS_Z>{}, Int<NR>{}) for NR = 16 * mt, mt in {1, 2, 4, 8}.
 template <class F>
 auto dispatch_wg(bool fp16, bool has_z, int mt, F&& f) {
   auto rows = [&](auto nr) {
@@ -328,14 +399,15 @@ auto dispatch_wg(bool fp16, bool has_z, int mt, F&& f) {
   switch (mt) {
     case 1: return rows(Int<16>{});
     case 2: return rows(Int<32>{});
-    default: return rows(Int<64>{});
+    case 4: return rows(Int<64>{});
+    default: return rows(Int<128>{});
   }
 }
 
 }  // namespace
 
 int wgmma_occupancy(bool fp16, bool has_z, int mt) {
-  static int cache[2][2][5] = {};
+  static int cache[2][2][9] = {};  // by mt
   return cached(cache, fp16, has_z, mt, [&] {
     return dispatch_wg(fp16, has_z, mt, [](auto t, auto z, auto nr) {
       using T = typename decltype(t)::type;
