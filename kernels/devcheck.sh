@@ -4,7 +4,7 @@
 # the model-shape sweep; quick skips that sweep; e2e: only the end-to-end A/B runs below, ~6 min; prof: ncu with
 # stall reasons per SASS line of the streaming kernel, ~3 min; new: the code written without a GPU on 2026-12-05,
 # the wgmma kernel (path 5) and the decode attention's cluster revision: tests, sanitizers, timings, ~8 min;
-# prof5: ncu on path 5 against path 3, ~3 min; e2e_attn: the decode attention's end-to-end A/B, ~6 min)
+# prof5: ncu's full set on path 5 (M = 64, 128) and path 3, ~4 min; e2e_attn: the decode attention's end-to-end A/B, ~6 min)
 set -o pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR="$PWD/.torch_extensions"
@@ -34,20 +34,21 @@ torch.cuda.synchronize()
   exit 0
 fi
 if [ "$MODE" = prof5 ]; then
-  # Where path 5 (the wgmma kernel) loses its time (kernels/NOTES.md v11/v11b suspects): ncu on gate_up at M = 64,
-  # tensor-pipe use, shared-memory bank conflicts, warp stall reasons, and the same for path 3 to compare.
-  timeout 160 ncu --clock-control none --kernel-name regex:"w4a16_(wgmma|stream)" --launch-count 2 \
-    --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
-    --section WarpStateStats --section SchedulerStats --section Occupancy python -c "
+  # Where path 5 (the wgmma kernel) loses its time (kernels/NOTES.md v12: issue slots 37-44 % busy, tensor pipe
+  # 21-29 %): ncu's full set with per-SASS-line stall samples on gate_up at M = 64 and 128, and path 3 at M = 64 to
+  # compare; the source page (CSV) comes back for a per-section sum of the stalls.
+  timeout 300 ncu --clock-control none --kernel-name regex:"w4a16_(wgmma|stream)" --launch-count 3 --set full \
+    --import-source yes -o "$OUT/prof5" -f python -c "
 import sys, torch; sys.path.insert(0, 'tests')
 import kernels; from test_kernels import make_problem
-x, q, s, z = make_problem(64, 28672, 4096, 128, True, torch.bfloat16, 'cuda', 0)
-pw, sp, zp = kernels.pack_w4(q, s, z, 128)
-for path in (5, 3):
-    kernels.load_extension().gemm_path(x, pw, sp, zp, 128, path)
+for M, path in ((64, 5), (128, 5), (64, 3)):
+    x, q, s, z = make_problem(M, 28672, 4096, 128, True, torch.bfloat16, 'cuda', 0)
+    kernels.load_extension().gemm_path(x, *kernels.pack_w4(q, s, z, 128), 128, path)
 torch.cuda.synchronize()
-" > "$OUT/prof5.txt" 2>&1; echo "ncu rc=$?"
-  grep -E "w4a16_|Duration|Tensor|Bank Conflicts|Throughput|Stall|Warp Cycles|Eligible|Achieved Occupancy" \
+" > "$OUT/prof5.log" 2>&1; echo "ncu rc=$?"
+  ncu --import "$OUT/prof5.ncu-rep" --print-details all > "$OUT/prof5.txt" 2>&1
+  ncu --import "$OUT/prof5.ncu-rep" --page source --csv --print-source sass > "$OUT/prof5_source.csv" 2>&1
+  grep -E "w4a16_|Duration|Tensor|Bank Conflicts|L2 Cache Throughput|DRAM Throughput|Stall|Warp Cycles|Eligible" \
     "$OUT/prof5.txt" | head -80
   exit 0
 fi

@@ -70,6 +70,15 @@ template <typename T2> __device__ __forceinline__ T2 as_t2(uint32_t v) {
   return *reinterpret_cast<T2*>(&v);
 }
 
+// (a & b) | c as ONE lop3: left to itself the compiler emits two LOP3s for the mask and the magic (seen in
+// the SASS of the streaming and the wgmma kernels), one extra per weight pair.
+template <uint32_t B, uint32_t C>
+__device__ __forceinline__ uint32_t and_or(uint32_t a) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "n"(B), "n"(C));
+  return d;
+}
+
 // ---- cp.async helpers -----------------------------------------------------
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));

@@ -339,15 +339,6 @@ __device__ __forceinline__ int4 ld_weights(const int4* ptr, uint64_t policy) {
   return v;
 }
 
-// (a & b) | c as ONE lop3: left to itself the compiler emits two LOP3s for the
-// mask and the magic (seen in the SASS of this kernel), 16 extra per tile.
-template <uint32_t B, uint32_t C>
-__device__ __forceinline__ uint32_t and_or(uint32_t a) {
-  uint32_t d;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "n"(B), "n"(C));
-  return d;
-}
-
 constexpr int kStreamDepth = 4;  // path 2's register ring, in tiles
 
 // Path 3's weight transport. ptxas puts all D register loads of path 2 on ONE scoreboard and, since

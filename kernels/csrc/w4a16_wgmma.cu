@@ -218,20 +218,48 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
   const T* __restrict__ xg = reinterpret_cast<const T*>(p.x);
   auto stage_ptr = [&](int st) { return smem + st * S::kStage; };
 
-  // The copies of k-block kb into ring slot st: weights and scales as the fused kernel, x in wgmma's layout.
+  // The copies of k-block kb into ring slot st, 11-15 cp.async per thread at 128 rows.  Everything but the k-block's
+  // offset is computed once here: the first build recomputed every address and predicate per k-block (263 issued
+  // instructions per warp for them at 128 rows, against 280 for the dequantization; NOTES.md v13).
+  //  * weights: 2 n-tiles x 8 k-tiles x 32 chunks of 16 bytes, 2 per thread (each n-tile's 8 k-tiles are 4 KB
+  //    contiguous in global memory), k-tile kt of n-tile nt at slot offset ((nt * 8 + kt) * 32 + lane) * 16.
+  //  * scales (threads 0-63) and zeros (64-127): 16 chunks of 8 channels for each group the k-block touches.
+  //  * x: NR rows x 16 chunks of 16 bytes; thread t copies chunk t % 16 of rows t / 16 + 16 i.
+  const int k_tiles = K >> 4;
+  const int4* __restrict__ w_src = reinterpret_cast<const int4*>(p.w) + (size_t)nb * 2 * k_tiles * 32 + tid;
+  const bool w_ok0 = nb * 2 < (N >> 6), w_ok1 = nb * 2 + 1 < (N >> 6);  // N % 128 == 64: the last n-tile is missing
+  const int sz_t = tid & 63, sz_gi = sz_t >> 4;  // the group of the k-block and the 8 channels this thread copies
+  const bool sz_thread = tid < (HAS_Z ? 128 : 64) && nb * kNBlk + (sz_t & 15) * 8 < N &&
+                         (gsh >= 7 ? sz_gi == 0 : sz_gi < (kKBlk >> gsh));
+  const int n_groups = gsh >= 31 ? 1 : K >> gsh;
+  const T* __restrict__ sz_src = reinterpret_cast<const T*>(HAS_Z && tid >= 64 ? p.z : p.s) + (size_t)sz_gi * N +
+                                 nb * kNBlk + (sz_t & 15) * 8;
+  const int sz_dst = kWBytes + S::kXBytes + (tid >> 6) * kSBytes + sz_t * 16;
+  const int x_r = tid >> 4, x_c = tid & 15;  // first row, and chunk of the row's k-block
+  const int x_rows = M - row0 - x_r;         // copy i (row x_r + 16 i) exists while 16 i < x_rows
+  const T* __restrict__ x_src = xg + (size_t)min(row0 + x_r, M - 1) * K + x_c * 8;
+  // half x_c / 8 of the stage's x, row x_r, chunk x_c % 8 swizzled by the row; rows 16 apart keep the swizzle
+  const int x_dst = kWBytes + (x_c >> 3) * (NR * 128) + x_r * 128 + (((x_c & 7) ^ (x_r & 7)) << 4);
   auto load_stage = [&](int st, int kb) {
     uint8_t* base = stage_ptr(st);
-    copy_stage_weights<T, HAS_Z>(base, base + kWBytes + S::kXBytes, p, tid, nb, kb);
-    uint8_t* xs = base + kWBytes;
+    const bool k_ok = kb * 8 + (tid >> 5) < k_tiles;  // false only in the partial last k-block (K % 128 == 64)
+    const int4* w = w_src + kb * 256;
+    // Weight tiles that do not exist are not copied: what their slots hold (any bits dequantize to finite values)
+    // reaches no stored output, or meets zero-filled x.  Groups past K in the partial last k-block are zero-filled,
+    // so its missing k-tiles dequantize to exact zeros whatever their weight slots hold.
+    if (w_ok0 && k_ok) cp_async16(base + tid * 16, w, true);
+    if (w_ok1 && k_ok) cp_async16(base + 4096 + tid * 16, w + k_tiles * 32, true);
+    const int g = (kb * kKBlk) >> gsh;  // the k-block's first group
+    if (sz_thread) {
+      const bool ok = g + sz_gi < n_groups;
+      cp_async16(base + sz_dst, ok ? sz_src + (size_t)g * N : sz_src, ok);
+    }
+    const bool xk_ok = kb * kKBlk + x_c * 8 < K;
+    const T* xs = x_src + kb * kKBlk;
 #pragma unroll
-    for (int i = 0; i < NR * 16 / kWgThreads; ++i) {  // NR rows x 16 chunks of 16 bytes
-      const int c = tid + i * kWgThreads;
-      const int r = c >> 4, ch = c & 15;
-      const int gr = row0 + r, gk = kb * kKBlk + ch * 8;
-      const bool ok = gr < M && gk < K;
-      // half ch / 8 of the stage, row r, chunk ch % 8 swizzled by the row
-      cp_async16(xs + (ch >> 3) * (NR * 128) + r * 128 + (((ch & 7) ^ (r & 7)) << 4),
-                 ok ? xg + (size_t)gr * K + gk : xg, ok);
+    for (int i = 0; i < NR / 16; ++i) {
+      const bool ok = xk_ok && 16 * i < x_rows;
+      cp_async16(base + x_dst + i * 2048, ok ? xs + (size_t)i * 16 * K : xg, ok);
     }
   };
 
@@ -250,45 +278,36 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
   const T2 magic = HAS_Z ? Tr::magic() : Tr::magic_sym();
   constexpr int kReg[4] = {0, 2, 1, 3};  // nibble pair -> A register (see the header)
 
-  // The warp's A fragments of k-block kb (ring slot st): its 4 k-tiles (4 wg .. 4 wg + 3), 2 words each.
-  auto dequantize = [&](int st, int kb, AFrags& a) {
+  // The warp's A fragments of k-block kb (ring slot st): its 4 k-tiles (4 wg .. 4 wg + 3), 2 words each; per word
+  // pair one shift, one lop3, one subtract and one multiply (fma with zeros).
+  const int w_lane = ((tile * 8 + wg * 4) * 32 + lane) * 16 + half * 8;
+  // the scales of sub-tiles 4 half .. 4 half + 3 of the n-tile (channels 8 j + lane/4) in a group's row
+  const int s_lane = kWBytes + S::kXBytes + (tile * 64 + (lane >> 2) * 8 + half * 4) * 2;
+  // The partial last k-block (K % 128 == 64) has no k-tiles for warpgroup 1; it dequantizes them all the same:
+  // zero scales (and zeros) give zero A, which meets zero-filled x, so there is no branch here, nor between the
+  // wgmma (a branch there makes ptxas serialize every wgmma of the kernel: warning C7520).
+  auto dequantize = [&](int st, AFrags& a) {
     const uint8_t* base = stage_ptr(st);
-    const uint8_t* ss = base + kWBytes + S::kXBytes;
-    const int g0 = (kb * kKBlk) >> gsh;
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      const int kt = wg * 4 + kk;
-      const int k = kb * kKBlk + kt * 16;
-      if (k >= K) {  // partial last k-block (K % 128 == 64): all of warpgroup 1, uniform.  Zero A (the slot holds
-                     // no weights there) times zero-filled x: multiply issues its wgmma without a branch between.
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-          for (int r = 0; r < 4; ++r) a[kk][j][r] = 0u;
-        continue;
-      }
       // N % 128 == 64: the CTA's second n-tile does not exist and its slot was never filled; warps 2-3 still take
       // part in the warpgroup's wgmma, and what they read only reaches accumulator rows that are never stored.
-      const uint2 wv = *reinterpret_cast<const uint2*>(base + ((tile * 8 + kt) * 32 + lane) * 16 + half * 8);
-      // the scales of sub-tiles 4 half .. 4 half + 3 of the n-tile (channels 8 j + lane/4)
-      const int soff = (((k >> gsh) - g0) * kNBlk + tile * 64 + (lane >> 2) * 8 + half * 4) * 2;
-      const uint2 sv = *reinterpret_cast<const uint2*>(ss + soff);
+      const uint2 wv = *reinterpret_cast<const uint2*>(base + w_lane + kk * 512);
+      // group of k-tile 4 wg + kk within the k-block (k-blocks start on a group boundary; 0 from group size 128)
+      const int soff = s_lane + ((((wg * 4 + kk) * 16) >> gsh) * kNBlk) * 2;
+      const uint2 sv = *reinterpret_cast<const uint2*>(base + soff);
       uint2 zv = make_uint2(0, 0);
-      if (HAS_Z) zv = *reinterpret_cast<const uint2*>(ss + kSBytes + soff);
+      if (HAS_Z) zv = *reinterpret_cast<const uint2*>(base + kSBytes + soff);
       const uint32_t words[2] = {wv.x, wv.y}, svals[2] = {sv.x, sv.y}, zvals[2] = {zv.x, zv.y};
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        T2 s2[2], z2[2];  // sub-tile 2w (rows 0-7) and 2w+1 (rows 8-15): the low and high half of the word
-#pragma unroll
-        for (int hs = 0; hs < 2; ++hs) {
-          const uint32_t sh = (svals[j] >> (16 * hs)) & 0xFFFFu, zh = (zvals[j] >> (16 * hs)) & 0xFFFFu;
-          s2[hs] = as_t2<T2>(sh | (sh << 16));
-          z2[hs] = as_t2<T2>(zh | (zh << 16));
-        }
+        // sub-tile 2w (rows 0-7) and 2w+1 (rows 8-15): the low and high half of the word, broadcast by one prmt
+        const T2 s2[2] = {as_t2<T2>(__byte_perm(svals[j], 0, 0x1010)), as_t2<T2>(__byte_perm(svals[j], 0, 0x3232))};
+        const T2 z2[2] = {as_t2<T2>(__byte_perm(zvals[j], 0, 0x1010)), as_t2<T2>(__byte_perm(zvals[j], 0, 0x3232))};
 #pragma unroll
         for (int pr = 0; pr < 4; ++pr) {
-          const uint32_t v = ((words[j] >> (4 * pr)) & 0x000F000Fu) | Tr::kMagic;  // 128+q exactly
-          const T2 t = __hsub2(as_t2<T2>(v), magic);                              // q (or q-8), exact
+          const uint32_t v = and_or<0x000F000Fu, Tr::kMagic>(words[j] >> (4 * pr));  // 128+q exactly
+          const T2 t = __hsub2(as_t2<T2>(v), magic);                                 // q (or q-8), exact
           a[kk][j][kReg[pr]] = HAS_Z ? as_u32(__hfma2(t, s2[pr >> 1], z2[pr >> 1]))  // one rounding
                                      : as_u32(__hmul2(t, s2[pr >> 1]));
         }
@@ -330,7 +349,7 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
       const int ld = i + 1 + kAheadWg;
       if (ld < nkb) load_stage(ld % kStagesWg, kb_begin + ld);
       cp_async_commit();
-      dequantize((i + 1) % kStagesWg, kb_begin + i + 1, nxt);
+      dequantize((i + 1) % kStagesWg, nxt);
     }
     wgmma_wait<0>();
     fence_accumulators();
@@ -345,7 +364,7 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
   cp_async_wait<kAheadWg>();
   fence_proxy_async();
   __syncthreads();
-  dequantize(0, kb_begin, a0);
+  dequantize(0, a0);
   for (int i = 0; i < nkb; i += 2) {  // two iterations per trip: the register sets swap roles at compile time
     step(i, a0, a1);
     if (i + 1 < nkb) step(i + 1, a1, a0);
