@@ -117,7 +117,8 @@ def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikit
     """Issue 4: SmolLM2's perplexity through w4a16_gemm (int4-marlin) against the PyTorch reference of the same
     scheme, in bf16. Windows of 8, 16, 32, 64 and 1024 tokens (one window per forward, so M = the window) send the
     linears through each path the heuristic takes: the streaming kernel with swapped operands, with its register ring,
-    with its shared-memory ring at one and at two 32-row m-blocks, dequantize + cuBLAS (or all through the one
+    at 32 and 64 the wgmma kernel (compute capability 9.0) or else the streaming kernel with its shared-memory ring at
+    one and at two 32-row m-blocks, dequantize + cuBLAS (or all through the one
     LOWBIT_W4A16_PATH forces).  Every path but the streaming kernels at M <= 16 rounds every weight to
     bf16 before the product, as `int4-g128-*` does; the streaming kernels at M <= 16 (path 4 at M <= 8) use the exact
     weights (fp32 sums scaled per group, w4a16_kernel.cu), so their reference is the same scheme with the product taken
@@ -147,8 +148,8 @@ def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikit
         if isinstance(m, Int4):  # the reference's forward in float32: exact weights, float32 product
             m.forward = lambda x, m=m: Int4.forward(m, x.float()).to(x.dtype)
     forced = os.environ.get("LOWBIT_W4A16_PATH")  # e.g. 3: every window through path 3
-    for window, path in ((8, "stream_swap"), (16, "stream"), (32, "stream_smem"), (64, "stream_smem"),
-                         (1024, "dequant_cublas")):
+    mid = "wgmma" if torch.cuda.get_device_capability() == (9, 0) else "stream_smem"  # csrc/ops.cpp choose_path
+    for window, path in ((8, "stream_swap"), (16, "stream"), (32, mid), (64, mid), (1024, "dequant_cublas")):
         taken = kernels.PATHS[int(forced)] if forced and (forced != "4" or window <= 8) else path
         assert kernels.choose_path(window, 1536, 576) == taken
         exact_weights = taken in ("stream", "stream_smem", "stream_swap") and window <= 16

@@ -229,9 +229,8 @@ def test_extension_compiles():
     mod = kernels.load_extension()
     ms = (1, 8, 9, 16, 17, 32, 33, 96, 97, 128, 129)
     assert hasattr(mod, "gemm_path") and [mod.choose_path(m, 4096, 4096) for m in ms] == [4, 4, 2, 2, 3, 3, 3, 3, 1, 1, 1]
-    # on compute capability 9.0 the wgmma kernel takes M = 65..128 (csrc/ops.cpp choose_path)
-    assert [mod.choose_path(m, 4096, 4096, wgmma=True) for m in ms + (64, 65)] == [4, 4, 2, 2, 3, 3, 3, 5, 5, 5, 1, 3,
-                                                                                    5]
+    # on compute capability 9.0 the wgmma kernel takes M = 17..512 (csrc/ops.cpp choose_path)
+    assert [mod.choose_path(m, 4096, 4096, wgmma=True) for m in ms + (512, 513)] == [4, 4, 2, 2] + [5] * 8 + [1]
 
 
 @pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
@@ -432,7 +431,7 @@ def test_gpu_model_shapes(preset, dtype):
             if K % gs:
                 continue
             for sym in (True, False):
-                for M in (1, 16, 33, 100, 300):  # 100: path 5 where compute capability 9.0
+                for M in (1, 16, 33, 100, 300, 600):  # 33-300: path 5 on compute capability 9.0, else 3/1
                     seed += 1
                     check_gpu(M, N, K, gs, sym, dtype, seed)
 

@@ -29,7 +29,7 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 // 0 = fused mma.sync kernel, 1 = dequantize to a 16-bit temporary + cuBLAS,
 // 2 = the streaming kernel (w4a16_kernel.cu), 3 = the same with its weight ring in shared memory,
 // 4 = path 2 with the weights as the mma's A operand (M <= 8), 5 = the wgmma kernel (w4a16_wgmma.cu: Hopper's
-// warpgroup tensor cores, compute capability 9.0 only: picked for M = 65..128 there, see below).
+// warpgroup tensor cores, compute capability 9.0 only: picked for M = 17..512 there, see below).
 // Thresholds from the microbenchmark on an H200, torch 2.11 (BENCHMARKS.md, "Kernel microbenchmark";
 // kernels/NOTES.md v5-v7): Llama-3-8B's four linears, g128 symmetric, sum in us.
 //   streaming, register ring (2) vs shared-memory ring (3), one process each line:
@@ -79,11 +79,18 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 //   372.6 at 128 (sym), 380.4 vs 379.1 at 160, 388.0 vs 403.3 at 256, 626.5 vs 457.9 at 384; zeros 411.7 vs 382.1
 //   at 160, 425.2 vs 407.0 at 256.  So path 5 for M = 65..128 (it wins both ways there), path 3 below (a tie:
 //   +4 % sym, -5 % with zeros, the int4-marlin default), path 1 above.
+//   path 5 v13 (40 % fewer instructions per k-block; NOTES.md v13) on an H100 (2026-12-06, second session, torch
+//   2.11.0+cu130, one process per run, eval/kernels.py --reps 10, BENCHMARKS.md "Path 5 v13", raw files in
+//   eval/results/h100_2026-12-06_s24 and _s25), sym / with zeros: path 5 vs path 3: 82.0 vs 95.5 / 85.9 vs 100.0 at
+//   M = 17, 86.7 vs 102.9 / 92.4 vs 111.5 at 32, 106.3 vs 159.7 / 108.2 vs 167.4 at 48, 111.4 vs 163.4 / 115.2 vs
+//   179.2 at 64; path 5 vs path 1: 163.9 vs 378.2 at 128, 264.9 vs 406.1 / 270.1 vs 406.3 at 256, 416.1 vs 460.8 /
+//   417.3 vs 459.3 at 384, 451.8 vs 488.7 / 451.0 vs 490.3 at 512, 776.7 vs 633.0 / 769.8 vs 633.6 at 768.  At
+//   M = 16 path 2 keeps it (H200: 70.1 vs 76.5).  So path 5 for M = 17..512 where it runs, path 1 above.
 constexpr int64_t kSwapMaxM = 8;
 constexpr int64_t kRegRingMaxM = 16;
 constexpr int64_t kDequantMinM = 97;
-constexpr int64_t kWgmmaMinM = 65;
-constexpr int64_t kWgmmaMaxM = 128;
+constexpr int64_t kWgmmaMinM = 17;
+constexpr int64_t kWgmmaMaxM = 512;
 int64_t forced_path() {
   static const int64_t forced = [] {
     const char* env = std::getenv("LOWBIT_W4A16_PATH");

@@ -109,7 +109,8 @@ __device__ __forceinline__ void ldmatrix_x2(uint32_t* r, uint32_t saddr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(saddr));
 }
 
-// ---- one pipeline stage's weights, scales and zeros (the fused mma and wgmma kernels) ----
+// ---- one pipeline stage's weights, scales and zeros (the fused mma kernel; the wgmma kernel plans the same
+// layout once per CTA) ----
 constexpr int kMaxGroupsPerBlk = kMmaKBlock / 32;                   // smallest group size is 32
 constexpr int kWBytes = (kMmaNBlock / 64) * (kMmaKBlock / 16) * 512;  // 8 KB of weights per stage
 constexpr int kSBytes = kMaxGroupsPerBlk * kMmaNBlock * 2;          // 1 KB of scales (zeros) per stage

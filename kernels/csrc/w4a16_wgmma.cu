@@ -8,7 +8,8 @@
 // (2026-12-06) keeps every wgmma group inside its k-block iteration while the next k-block is dequantized, and
 // adds 128-row m-blocks: on an H100, Llama-3-8B's four linears at M = 96 take 223 us (v11: 291; path 3: 242) and
 // at M = 128 226 us (v11: 299; dequantize + cuBLAS: 373; cuBLAS bf16: 181).  choose_path (csrc/ops.cpp) takes it
-// for M = 65..128 on compute capability 9.0.  LOWBIT_W4A16_PATH=5 or gemm_path(..., path=5) forces it at any M.
+// for M = 17..512 on compute capability 9.0 (v13, 2026-12-06: 40 % fewer instructions per k-block, NOTES.md v13).
+// LOWBIT_W4A16_PATH=5 or gemm_path(..., path=5) forces it at any M.
 //
 // ---------------------------------------------------------------------------
 // Operands: the weights are wgmma's A, from registers; x is its B, from shared memory
