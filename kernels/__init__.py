@@ -144,7 +144,7 @@ def gemm_path(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor, zer
     >= 1 (the count run can differ: no split may be empty); m_tiles: -1 = by M and path (csrc/ops.cpp
     m_tiles_for), else 1, 2 or 4 m16 tiles per CTA (path 5 also 8).  Path 1 (dequantize + cuBLAS) takes neither knob and ignores
     both; path 4 (swapped operands) takes at most 8 rows and one m-tile; path 5 (the wgmma kernel, which
-    the heuristic takes for 97-128 rows) runs on compute capability 9.0 only.  Validated
+    the heuristic takes for 17-512 rows) runs on compute capability 9.0 only.  Validated
     here, in Python, for the reason w4a16_gemm gives.
     """
     if path not in (-1, 0, 1, 2, 3, 4, 5):
