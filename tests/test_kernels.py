@@ -251,12 +251,25 @@ def test_wgmma_kernel_assembles_without_serialization_or_spills(tmp_path):
     assert "wgmma_kernel" in log and not re.search(r"C75\d\d|serializ|[1-9]\d* bytes spill", log), log[-3000:]
 
 
-def _cuobjdump() -> str | None:
+def _cuobjdump() -> tuple[str, dict] | None:
+    """cuobjdump and the environment to run it in: the toolkit's, or the one on PATH, or the pip wheels
+    nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm (requirements-dev.txt: CI's toolkit has nvcc alone), whose
+    nvdisasm cuobjdump needs on PATH."""
+    import glob
+    import importlib.util
     import os
     import shutil
     home = kbuild.find_cuda_home()
     tool = os.path.join(home, "bin", "cuobjdump") if home else ""
-    return tool if os.path.isfile(tool) else shutil.which("cuobjdump")
+    if os.path.isfile(tool) or (tool := shutil.which("cuobjdump")):
+        return tool, dict(os.environ)
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations if spec else []):
+        for bin_dir in sorted(glob.glob(os.path.join(root, "cu*", "bin"))):
+            tool = os.path.join(bin_dir, "cuobjdump")
+            if os.path.isfile(tool) and os.path.isfile(os.path.join(bin_dir, "nvdisasm")):
+                return tool, dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
+    return None
 
 
 @pytest.mark.skipif(kbuild.find_cuda_home() is None or _cuobjdump() is None,
@@ -268,7 +281,8 @@ def test_no_memory_descriptor_in_an_odd_uniform_register():
     every kernel in the built extension."""
     import subprocess
     so = kernels.load_extension().__file__
-    out = subprocess.run([_cuobjdump(), "-sass", so], capture_output=True, text=True, timeout=600)
+    tool, env = _cuobjdump()
+    out = subprocess.run([tool, "-sass", so], capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     bad, fn = [], None
     for line in out.stdout.splitlines():
