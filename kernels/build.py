@@ -61,6 +61,24 @@ def find_cuda_home() -> str | None:
     return None
 
 
+def find_cuobjdump() -> tuple[str, dict] | None:
+    """cuobjdump and the environment to run it in (it calls nvdisasm): the toolkit's, the one on PATH, or the pip
+    wheels nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm (requirements-dev.txt; CI's toolkit has nvcc alone)."""
+    import importlib.util
+
+    home = find_cuda_home()
+    tool = os.path.join(home, "bin", "cuobjdump") if home else ""
+    if os.path.isfile(tool) or (tool := shutil.which("cuobjdump")):
+        return tool, dict(os.environ)
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations if spec else []):
+        for bin_dir in sorted(glob.glob(os.path.join(root, "cu*", "bin"))):
+            tool = os.path.join(bin_dir, "cuobjdump")
+            if os.path.isfile(tool) and os.path.isfile(os.path.join(bin_dir, "nvdisasm")):
+                return tool, dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
+    return None
+
+
 def _target_arch() -> str:
     """Compute capability to build for: the GPU present, else $TORCH_CUDA_ARCH_LIST, else 9.0; 9.0 is built as
     9.0a (sm_90a: Hopper's wgmma, which the path-5 kernel needs; such code runs on compute capability 9.0 only)."""

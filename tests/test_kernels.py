@@ -251,28 +251,7 @@ def test_wgmma_kernel_assembles_without_serialization_or_spills(tmp_path):
     assert "wgmma_kernel" in log and not re.search(r"C75\d\d|serializ|[1-9]\d* bytes spill", log), log[-3000:]
 
 
-def _cuobjdump() -> tuple[str, dict] | None:
-    """cuobjdump and the environment to run it in: the toolkit's, or the one on PATH, or the pip wheels
-    nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm (requirements-dev.txt: CI's toolkit has nvcc alone), whose
-    nvdisasm cuobjdump needs on PATH."""
-    import glob
-    import importlib.util
-    import os
-    import shutil
-    home = kbuild.find_cuda_home()
-    tool = os.path.join(home, "bin", "cuobjdump") if home else ""
-    if os.path.isfile(tool) or (tool := shutil.which("cuobjdump")):
-        return tool, dict(os.environ)
-    spec = importlib.util.find_spec("nvidia")
-    for root in (spec.submodule_search_locations if spec else []):
-        for bin_dir in sorted(glob.glob(os.path.join(root, "cu*", "bin"))):
-            tool = os.path.join(bin_dir, "cuobjdump")
-            if os.path.isfile(tool) and os.path.isfile(os.path.join(bin_dir, "nvdisasm")):
-                return tool, dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
-    return None
-
-
-@pytest.mark.skipif(kbuild.find_cuda_home() is None or _cuobjdump() is None,
+@pytest.mark.skipif(kbuild.find_cuda_home() is None or kbuild.find_cuobjdump() is None,
                     reason="nvcc or cuobjdump not found: cannot build or disassemble the extension")
 def test_no_memory_descriptor_in_an_odd_uniform_register():
     """A 64-bit memory descriptor lives in an even/odd uniform register pair.  With an L2 cache-policy operand on
@@ -281,7 +260,7 @@ def test_no_memory_descriptor_in_an_odd_uniform_register():
     every kernel in the built extension."""
     import subprocess
     so = kernels.load_extension().__file__
-    tool, env = _cuobjdump()
+    tool, env = kbuild.find_cuobjdump()
     out = subprocess.run([tool, "-sass", so], capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     bad, fn = [], None
@@ -291,6 +270,32 @@ def test_no_memory_descriptor_in_an_odd_uniform_register():
         elif re.search(r"desc\[UR\d*[13579]\]", line):
             bad.append(f"{fn}: {line.strip()[:120]}")
     assert "Function :" in out.stdout and not bad, "\n".join(bad[:10])
+
+
+def test_sass_kblock_count_on_a_synthetic_loop():
+    """kernels/sass.py: a k-block is the distance between the first HGMMA of consecutive wgmma groups."""
+    from kernels.sass import kblock_stats
+    group = ["HGMMA", "MOV", "HGMMA"]
+    body = ["LOP3"] * 40 + ["IMAD"] * 30 + ["LDS"] * 5 + ["BRA"]
+    ops = ["LDC"] * 20 + group + body + group + body + ["EXIT"]
+    st = kblock_stats(ops)
+    assert st["instructions"] == len(group) + len(body) == 79
+    assert (st["alu"], st["fma"], st["shared"], st["tensor"], st["other"]) == (41, 30, 5, 2, 1)
+    assert kblock_stats(group + body) is None  # one group: no loop to measure
+
+
+@pytest.mark.skipif(kbuild.find_cuda_home() is None or kbuild.find_cuobjdump() is None,
+                    reason="nvcc or cuobjdump not found: cannot build or disassemble the extension")
+def test_sass_wgmma_kblock_instruction_budget():
+    """Path 5's main loop stays short (kernels/NOTES.md v13: 328-389 issued instructions per k-block with CUDA 13.0,
+    621 before, and the kernel's speed followed that count): every instantiation under 450."""
+    from kernels.sass import disassemble, table
+    if kbuild._target_arch() != "9.0a":
+        pytest.skip("the wgmma kernel exists in sm_90a builds only")
+    lines = table(disassemble(kernels.load_extension().__file__))[2:]
+    assert len(lines) == 16, lines  # 2 dtypes x 4 m-block sizes x with/without zeros
+    counts = [int(line.split("|")[4]) for line in lines]
+    assert max(counts) < 450, "\n".join(lines)
 
 
 @pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
