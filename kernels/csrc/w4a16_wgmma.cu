@@ -279,7 +279,7 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
   const T2 magic = HAS_Z ? Tr::magic() : Tr::magic_sym();
   constexpr int kReg[4] = {0, 2, 1, 3};  // nibble pair -> A register (see the header)
 
-  // The warp's A fragments of k-block kb (ring slot st): its 4 k-tiles (4 wg .. 4 wg + 3), 2 words each; per word
+  // The warp's A fragments of the k-block in ring slot st: its 4 k-tiles (4 wg .. 4 wg + 3), 2 words each; per word
   // pair one shift, one lop3, one subtract and one multiply (fma with zeros).
   const int w_lane = ((tile * 8 + wg * 4) * 32 + lane) * 16 + half * 8;
   // the scales of sub-tiles 4 half .. 4 half + 3 of the n-tile (channels 8 j + lane/4) in a group's row
