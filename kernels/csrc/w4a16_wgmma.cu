@@ -7,21 +7,12 @@
 // (a routing bug in ops.cpp), then an illegal instruction that ptxas put into copy_stage_weights (v11e).  v12
 // (2026-12-06) keeps every wgmma group inside its k-block iteration while the next k-block is dequantized, and
 // adds 128-row m-blocks: on an H100, Llama-3-8B's four linears at M = 96 take 223 us (v11: 291; path 3: 242) and
-// at M = 128 226 us (v11: 299; dequantize + cuBLAS: 373; cuBLAS bf16: 181).  choose_path (csrc/ops.cpp) takes it
-// for M = 17..512 on compute capability 9.0 (v13, 2026-12-06: 40 % fewer instructions per k-block, NOTES.md v13).
+// at M = 128 226 us (v11: 299; dequantize + cuBLAS: 373; cuBLAS bf16: 181).  v13 (2026-12-06): 40 % fewer
+// instructions per k-block (NOTES.md v13).  choose_path (csrc/ops.cpp) takes it for M = 17..64 on compute capability
+// 9.0; from 65 rows path 6 (w4a16_wgmma_ws.cu, a producer warp) is faster.
 // LOWBIT_W4A16_PATH=5 or gemm_path(..., path=5) forces it at any M.
 //
-// ---------------------------------------------------------------------------
-// Operands: the weights are wgmma's A, from registers; x is its B, from shared memory
-// ---------------------------------------------------------------------------
-// wgmma.mma_async m64nNk16 multiplies a 64 x 16 A by a 16 x N B for a warpgroup (4 warps); A may come
-// from registers, where warp q holds rows 16q..16q+15 in exactly the layout of mma.m16n8k16's A fragment.
-// Our packed layout (w4a16_kernel.cu) gives each lane, per 64-channel x 16-k tile, four words; word w
-// holds sub-tiles 2w and 2w+1 (16 channels), which is that A fragment for those 16 rows (path 4 uses
-// the same identity): a0 = nibble pair 0 (rows 0-7, k 0-7 of the lane), a1 = pair 2 (rows 8-15), a2 =
-// pair 1 (k 8-15), a3 = pair 3.  So the dequantized words feed the tensor core with no shuffle, and the
-// batch is wgmma's N: N = 16, 32, 64 or 128 rows of x per m-block (NR), every dequantized weight used for
-// all of them, while the mma.sync kernels re-dequantize per 32 rows and issue 8 mma per 16 rows.
+// Operands, x's swizzled shared-memory layout, dequantization and rounding: w4a16_wgmma.cuh (shared with path 6).
 //
 // A CTA owns 128 channels (2 n-tiles) like the fused mma kernel, whose stage copies (4-slot cp.async ring of
 // 128-deep k-blocks), split-K plan and workspace it shares (ops.cpp), with 8 warps = 2 warpgroups: warpgroup g
@@ -30,14 +21,8 @@
 // issues two wgmma per k-tile, j = 0, 1: A rows of wgmma j from warp q are channels 32q + 16j + 0..15 of
 // the CTA, so accumulator j of the warpgroup covers channels {32q + 16j + r}.
 //
-// x in shared memory: the K-major layout with the 128-byte swizzle (CUTLASS's Swizzle<3,4,3>): each row's
-// 64 k (128 bytes) of a stage's two halves (k 0-63, 64-127) contiguous, 16-byte chunk c of row r stored at
-// chunk c ^ (r % 8), rows 128 bytes apart, 8-row atoms 1024 bytes apart (the descriptor's stride byte
-// offset) and 1024-byte aligned, as the hardware un-swizzles by address bits; a k-tile's B starts 32 bytes
-// further per k-tile within the half.  Consecutive threads stage consecutive chunks of one row: the
-// cp.async writes hit 8 different bank groups.  (The first version used the no-swizzle layout, chunk (r, c)
-// at c * NR * 16 + r * 16: consecutive threads wrote 1 KB apart, 16-way bank conflicts, and the kernel was
-// slower than path 3; NOTES.md v11.)  Rows past M are zero-filled.
+// x is staged by cp.async in the layout of w4a16_wgmma.cuh: consecutive threads stage consecutive chunks of one
+// row, so the writes hit 8 different bank groups.  Rows past M are zero-filled.
 //
 // Per k-block, warp by warp: the 8 wgmma of the k-block (2 per k-tile) issue from A registers dequantized the
 // iteration before, as one commit group; while the tensor core works, the warp dequantizes the next k-block
@@ -45,11 +30,8 @@
 // for its group (main pipeline, below, for why a group never outlives its iteration).  cp.async data becomes
 // visible to the tensor core's (async proxy) reads through fence.proxy.async before the barrier.
 //
-// Dequantization and rounding are the fused mma kernel's: 128+q by the bit trick, minus 128 (136
-// symmetric), one fma with the group's scale and zero (one multiply): each weight rounded once to 16
-// bits, as the reference does.  Accumulation fp32; the two warpgroups' partials are summed (g0 + g1)
-// through shared memory, then y is written or, with split-K, fp32 partials and the last CTA's fixed-order
-// sum (split_k_finish).
+// Accumulation fp32; the two warpgroups' partials are summed (g0 + g1) through shared memory, then y is written or,
+// with split-K, fp32 partials and the last CTA's fixed-order sum (split_k_finish).
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -59,22 +41,13 @@
 #include "launch.cuh"
 #include "w4a16.h"
 #include "w4a16_device.cuh"
-
-// wgmma exists in the sm_90a target only (kernels/build.py builds 9.0 as 9.0a).
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define LOWBIT_HAS_WGMMA 1
-#else
-#define LOWBIT_HAS_WGMMA 0
-#endif
+#include "w4a16_wgmma.cuh"
 
 namespace lowbit {
 namespace {
 
 constexpr int kWgThreads = 256;  // two warpgroups
-constexpr int kStagesWg = 4;     // ring slots of 128-deep k-blocks
 constexpr int kAheadWg = kStagesWg - 2;  // copies issued this far ahead of the k-block dequantized (main pipeline)
-constexpr int kRedPitch = kMmaNBlock + 4;  // floats per row of the partial-sum buffer: the 4 lanes that share
-                                           // a channel write rows 2 apart, 8 banks apart with the padding
 
 template <int NR, bool HAS_Z>
 struct WgSmem {
@@ -85,119 +58,6 @@ struct WgSmem {
   // + 1 KB: the dynamic shared memory is re-based to a 1024-byte boundary (the swizzle atoms' alignment)
   static constexpr int kTotal = (kPipe > kRed ? kPipe : kRed) + 1024;
 };
-
-#if LOWBIT_HAS_WGMMA
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// Pins an accumulator at this point of the program: the compiler may not move its accesses across (the wgmma
-// reads and writes it asynchronously between fence and wait).
-__device__ __forceinline__ void reg_fence(float& r) { asm volatile("" : "+f"(r)::"memory"); }
-// cp.async wrote the stage through the generic proxy; the tensor core reads it through the async proxy.
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-
-// Shared-memory matrix descriptor of a K-major operand with the 128-byte swizzle: start address >> 4, leading
-// byte offset unused (1 by convention), stride byte offset 1024 (between 8-row atoms) >> 4, swizzle mode 1
-// (128 B) in bits 62-63; base offset 0 (the atoms are 1024-byte aligned).
-__device__ __forceinline__ uint64_t kmajor_sw128_desc(uint32_t saddr) {
-  return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
-         ((uint64_t)1 << 62);
-}
-
-// d (64 x NR fp32, NR/2 per thread) += a (64 x 16, registers) * B (16 x NR, descriptor), T = bf16 or fp16.
-template <typename T, int NR> __device__ __forceinline__ void wgmma_rs(float* d, const uint32_t* a, uint64_t desc);
-#define LOWBIT_WGMMA_N16(CTYPE, TY)                                                                         \
-  template <>                                                                                               \
-  __device__ __forceinline__ void wgmma_rs<CTYPE, 16>(float* d, const uint32_t* a, uint64_t desc) {         \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"                                               \
-                 "wgmma.mma_async.sync.aligned.m64n16k16.f32." TY "." TY " {"                               \
-                 "%0, %1, %2, %3, %4, %5, %6, %7}, "                                                        \
-                 "{%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"                                                \
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),                                          \
-                   "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])                                           \
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));                          \
-  }
-#define LOWBIT_WGMMA_N32(CTYPE, TY)                                                                         \
-  template <>                                                                                               \
-  __device__ __forceinline__ void wgmma_rs<CTYPE, 32>(float* d, const uint32_t* a, uint64_t desc) {         \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"                                               \
-                 "wgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY " {"                               \
-                 "%0, %1, %2, %3, %4, %5, %6, %7,"                                                          \
-                 "%8, %9, %10, %11, %12, %13, %14, %15}, "                                                  \
-                 "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"                                              \
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),                                          \
-                   "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),                                          \
-                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),                                        \
-                   "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])                                       \
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));                          \
-  }
-#define LOWBIT_WGMMA_N64(CTYPE, TY)                                                                         \
-  template <>                                                                                               \
-  __device__ __forceinline__ void wgmma_rs<CTYPE, 64>(float* d, const uint32_t* a, uint64_t desc) {         \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                               \
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " {"                               \
-                 "%0, %1, %2, %3, %4, %5, %6, %7,"                                                          \
-                 "%8, %9, %10, %11, %12, %13, %14, %15,"                                                    \
-                 "%16, %17, %18, %19, %20, %21, %22, %23,"                                                  \
-                 "%24, %25, %26, %27, %28, %29, %30, %31}, "                                                \
-                 "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"                                              \
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),                                          \
-                   "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),                                          \
-                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),                                        \
-                   "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),                                      \
-                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),                                      \
-                   "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),                                      \
-                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),                                      \
-                   "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])                                       \
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));                          \
-  }
-#define LOWBIT_WGMMA_N128(CTYPE, TY)                                                                        \
-  template <>                                                                                               \
-  __device__ __forceinline__ void wgmma_rs<CTYPE, 128>(float* d, const uint32_t* a, uint64_t desc) {        \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                               \
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {"                              \
-                 "%0, %1, %2, %3, %4, %5, %6, %7,"                                                         \
-                 "%8, %9, %10, %11, %12, %13, %14, %15,"                                                   \
-                 "%16, %17, %18, %19, %20, %21, %22, %23,"                                                 \
-                 "%24, %25, %26, %27, %28, %29, %30, %31,"                                                 \
-                 "%32, %33, %34, %35, %36, %37, %38, %39,"                                                 \
-                 "%40, %41, %42, %43, %44, %45, %46, %47,"                                                 \
-                 "%48, %49, %50, %51, %52, %53, %54, %55,"                                                 \
-                 "%56, %57, %58, %59, %60, %61, %62, %63"                                                  \
-                 "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"                                      \
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),  \
-                   "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),  \
-                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),  \
-                   "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),  \
-                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),  \
-                   "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),  \
-                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),  \
-                   "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),  \
-                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),  \
-                   "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),  \
-                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),  \
-                   "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),  \
-                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]),  \
-                   "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),  \
-                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),  \
-                   "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])  \
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));                          \
-  }
-LOWBIT_WGMMA_N16(__nv_bfloat16, "bf16")
-LOWBIT_WGMMA_N16(__half, "f16")
-LOWBIT_WGMMA_N32(__nv_bfloat16, "bf16")
-LOWBIT_WGMMA_N32(__half, "f16")
-LOWBIT_WGMMA_N64(__nv_bfloat16, "bf16")
-LOWBIT_WGMMA_N64(__half, "f16")
-LOWBIT_WGMMA_N128(__nv_bfloat16, "bf16")
-LOWBIT_WGMMA_N128(__half, "f16")
-#undef LOWBIT_WGMMA_N16
-#undef LOWBIT_WGMMA_N32
-#undef LOWBIT_WGMMA_N64
-#undef LOWBIT_WGMMA_N128
-#endif  // LOWBIT_HAS_WGMMA
 
 template <typename T, int NR, bool HAS_Z>
 __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParams p) {

@@ -1,0 +1,159 @@
+// Shared by the two wgmma kernels, w4a16_wgmma.cu (path 5: every warp copies and computes) and w4a16_wgmma_ws.cu
+// (path 6: a producer warp and the copy engine, 128-row m-blocks): the operand identity, x's shared-memory layout
+// and the PTX wrappers.
+//
+// Operands: the weights are wgmma's A, from registers; x is its B, from shared memory.  wgmma.mma_async m64nNk16
+// multiplies a 64 x 16 A by a 16 x N B for a warpgroup (4 warps); A may come from registers, where warp q holds
+// rows 16q..16q+15 in exactly the layout of mma.m16n8k16's A fragment.  Our packed layout (w4a16_kernel.cu) gives
+// each lane, per 64-channel x 16-k tile, four words; word w holds sub-tiles 2w and 2w+1 (16 channels), which is
+// that A fragment for those 16 rows (path 4 uses the same identity): a0 = nibble pair 0 (rows 0-7, k 0-7 of the
+// lane), a1 = pair 2 (rows 8-15), a2 = pair 1 (k 8-15), a3 = pair 3.  So the dequantized words feed the tensor core
+// with no shuffle, and the batch is wgmma's N: N = 16, 32, 64 or 128 rows of x per m-block (NR), every dequantized
+// weight used for all of them, while the mma.sync kernels re-dequantize per 32 rows and issue 8 mma per 16 rows.
+//
+// x in shared memory: the K-major layout with the 128-byte swizzle (CUTLASS's Swizzle<3,4,3>): each row's 64 k
+// (128 bytes) of a stage's two halves (k 0-63, 64-127) contiguous, 16-byte chunk c of row r stored at chunk
+// c ^ (r % 8), rows 128 bytes apart, 8-row atoms 1024 bytes apart (the descriptor's stride byte offset) and
+// 1024-byte aligned, as the hardware un-swizzles by address bits; a k-tile's B starts 32 bytes further per k-tile
+// within the half.  (The first version used the no-swizzle layout: 16-way bank conflicts, slower than path 3;
+// NOTES.md v11.)  Rows past M and k past K are zeros.
+//
+// Dequantization and rounding are the fused mma kernel's: 128+q by the bit trick, minus 128 (136 symmetric), one
+// fma with the group's scale and zero (one multiply): each weight rounded once to 16 bits, as the reference does.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "w4a16_device.cuh"
+
+// wgmma exists in the sm_90a target only (kernels/build.py builds 9.0 as 9.0a).
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define LOWBIT_HAS_WGMMA 1
+#else
+#define LOWBIT_HAS_WGMMA 0
+#endif
+
+namespace lowbit {
+namespace {
+
+constexpr int kStagesWg = 4;               // ring slots of 128-deep k-blocks
+constexpr int kRedPitch = kMmaNBlock + 4;  // floats per row of the partial-sum buffer: the 4 lanes that share
+                                           // a channel write rows 2 apart, 8 banks apart with the padding
+
+#if LOWBIT_HAS_WGMMA
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Pins an accumulator at this point of the program: the compiler may not move its accesses across (the wgmma
+// reads and writes it asynchronously between fence and wait).
+__device__ __forceinline__ void reg_fence(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+// Orders this thread's generic-proxy shared-memory accesses before later async-proxy ones (the tensor core's reads,
+// the copy engine's writes): path 5's cp.async data, path 6's zero scales.
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Shared-memory matrix descriptor of a K-major operand with the 128-byte swizzle: start address >> 4, leading
+// byte offset unused (1 by convention), stride byte offset 1024 (between 8-row atoms) >> 4, swizzle mode 1
+// (128 B) in bits 62-63; base offset 0 (the atoms are 1024-byte aligned).
+__device__ __forceinline__ uint64_t kmajor_sw128_desc(uint32_t saddr) {
+  return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
+         ((uint64_t)1 << 62);
+}
+
+// d (64 x NR fp32, NR/2 per thread) += a (64 x 16, registers) * B (16 x NR, descriptor), T = bf16 or fp16.
+template <typename T, int NR> __device__ __forceinline__ void wgmma_rs(float* d, const uint32_t* a, uint64_t desc);
+#define LOWBIT_WGMMA_N16(CTYPE, TY)                                                                         \
+  template <>                                                                                               \
+  __device__ __forceinline__ void wgmma_rs<CTYPE, 16>(float* d, const uint32_t* a, uint64_t desc) {         \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"                                               \
+                 "wgmma.mma_async.sync.aligned.m64n16k16.f32." TY "." TY " {"                               \
+                 "%0, %1, %2, %3, %4, %5, %6, %7}, "                                                        \
+                 "{%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"                                                \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),                                          \
+                   "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])                                           \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));                          \
+  }
+#define LOWBIT_WGMMA_N32(CTYPE, TY)                                                                         \
+  template <>                                                                                               \
+  __device__ __forceinline__ void wgmma_rs<CTYPE, 32>(float* d, const uint32_t* a, uint64_t desc) {         \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"                                               \
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY " {"                               \
+                 "%0, %1, %2, %3, %4, %5, %6, %7,"                                                          \
+                 "%8, %9, %10, %11, %12, %13, %14, %15}, "                                                  \
+                 "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"                                              \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),                                          \
+                   "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),                                          \
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),                                        \
+                   "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])                                       \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));                          \
+  }
+#define LOWBIT_WGMMA_N64(CTYPE, TY)                                                                         \
+  template <>                                                                                               \
+  __device__ __forceinline__ void wgmma_rs<CTYPE, 64>(float* d, const uint32_t* a, uint64_t desc) {         \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                               \
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " {"                               \
+                 "%0, %1, %2, %3, %4, %5, %6, %7,"                                                          \
+                 "%8, %9, %10, %11, %12, %13, %14, %15,"                                                    \
+                 "%16, %17, %18, %19, %20, %21, %22, %23,"                                                  \
+                 "%24, %25, %26, %27, %28, %29, %30, %31}, "                                                \
+                 "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"                                              \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),                                          \
+                   "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),                                          \
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),                                        \
+                   "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),                                      \
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),                                      \
+                   "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),                                      \
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),                                      \
+                   "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])                                       \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));                          \
+  }
+#define LOWBIT_WGMMA_N128(CTYPE, TY)                                                                        \
+  template <>                                                                                               \
+  __device__ __forceinline__ void wgmma_rs<CTYPE, 128>(float* d, const uint32_t* a, uint64_t desc) {        \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                               \
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {"                              \
+                 "%0, %1, %2, %3, %4, %5, %6, %7,"                                                         \
+                 "%8, %9, %10, %11, %12, %13, %14, %15,"                                                   \
+                 "%16, %17, %18, %19, %20, %21, %22, %23,"                                                 \
+                 "%24, %25, %26, %27, %28, %29, %30, %31,"                                                 \
+                 "%32, %33, %34, %35, %36, %37, %38, %39,"                                                 \
+                 "%40, %41, %42, %43, %44, %45, %46, %47,"                                                 \
+                 "%48, %49, %50, %51, %52, %53, %54, %55,"                                                 \
+                 "%56, %57, %58, %59, %60, %61, %62, %63"                                                  \
+                 "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"                                      \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),  \
+                   "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),  \
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),  \
+                   "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),  \
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),  \
+                   "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),  \
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),  \
+                   "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),  \
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),  \
+                   "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),  \
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),  \
+                   "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),  \
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]),  \
+                   "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),  \
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),  \
+                   "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])  \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));                          \
+  }
+LOWBIT_WGMMA_N16(__nv_bfloat16, "bf16")
+LOWBIT_WGMMA_N16(__half, "f16")
+LOWBIT_WGMMA_N32(__nv_bfloat16, "bf16")
+LOWBIT_WGMMA_N32(__half, "f16")
+LOWBIT_WGMMA_N64(__nv_bfloat16, "bf16")
+LOWBIT_WGMMA_N64(__half, "f16")
+LOWBIT_WGMMA_N128(__nv_bfloat16, "bf16")
+LOWBIT_WGMMA_N128(__half, "f16")
+#undef LOWBIT_WGMMA_N16
+#undef LOWBIT_WGMMA_N32
+#undef LOWBIT_WGMMA_N64
+#undef LOWBIT_WGMMA_N128
+#endif  // LOWBIT_HAS_WGMMA
+
+}  // namespace
+}  // namespace lowbit
