@@ -56,7 +56,7 @@ def layer_linears(preset: str, group_size: int) -> list[tuple[str, int, int]]:
 
 DEFAULT_MS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024]
 # scheme suffix -> the op's forced path (kernels.PATHS); no suffix = the heuristic (choose_path)
-FORCED_PATHS = {"mma": 0, "dq": 1, "stream": 2, "smem": 3, "swap": 4, "wgmma": 5}
+FORCED_PATHS = {"mma": 0, "dq": 1, "stream": 2, "smem": 3, "swap": 4, "wgmma": 5, "ws": 6}
 
 
 def forced(scheme: str) -> tuple[int, int, int]:
@@ -301,9 +301,10 @@ def main():
                     help="comma-separated M values (rows of x: batch x tokens) (default: %(default)s)")
     ap.add_argument("--schemes", default="cublas,tinygemm,ours_sym,ours_asym",
                     help="also: ours_sym[mma], ours_sym[dq], ours_sym[stream], ours_sym[smem], ours_sym[swap], "
-                         "ours_sym[wgmma] (force the mma kernel / dequantize+cuBLAS / the streaming kernel with its "
-                         "ring in registers / in shared memory / with swapped operands, M <= 8 only / the wgmma "
-                         "kernel, compute capability 9.0 only), ours_sym[stream/s4] "
+                         "ours_sym[wgmma], ours_sym[ws] (force the mma kernel / dequantize+cuBLAS / the streaming "
+                         "kernel with its ring in registers / in shared memory / with swapped operands, M <= 8 only / "
+                         "the wgmma kernel / the wgmma kernel with a producer warp, both compute capability 9.0 "
+                         "only), ours_sym[stream/s4] "
                          "(and split K in 4), ours_sym[mma/mt2] (2 m16 tiles per CTA; "
                          "mt1, mt2, mt4, and mt8 for wgmma; combine as [smem/s2/mt2]); likewise ours_asym[...]; read_int4 "
                          "(a floor: one reduction reading the packed int4 weights, no GEMM)")

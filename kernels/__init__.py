@@ -86,7 +86,7 @@ def extension_available() -> bool:
 
 
 # The op's CUDA paths by number (csrc/ops.cpp gemm_path; choose_path picks one).
-PATHS = ("mma", "dequant_cublas", "stream", "stream_smem", "stream_swap", "wgmma")
+PATHS = ("mma", "dequant_cublas", "stream", "stream_smem", "stream_swap", "wgmma", "wgmma_ws")
 
 
 def choose_path(M: int, N: int, K: int) -> str:
@@ -94,7 +94,7 @@ def choose_path(M: int, N: int, K: int) -> str:
 
     The heuristic itself lives in csrc/ops.cpp (choose_path) next to the
     dispatch that uses it; this only asks it, for the current CUDA device
-    (path 5, wgmma, exists on compute capability 9.0 only).
+    (paths 5 and 6, wgmma and wgmma_ws, exist on compute capability 9.0 only).
     """
     wgmma = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
     return PATHS[load_extension().choose_path(M, N, K, wgmma)]
@@ -142,25 +142,26 @@ def gemm_path(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor, zer
 
     path: -1 = choose_path, else an index into PATHS; splits: -1 = the launch plan's split-K count, else
     >= 1 (the count run can differ: no split may be empty); m_tiles: -1 = by M and path (csrc/ops.cpp
-    m_tiles_for), else 1, 2 or 4 m16 tiles per CTA (path 5 also 8).  Path 1 (dequantize + cuBLAS) takes neither knob and ignores
-    both; path 4 (swapped operands) takes at most 8 rows and one m-tile; path 5 (the wgmma kernel, which
-    the heuristic takes for 17-512 rows) runs on compute capability 9.0 only.  Validated
-    here, in Python, for the reason w4a16_gemm gives.
+    m_tiles_for), else 1, 2 or 4 m16 tiles per CTA (path 5 also 8; path 6 only 8).  Path 1 (dequantize +
+    cuBLAS) takes neither knob and ignores both; path 4 (swapped operands) takes at most 8 rows and one m-tile;
+    paths 5 and 6 (the wgmma kernels, which the heuristic takes for 17-64 and 65-512 rows) run on compute
+    capability 9.0 only.  Validated here, in Python, for the reason w4a16_gemm gives.
     """
-    if path not in (-1, 0, 1, 2, 3, 4, 5):
-        raise ValueError(f"gemm_path: path must be -1 (choose_path) or 0-5 ({', '.join(PATHS)}), got {path}")
+    if path not in range(-1, len(PATHS)):
+        raise ValueError(f"gemm_path: path must be -1 (choose_path) or 0-{len(PATHS) - 1} ({', '.join(PATHS)}), "
+                         f"got {path}")
     if path == 4 and (x.shape[0] > 8 or m_tiles not in (-1, 1)):
         raise ValueError(f"gemm_path: path 4 (stream_swap) takes at most 8 rows and one m-tile, got M={x.shape[0]}, "
                          f"m_tiles={m_tiles}")
     if splits != -1 and splits < 1:
         raise ValueError(f"gemm_path: splits must be -1 (the launch plan) or >= 1, got {splits}")
-    if m_tiles not in (-1, 1, 2, 4) and not (m_tiles == 8 and path == 5):
-        raise ValueError(f"gemm_path: m_tiles must be -1 (by M), 1, 2, 4 or (path 5 only) 8, got {m_tiles} for path "
-                         f"{path}")
+    if (m_tiles not in (-1, 8)) if path == 6 else (m_tiles not in (-1, 1, 2, 4) and not (m_tiles == 8 and path == 5)):
+        raise ValueError(f"gemm_path: m_tiles must be -1 (by M), 1, 2, 4 or (path 5 only) 8, and path 6 takes only "
+                         f"-1 or 8, got {m_tiles} for path {path}")
     if not x.is_cuda:
         raise ValueError(f"gemm_path runs the CUDA kernels: x is on {x.device} (kernels.w4a16_gemm runs anywhere)")
-    if path == 5 and torch.cuda.get_device_capability(x.device) != (9, 0):
-        raise ValueError(f"gemm_path: path 5 (wgmma) runs on compute capability 9.0 (H100, H200), "
+    if path in (5, 6) and torch.cuda.get_device_capability(x.device) != (9, 0):
+        raise ValueError(f"gemm_path: path {path} ({PATHS[path]}) runs on compute capability 9.0 (H100, H200), "
                          f"{torch.cuda.get_device_name(x.device)} has {torch.cuda.get_device_capability(x.device)}")
     _check_eager(x, packed_w, scales, zeros, group_size)
     return load_extension().gemm_path(x, packed_w, scales, zeros, group_size, path, splits, m_tiles)

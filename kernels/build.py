@@ -17,7 +17,8 @@ import threading
 _HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(_HERE)
 CSRC = os.path.join(_HERE, "csrc")
-SOURCES = [os.path.join(CSRC, n) for n in ("ops.cpp", "w4a16_kernel.cu", "w4a16_wgmma.cu", "attention_kernel.cu")]
+SOURCES = [os.path.join(CSRC, n) for n in ("ops.cpp", "w4a16_kernel.cu", "w4a16_wgmma.cu", "w4a16_wgmma_ws.cu",
+                                                    "attention_kernel.cu")]
 EXT_NAME = "lowbit_w4a16"
 
 _lock = threading.Lock()
@@ -81,7 +82,8 @@ def find_cuobjdump() -> tuple[str, dict] | None:
 
 def _target_arch() -> str:
     """Compute capability to build for: the GPU present, else $TORCH_CUDA_ARCH_LIST, else 9.0; 9.0 is built as
-    9.0a (sm_90a: Hopper's wgmma, which the path-5 kernel needs; such code runs on compute capability 9.0 only)."""
+    9.0a (sm_90a: Hopper's wgmma, which the path-5 and path-6 kernels need; such code runs on compute capability 9.0
+    only)."""
     import torch
 
     if torch.cuda.is_available():

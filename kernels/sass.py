@@ -1,11 +1,12 @@
-"""Issued instructions per k-block in the wgmma kernel's main loop (path 5), read from the SASS of the built
+"""Issued instructions per k-block in the wgmma kernels' main loops (paths 5 and 6), read from the SASS of the built
 extension: no GPU needed, only nvcc and cuobjdump (kernels/build.py find_cuobjdump).
 
-    python kernels/sass.py            # a markdown table, one row per instantiation (dtype, rows per m-block, zeros)
+    python kernels/sass.py   # a markdown table, one row per instantiation (path, dtype, rows per m-block, zeros)
 
 Why: with two warps per scheduler the kernel's time per k-block follows the length of each warp's instruction
 stream (kernels/NOTES.md v13: 621 -> 366 instructions per k-block at 128 rows took M = 128 from 226 to 164 us on an
-H100), so this count is the first thing to check after a change, before any device time.
+H100), so this count is the first thing to check after a change, before any device time.  In path 6 the count is
+a consumer warp's (its producer warp issues the copies).
 
 How: one iteration of the main loop issues one commit group of wgmma (HGMMA in SASS); the loop runs two iterations
 per trip, so the distance between the first HGMMA of one group and the next is one k-block's instructions.  The
@@ -36,7 +37,8 @@ PIPES = {
 }
 _PIPE_OF = {op: pipe for pipe, ops in PIPES.items() for op in ops}
 _INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
-_KERNEL = re.compile(r"w4a16_wgmma_kernelI(\d+)(__nv_bfloat16|__half)Li(\d+)ELb([01])E")
+# path 5: w4a16_wgmma_kernel<T, NR, HAS_Z>; path 6: w4a16_wgmma_ws_kernel<T, HAS_Z> (128 rows)
+_KERNEL = re.compile(r"w4a16_wgmma_(ws_)?kernelI\d+(__nv_bfloat16|__half)(?:Li(\d+)E)?Lb([01])E")
 
 
 def disassemble(so: str) -> dict[str, list[str]]:
@@ -79,14 +81,15 @@ def table(funcs: dict[str, list[str]]) -> list[str]:
         if not m or (st := kblock_stats(ops)) is None:
             continue
         dtype = "bf16" if m.group(2) == "__nv_bfloat16" else "fp16"
-        rows.append(((dtype, int(m.group(3)), m.group(4) == "1"), st))
+        path, nr = (6, 128) if m.group(1) else (5, int(m.group(3)))
+        rows.append(((path, dtype, nr, m.group(4) == "1"), st))
     rows.sort()
-    lines = ["| dtype | rows (NR) | zeros | instructions per k-block | alu | fma | shared | global | tensor | other "
-             "| most issued |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (dtype, nr, z), st in rows:
+    lines = ["| path | dtype | rows (NR) | zeros | instructions per k-block | alu | fma | shared | global | tensor "
+             "| other | most issued |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (path, dtype, nr, z), st in rows:
         top = ", ".join(f"{op} {n}" for op, n in st["top"])
-        lines.append(f"| {dtype} | {nr} | {'yes' if z else 'no'} | {st['instructions']} | {st['alu']} | {st['fma']} "
-                     f"| {st['shared']} | {st['global']} | {st['tensor']} | {st['other']} | {top} |")
+        lines.append(f"| {path} | {dtype} | {nr} | {'yes' if z else 'no'} | {st['instructions']} | {st['alu']} "
+                     f"| {st['fma']} | {st['shared']} | {st['global']} | {st['tensor']} | {st['other']} | {top} |")
     return lines
 
 
@@ -96,7 +99,8 @@ def main() -> int:
     if len(lines) == 2:
         print(f"no wgmma kernel with a main loop found in {so} (built for a target without wgmma?)")
         return 1
-    print(f"Issued instructions per k-block, path 5 (the wgmma kernel), from the SASS of {os.path.basename(so)}:\n")
+    print(f"Issued instructions per k-block, paths 5 and 6 (the wgmma kernels), from the SASS of "
+          f"{os.path.basename(so)}:\n")
     print("\n".join(lines))
     return 0
 

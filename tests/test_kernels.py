@@ -229,26 +229,29 @@ def test_extension_compiles():
     mod = kernels.load_extension()
     ms = (1, 8, 9, 16, 17, 32, 33, 96, 97, 128, 129)
     assert hasattr(mod, "gemm_path") and [mod.choose_path(m, 4096, 4096) for m in ms] == [4, 4, 2, 2, 3, 3, 3, 3, 1, 1, 1]
-    # on compute capability 9.0 the wgmma kernel takes M = 17..512 (csrc/ops.cpp choose_path)
-    assert [mod.choose_path(m, 4096, 4096, wgmma=True) for m in ms + (512, 513)] == [4, 4, 2, 2] + [5] * 8 + [1]
+    # on compute capability 9.0 the wgmma kernels take M = 17..64 (path 5) and 65..512 (path 6; csrc/ops.cpp)
+    want = [4, 4, 2, 2] + [5] * 3 + [6] * 4 + [5, 6, 6, 1]
+    assert [mod.choose_path(m, 4096, 4096, wgmma=True) for m in ms + (64, 65, 512, 513)] == want
 
 
 @pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
-def test_wgmma_kernel_assembles_without_serialization_or_spills(tmp_path):
-    """ptxas keeps path 5's wgmma pipeline asynchronous (it warns "wgmma ... serialized", C7510-C7515, when it
-    cannot keep the A or accumulator registers live across the asynchronous window, C7513 when a group is pending
-    across a loop's back edge while other code defines wgmma inputs, C7520 for a branch between wgmma, and inserts
-    waits) and spills nothing, for every instantiation (sm_90a; ~10 s)."""
+@pytest.mark.parametrize("source", ["w4a16_wgmma.cu", "w4a16_wgmma_ws.cu"])
+def test_wgmma_kernel_assembles_without_serialization_or_spills(tmp_path, source):
+    """ptxas keeps the wgmma pipelines of paths 5 and 6 asynchronous (it warns "wgmma ... serialized", C7510-C7515,
+    when it cannot keep the A or accumulator registers live across the asynchronous window, C7513 when a group is
+    pending across a loop's back edge while other code defines wgmma inputs, C7520 for a branch between wgmma, and
+    inserts waits) and spills nothing, for every instantiation (sm_90a; ~10 s each)."""
     import os
     import subprocess
     nvcc = os.path.join(kbuild.find_cuda_home(), "bin", "nvcc")
     out = subprocess.run([nvcc, "-c", "-O3", "-std=c++17", "--expt-relaxed-constexpr",
                           "-gencode=arch=compute_90a,code=sm_90a", "-Xptxas=-v,-warn-spills", f"-I{kbuild.CSRC}",
-                          os.path.join(kbuild.CSRC, "w4a16_wgmma.cu"), "-o", str(tmp_path / "wgmma.o")],
+                          os.path.join(kbuild.CSRC, source), "-o", str(tmp_path / "wgmma.o")],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     log = out.stdout + out.stderr
-    assert "wgmma_kernel" in log and not re.search(r"C75\d\d|serializ|[1-9]\d* bytes spill", log), log[-3000:]
+    assert re.search(r"w4a16_wgmma(_ws)?_kernel", log), log[-3000:]
+    assert not re.search(r"C75\d\d|serializ|[1-9]\d* bytes spill", log), log[-3000:]
 
 
 @pytest.mark.skipif(kbuild.find_cuda_home() is None or kbuild.find_cuobjdump() is None,
@@ -287,14 +290,15 @@ def test_sass_kblock_count_on_a_synthetic_loop():
 @pytest.mark.skipif(kbuild.find_cuda_home() is None or kbuild.find_cuobjdump() is None,
                     reason="nvcc or cuobjdump not found: cannot build or disassemble the extension")
 def test_sass_wgmma_kblock_instruction_budget():
-    """Path 5's main loop stays short (kernels/NOTES.md v13: 328-389 issued instructions per k-block with CUDA 13.0,
-    621 before, and the kernel's speed followed that count): every instantiation under 450."""
+    """The wgmma kernels' main loops stay short (kernels/NOTES.md v13: path 5 at 328-389 issued instructions per
+    k-block with CUDA 13.0, 621 before, and the kernel's speed followed that count; path 6's consumer warps 273-297):
+    every instantiation under 450."""
     from kernels.sass import disassemble, table
     if kbuild._target_arch() != "9.0a":
         pytest.skip("the wgmma kernel exists in sm_90a builds only")
     lines = table(disassemble(kernels.load_extension().__file__))[2:]
-    assert len(lines) == 16, lines  # 2 dtypes x 4 m-block sizes x with/without zeros
-    counts = [int(line.split("|")[4]) for line in lines]
+    assert len(lines) == 20, lines  # 2 dtypes x with/without zeros x (path 5: 4 m-block sizes, path 6: one)
+    counts = [int(line.split("|")[5]) for line in lines]
     assert max(counts) < 450, "\n".join(lines)
 
 
@@ -314,7 +318,8 @@ def test_path_override_from_environment():
         assert out.returncode == 0 and out.stdout.strip() == want, out.stderr[-2000:]
     env["LOWBIT_W4A16_PATH"] = "fast"
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=600)
-    assert out.returncode != 0 and "LOWBIT_W4A16_PATH must be 0, 1, 2, 3, 4 or 5 (or unset), got 'fast'" in out.stderr
+    assert out.returncode != 0
+    assert "LOWBIT_W4A16_PATH must be 0, 1, 2, 3, 4, 5 or 6 (or unset), got 'fast'" in out.stderr
 
 
 @needs_cuda
@@ -479,6 +484,8 @@ def kernel_of_path(names):
     for n in names:
         if "w4a16_wgmma_kernel" in n:
             return 5
+        if "w4a16_wgmma_ws_kernel" in n:
+            return 6
         if "w4a16_mma_kernel" in n:
             return 0
         if "w4_dequant_kernel" in n:
@@ -494,11 +501,11 @@ def kernel_of_path(names):
 def test_gpu_forced_path_runs_its_kernel():
     """A forced path launches that path's kernel (path 5 once ran the streaming kernel: a test of outputs alone
     cannot see that, since every path gives the same answer); so does the heuristic's choice (-1) at the rows where
-    it changes kernels (112: path 5 on compute capability 9.0, else 1)."""
+    it changes kernels (40: path 5 on compute capability 9.0, else 3; 80 and 112: path 6 there, else 3 and 1)."""
     x, q, s, z = make_problem(112, 4096, 4096, 128, False, torch.bfloat16, "cuda", seed=31)
     pw, sp, zp = kernels.pack_w4(q, s, z, 128)
     ext = kernels.load_extension()
-    paths = (0, 1, 2, 3, 4) + ((5,) if torch.cuda.get_device_capability() == (9, 0) else ())
+    paths = (0, 1, 2, 3, 4) + ((5, 6) if torch.cuda.get_device_capability() == (9, 0) else ())
     for path in paths:
         for M in (8, 40) if path != 4 else (8,):
             xm = x[:M].contiguous()
@@ -591,10 +598,14 @@ def test_gpu_forced_m_tiles(path):
     check_gpu(48, 192, 320, 64, False, torch.float16, seed=520, path=path, m_tiles=2)  # N % 128 == 64, K % 128 == 64
 
 
+_M_TILES = "m_tiles must be -1 (by M), 1, 2, 4 or (path 5 only) 8, and path 6 takes only -1 or 8, got"
+
+
 @pytest.mark.parametrize("knobs,message", [
-    ((0, -1, 3), "m_tiles must be -1 (by M), 1, 2, 4 or (path 5 only) 8, got 3 for path 0"),
-    ((3, -1, 8), "m_tiles must be -1 (by M), 1, 2, 4 or (path 5 only) 8, got 8 for path 3"),
-    ((6, -1, -1), "path must be -1 (choose_path) or 0-5"),
+    ((0, -1, 3), f"{_M_TILES} 3 for path 0"),
+    ((3, -1, 8), f"{_M_TILES} 8 for path 3"),
+    ((6, -1, 4), f"{_M_TILES} 4 for path 6"),
+    ((7, -1, -1), "path must be -1 (choose_path) or 0-6"),
     ((4, -1, 2), "path 4 (stream_swap) takes at most 8 rows and one m-tile, got M=4, m_tiles=2"),
     ((0, 0, -1), "splits must be -1 (the launch plan) or >= 1, got 0"),
     ((-1, -1, -1), "gemm_path runs the CUDA kernels: x is on cpu"),
@@ -751,17 +762,20 @@ def sweep_forced_path(path, ms, m_of_seed, sym, dtype, seed):
     return seed
 
 
-def _emulate_path5(x, pw, sp, zp, gs, N, NR, dtype):
-    """Path 5 (csrc/w4a16_wgmma.cu) in Python, as its threads compute it: per CTA (m-block of NR rows, n-block of
-    128 channels) and 128-deep k-block, x staged chunk by chunk where the kernel puts chunk c of row r (half c / 8,
-    128-byte row r, chunk (c % 8) ^ (r % 8)) and read back as wgmma's B through the descriptor (start: half kt / 4
-    plus 32 bytes per k-tile kt % 4; stride byte offset 1024; the PTX ISA's 128-byte-swizzle K-major layout
-    ((8, m), (8, 2)):((64 elements, SBO), (1, 8)) with address bits 4-6 XORed by bits 7-9); each warp q's A
-    fragments from words 2(q % 2) + j of n-tile q / 2 (nibble pair -> register {0, 2, 1, 3}, the scale and zero of
-    its sub-tile from the lane's uint2 of the permuted vector), each weight rounded once to `dtype`, placed as
-    the PTX ISA's m64nNk16 A layout puts them; the accumulator fragment (element 4i + 2v + u at A-row
-    16q + lane/4 + 8v, column 8i + 2(lane%4) + u) stored where the kernel's epilogue stores it (row, channel
-    32q + 16j + lane/4 + 8v) and the two warpgroups' partials summed.  Returns y (M, N) in float64."""
+def _emulate_wgmma(x, pw, sp, zp, gs, N, NR, dtype, path):
+    """Path 5 or 6 (csrc/w4a16_wgmma.cu, w4a16_wgmma_ws.cu) in Python, as their threads compute it: per CTA (m-block
+    of NR rows, n-block of 128 channels) and 128-deep k-block, x staged chunk by chunk where the kernel puts chunk c
+    of row r (half c / 8, 128-byte row r, chunk (c % 8) ^ (r % 8); path 5's cp.async and path 6's tensor map write
+    the same layout) and read back as wgmma's B through the descriptor (start: half kt / 4 plus 32 bytes per k-tile
+    kt % 4; stride byte offset 1024; the PTX ISA's 128-byte-swizzle K-major layout ((8, m), (8, 2)):((64 elements,
+    SBO), (1, 8)) with address bits 4-6 XORed by bits 7-9).  Each wgmma's A: warp q of the warpgroup supplies A rows
+    16q .. 16q + 15 from one word (sub-tiles 2w, 2w + 1) of one n-tile of the CTA: path 5 issues two wgmma per k-tile
+    (j = 0, 1) from the warpgroup that owns the k-tile's half (kt / 4), warp q taking word 2(q % 2) + j of n-tile
+    q / 2; path 6 one per k-tile from each warpgroup wg, warp q taking word q of n-tile wg.  Nibble pair -> register
+    {0, 2, 1, 3}, the scale and zero of the sub-tile from the lane's pair in the permuted vector, each weight rounded
+    once to `dtype`, placed as the PTX ISA's m64nNk16 A layout puts them; the accumulator fragment (element 4i + 2v
+    + u at A-row 16q + lane/4 + 8v, column 8i + 2(lane%4) + u) stored where the epilogue stores it (row, channel 64
+    tile + 16 word + lane/4 + 8v) and summed over wgmma.  Returns y (M, N) in float64."""
     import numpy as np
     M, K = x.shape
     words = pw.contiguous().view(-1).numpy().astype(np.int64) & 0xFFFFFFFF
@@ -769,17 +783,20 @@ def _emulate_path5(x, pw, sp, zp, gs, N, NR, dtype):
     xf = x.double().numpy()
     k_tiles, n_tiles = K // 16, N // 64
     kreg = (0, 2, 1, 3)
+    # per k-tile, the wgmma issued: for each, warp q's (n-tile of the CTA, word)
+    issues = ([[(q >> 1, 2 * (q & 1) + j) for q in range(4)] for j in range(2)] if path == 5 else
+              [[(wg, q) for q in range(4)] for wg in range(2)])
     y = np.zeros((M, N))
     for mb in range((M + NR - 1) // NR):
         row0 = mb * NR
         for nb in range((N + 127) // 128):
-            red = np.zeros((2, NR, 128))
+            red = np.zeros((NR, 128))
             for kb in range((K + 127) // 128):
                 xs = np.zeros(NR * 128)  # the stage's x, in 2-byte elements (the kernel's byte offsets / 2)
                 for r in range(min(NR, M - row0)):
                     for c in range(16):
                         k = kb * 128 + c * 8
-                        if k < K:  # as the kernel's load_stage writes it
+                        if k < K:
                             at = ((c >> 3) * (NR * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4)) // 2
                             xs[at:at + 8] = xf[row0 + r, k:k + 8]
 
@@ -790,21 +807,20 @@ def _emulate_path5(x, pw, sp, zp, gs, N, NR, dtype):
                     k = kb * 128 + kt * 16
                     if k >= K:
                         break
-                    wg, start, sbo = kt // 4, (kt >> 2) * (NR * 128) + (kt & 3) * 32, 1024  # bytes
+                    start, sbo = (kt >> 2) * (NR * 128) + (kt & 3) * 32, 1024  # bytes
                     B = np.array([[xs[swizzled(start + (n // 8) * sbo + (n % 8) * 128 + kk * 2) // 2]
                                    for kk in range(16)] for n in range(NR)])  # (NR, 16); kk * 2 < 32: one chunk pair
-                    for j in range(2):
+                    g = k // gs
+                    for warps in issues:
                         A = np.zeros((64, 16))
-                        for q in range(4):
-                            tile, half = q >> 1, q & 1
+                        for q, (tile, wd) in enumerate(warps):
                             nt = nb * 2 + tile
                             if nt >= n_tiles:
                                 continue  # the kernel computes garbage rows there and never stores them
-                            g = k // gs
                             for lane in range(32):
-                                word = int(words[((nt * k_tiles + k // 16) * 32 + lane) * 4 + 2 * half + j])
+                                word = int(words[((nt * k_tiles + k // 16) * 32 + lane) * 4 + wd])
                                 for pr in range(4):
-                                    sub = 2 * (2 * half + j) + (pr >> 1)  # the sub-tile of the nibble pair
+                                    sub = 2 * wd + (pr >> 1)  # the sub-tile of the nibble pair
                                     col = 64 * nt + (lane >> 2) * 8 + sub  # the lane's scale vector, element `sub`
                                     sc = S[g, col]
                                     for hh in range(2):
@@ -814,29 +830,30 @@ def _emulate_path5(x, pw, sp, zp, gs, N, NR, dtype):
                                         ri = kreg[pr]
                                         A[16 * q + (lane >> 2) + 8 * (ri & 1), 2 * (lane & 3) + hh + 8 * (ri >> 1)] = w
                         D = A @ B.T  # (64, NR)
-                        for q in range(4):
+                        for q, (tile, wd) in enumerate(warps):
                             for lane in range(32):
                                 for e in range(NR // 2):
                                     i, v, u = e >> 2, (e >> 1) & 1, e & 1
                                     val = D[16 * q + (lane >> 2) + 8 * v, 8 * i + 2 * (lane & 3) + u]
-                                    row, ch = 8 * i + 2 * (lane & 3) + u, 32 * q + 16 * j + (lane >> 2) + 8 * v
-                                    red[wg, row, ch] += val
+                                    row, ch = 8 * i + 2 * (lane & 3) + u, 64 * tile + 16 * wd + (lane >> 2) + 8 * v
+                                    red[row, ch] += val
             rows, cols = min(NR, M - row0), min(128, N - nb * 128)
-            y[row0:row0 + rows, nb * 128:nb * 128 + cols] = (red[0] + red[1])[:rows, :cols]
+            y[row0:row0 + rows, nb * 128:nb * 128 + cols] = red[:rows, :cols]
     return y
 
 
-@pytest.mark.parametrize("M,N,K,gs,sym,NR", [
-    (5, 192, 320, 64, True, 16), (20, 128, 256, 128, False, 32), (40, 192, 320, 32, False, 32),
-    (33, 64, 192, 192, True, 64), (70, 128, 256, 64, False, 128),
+@pytest.mark.parametrize("M,N,K,gs,sym,NR,path", [
+    (5, 192, 320, 64, True, 16, 5), (20, 128, 256, 128, False, 32, 5), (40, 192, 320, 32, False, 32, 5),
+    (33, 64, 192, 192, True, 64, 5), (70, 128, 256, 64, False, 128, 5),
+    (5, 192, 320, 64, False, 128, 6), (130, 64, 192, 192, True, 128, 6), (70, 128, 256, 32, False, 128, 6),
 ])
-def test_path5_emulated(M, N, K, gs, sym, NR):
-    """The wgmma kernel's fragment and layout algebra (not the hardware): emulated lane by lane against float64 with
+def test_wgmma_emulated(M, N, K, gs, sym, NR, path):
+    """The wgmma kernels' fragment and layout algebra (not the hardware): emulated lane by lane against float64 with
     the same 16-bit-rounded weights, on shapes with N % 128 == 64, K % 128 == 64, several m-blocks, every kind of
     group and both weight forms."""
     x, q, s, z = make_problem(M, N, K, gs, sym, torch.bfloat16, "cpu", seed=M * 7 + N)
     pw, sp, zp = kernels.pack_w4(q, s, z, gs)
-    y = _emulate_path5(x, pw, sp, zp, gs, N, NR, torch.bfloat16)
+    y = _emulate_wgmma(x, pw, sp, zp, gs, N, NR, torch.bfloat16, path)
     w = dequantize(q, s, z, gs, dtype=None).to(torch.bfloat16).double()  # each weight rounded once, as the kernel
     want = (x.double() @ w.t()).numpy()
     assert abs(y - want).max() <= 1e-9 * max(1.0, abs(want).max()), abs(y - want).max()
@@ -847,33 +864,39 @@ needs_sm90 = pytest.mark.skipif(not (CUDA and torch.cuda.get_device_capability()
 
 
 @needs_sm90
+@pytest.mark.parametrize("path", [5, 6])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("sym", [True, False])
-def test_gpu_wgmma(sym, dtype):
-    """Path 5, forced: the M sweep on a square and an odd shape (N % 128 == 64, K % 128 == 64), every model shape
-    x group at M = 17..64, 16/32/64/128-row m-blocks and split-K counts forced; poisoned outputs, bitwise repeats."""
-    seed = sweep_forced_path(5, M_SWEEP, lambda seed: 17 + seed % 48, sym, dtype, seed=7000)
-    for M, mt, splits in ((40, 1, -1), (40, 2, 3), (40, 4, -1), (64, 4, 1), (100, 4, 2), (5, 1, 7), (100, 8, -1),
-                          (128, 8, 3), (20, 8, -1)):
-        check_gpu(M, 4096, 4096, 128, sym, dtype, seed=seed, path=5, splits=splits, m_tiles=mt)
+def test_gpu_wgmma(sym, dtype, path):
+    """Paths 5 and 6, forced: the M sweep on a square and an odd shape (N % 128 == 64, K % 128 == 64), every model
+    shape x group at M = 17..64 (path 5) or 65..300 (path 6), the m-block sizes (path 5: 16/32/64/128 rows; path 6:
+    128) and split-K counts forced; poisoned outputs, bitwise repeats."""
+    m_of_seed = (lambda seed: 17 + seed % 48) if path == 5 else (lambda seed: 65 + seed % 236)
+    seed = sweep_forced_path(path, M_SWEEP, m_of_seed, sym, dtype, seed=7000)
+    cases = (((40, 1, -1), (40, 2, 3), (40, 4, -1), (64, 4, 1), (100, 4, 2), (5, 1, 7), (100, 8, -1), (128, 8, 3),
+              (20, 8, -1)) if path == 5 else
+             ((1, 8, -1), (40, 8, 3), (100, -1, 2), (128, 8, 1), (129, -1, -1), (300, -1, 5), (5, -1, 7)))
+    for M, mt, splits in cases:
+        check_gpu(M, 4096, 4096, 128, sym, dtype, seed=seed, path=path, splits=splits, m_tiles=mt)
         seed += 1
 
 
 @needs_sm90
-def test_gpu_wgmma_correctly_rounded_and_graph_replay():
-    """Path 5's bf16 outputs equal the correctly rounded product of its (bf16-rounded) weights for >= 99% of the
-    outputs, as test_gpu_outputs_correctly_rounded asks of the other paths; and it replays in a CUDA graph."""
+@pytest.mark.parametrize("path", [5, 6])
+def test_gpu_wgmma_correctly_rounded_and_graph_replay(path):
+    """The wgmma kernels' bf16 outputs equal the correctly rounded product of their (bf16-rounded) weights for >= 99%
+    of the outputs, as test_gpu_outputs_correctly_rounded asks of the other paths; and they replay in a CUDA graph."""
     N, K, gs = 4096, 4096, 128
     ext = kernels.load_extension()
     for i, M in enumerate((17, 32, 33, 64, 65, 128)):
         x, q, s, z = make_problem(M, N, K, gs, i % 2 == 0, torch.bfloat16, "cuda", seed=400 + i)
         pw, sp, zp = kernels.pack_w4(q, s, z, gs)
-        y = ext.gemm_path(x, pw, sp, zp, gs, 5, -1).double()
+        y = ext.gemm_path(x, pw, sp, zp, gs, path, -1).double()
         w = dequantize(q, s, z, gs, dtype=None).to(torch.bfloat16).double()
         want = (x.double() @ w.t()).to(torch.bfloat16).double()
         share = (y == want).double().mean().item()
         assert share >= 0.99, f"M={M}: only {100 * share:.2f}% of the outputs are correctly rounded"
-    check_graph_replays(5, seed=450)
+    check_graph_replays(path, seed=450)
 
 
 @needs_cuda

@@ -35,10 +35,10 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 template <typename T> struct Type { using type = T; };
 template <int V> using Int = std::integral_constant<int, V>;
 
-// kern<<<grid, block, smem, stream>>>(p), with programmatic stream serialization when `pdl` (the
+// kern<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization when `pdl` (the
 // host decides: sm_90+ only, see use_pdl in ops.cpp and pdl_wait above).
-template <class Kern, class P>
-cudaError_t launch(Kern kern, dim3 grid, int block, int smem, cudaStream_t stream, bool pdl, const P& p) {
+template <class Kern, class... Args>
+cudaError_t launch(Kern kern, dim3 grid, int block, int smem, cudaStream_t stream, bool pdl, const Args&... args) {
   cudaLaunchAttribute attr{};
   attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr.val.programmaticStreamSerializationAllowed = 1;
@@ -49,7 +49,7 @@ cudaError_t launch(Kern kern, dim3 grid, int block, int smem, cudaStream_t strea
   cfg.stream = stream;
   cfg.attrs = &attr;
   cfg.numAttrs = pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, kern, p);
+  return cudaLaunchKernelEx(&cfg, kern, args...);
 }
 
 }  // namespace lowbit

@@ -29,7 +29,8 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 // 0 = fused mma.sync kernel, 1 = dequantize to a 16-bit temporary + cuBLAS,
 // 2 = the streaming kernel (w4a16_kernel.cu), 3 = the same with its weight ring in shared memory,
 // 4 = path 2 with the weights as the mma's A operand (M <= 8), 5 = the wgmma kernel (w4a16_wgmma.cu: Hopper's
-// warpgroup tensor cores, compute capability 9.0 only: picked for M = 17..512 there, see below).
+// warpgroup tensor cores, compute capability 9.0 only: picked for M = 17..64 there, see below), 6 = the wgmma
+// kernel with a producer warp and 128-row m-blocks (w4a16_wgmma_ws.cu; 9.0 only: M = 65..512 there).
 // Thresholds from the microbenchmark on an H200, torch 2.11 (BENCHMARKS.md, "Kernel microbenchmark";
 // kernels/NOTES.md v5-v7): Llama-3-8B's four linears, g128 symmetric, sum in us.
 //   streaming, register ring (2) vs shared-memory ring (3), one process each line:
@@ -63,7 +64,7 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 // weights dominate: up to M = 96 at 32-row tiles (m_tiles_for), ahead of the fused kernel, which
 // the heuristic no longer picks (forced paths and the benchmark keep it); from 97 rows cuBLAS on a
 // dequantized copy wins despite writing and re-reading 2 bytes per weight (~140 us of the 285 at M=128).
-// LOWBIT_W4A16_PATH=0..5 in the environment overrides it for every call of the process (end-to-end
+// LOWBIT_W4A16_PATH=0..6 in the environment overrides it for every call of the process (end-to-end
 // A/B runs of a path without a rebuild; read once); 4 only for calls of at most 8 rows (a prefill takes
 // the rule below).
 //   path 5 (wgmma) vs path 1 on an H100 (2026-12-05, session 14, torch 2.11.0+cu130, one process, eval/kernels.py
@@ -86,18 +87,29 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 //   179.2 at 64; path 5 vs path 1: 163.9 vs 378.2 at 128, 264.9 vs 406.1 / 270.1 vs 406.3 at 256, 416.1 vs 460.8 /
 //   417.3 vs 459.3 at 384, 451.8 vs 488.7 / 451.0 vs 490.3 at 512, 776.7 vs 633.0 / 769.8 vs 633.6 at 768.  At
 //   M = 16 path 2 keeps it (H200: 70.1 vs 76.5).  So path 5 for M = 17..512 where it runs, path 1 above.
+//   path 6 (path 5's "v15": a producer warp and the copy engine; NOTES.md v15) against path 5 v13 on an H100
+//   (2026-12-06, third session, torch 2.11.0+cu130, each build in its own process, two alternating runs,
+//   eval/kernels.py --reps 10, raw files eval/results/h100_2026-12-06_s27 and _s28), sym / with zeros, at the m-block
+//   sizes path 5 picks (16-64 rows below 65, 128 from 65): 91.1 vs 82.5 / 99.6 vs 87.2 at M = 17, 94.5 vs 86.1 /
+//   104.2 vs 91.4 at 32, 103.5 vs 106.6 / 112.5 vs 110.1 at 48, 107.2 vs 110.2 / 117.1 vs 114.5 at 64; 142.0 vs
+//   161.0 / 147.3 vs 163.9 at 128, 223.5 vs 261.9 / 234.4 vs 267.9 at 256.  So path 5 for M = 17..64, path 6
+//   (128-row m-blocks only) from 65.  One process of the final tree (same day, kernels_bench_F.md in
+//   eval/results/h100_2026-12-06_s30), path 6 vs path 5 (sym): 144.0 vs 159.0 at M = 65, 136.0 vs 170.0 at 96;
+//   path 6 vs path 1, sym / with zeros: 386.3 vs 492.7 at 512, 560.6 vs 573.2 / 591.2 vs 572.2 at 640, 649.4 vs
+//   645.7 at 768, 745.3 vs 768.7 / 772.3 vs 768.9 at 1024: a tie from 640, so path 1 above 512 as before.
 constexpr int64_t kSwapMaxM = 8;
 constexpr int64_t kRegRingMaxM = 16;
 constexpr int64_t kDequantMinM = 97;
 constexpr int64_t kWgmmaMinM = 17;
 constexpr int64_t kWgmmaMaxM = 512;
+constexpr int64_t kWgmmaWsMinM = 65;
 int64_t forced_path() {
   static const int64_t forced = [] {
     const char* env = std::getenv("LOWBIT_W4A16_PATH");
     if (env == nullptr || *env == '\0') return int64_t{-1};
     const std::string v(env);
-    TORCH_CHECK(v.size() == 1 && v[0] >= '0' && v[0] <= '5',
-                "LOWBIT_W4A16_PATH must be 0, 1, 2, 3, 4 or 5 (or unset), got '", v, "'");
+    TORCH_CHECK(v.size() == 1 && v[0] >= '0' && v[0] <= '6',
+                "LOWBIT_W4A16_PATH must be 0, 1, 2, 3, 4, 5 or 6 (or unset), got '", v, "'");
     return int64_t{v[0] - '0'};
   }();
   return forced;
@@ -109,29 +121,29 @@ int64_t choose_path(int64_t M, int64_t N, int64_t K, bool wgmma) {
   if (const int64_t forced = forced_path(); forced >= 0 && (forced != 4 || M <= kSwapMaxM)) return forced;
   if (M <= kSwapMaxM) return 4;
   if (M <= kRegRingMaxM) return 2;
-  if (wgmma && M >= kWgmmaMinM && M <= kWgmmaMaxM) return 5;
+  if (wgmma && M >= kWgmmaMinM && M <= kWgmmaMaxM) return M >= kWgmmaWsMinM ? 6 : 5;
   if (M < kDequantMinM) return 3;
   return 1;
 }
 
-// m16 tiles per CTA for a path that tiles M (0, 2, 3, 5), the rows one CTA covers being 16 x that: the
+// m16 tiles per CTA for a path that tiles M (0, 2, 3, 5, 6), the rows one CTA covers being 16 x that: the
 // second half of the heuristic above (the same measurements), kept apart because forced paths need it too.
 // The fused kernel and the wgmma kernel (path 5): mma_m_tiles (1, 2, then 4 from M = 33); path 5 takes 8 (one
 // 128-row m-block) from M = 65 (H100, 2026-12-06, BENCHMARKS.md "Path 5 v12": 219.4 vs 268.5 us at M = 96, 222.0 vs
-// 272.9 at 128 against 64-row m-blocks; 213.1 vs 152.2 at 64). The streaming kernels
+// 272.9 at 128 against 64-row m-blocks; 213.1 vs 152.2 at 64); path 6 only 8. The streaming kernels
 // (is_streaming): at most 2, as
 // their ring and registers are sized for (w4a16.h; 203-255 registers at 4, NOTES.md open issue 2),
 // measured above: M = 33..96 runs as 32-row m-blocks.  At 64-row m-blocks (forced, H200, 2026-11-29, eighth
 // session, kernels/bench_h200_s8_mt4.md) they lose: 172.8 / 184.0 / 327.0 us (shared ring) against 156.4 /
 // 159.5 / 236.4 at M = 48 / 64 / 96.
-// Paths 2, 3 and 4 run the streaming kernel (w4a16_kernel.cu); 0 and 5 their own kernels, 1 cuBLAS.  The one
+// Paths 2, 3 and 4 run the streaming kernel (w4a16_kernel.cu); 0, 5 and 6 their own kernels, 1 cuBLAS.  The one
 // place that says so: m_tiles_for and gemm_path both ask (writing the test twice once sent path 5 to the
 // streaming launcher, kernels/NOTES.md v11c).
 bool is_streaming(int64_t path) { return path >= 2 && path <= 4; }
 
 int m_tiles_for(int64_t path, int64_t M) {
   const int mt = mma_m_tiles((int)M);
-  if (path == 5 && M > 64) return 8;  // one 128-row m-block: each weight dequantized once for up to 128 rows
+  if (path == 6 || (path == 5 && M > 64)) return 8;  // 128-row m-blocks: each weight dequantized once per 128 rows
   return is_streaming(path) ? std::min(mt, 2) : mt;
 }
 
@@ -315,10 +327,12 @@ StreamPlan plan_stream(int64_t M, int64_t K, int64_t gs, bool has_z, int mt, boo
 
 // path: -1 = heuristic, 0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming kernel,
 // 3 = streaming kernel with its weight ring in shared memory, 4 = path 2 with swapped operands (M <= 8),
-// 5 = the wgmma kernel (sm_90 GPUs; its m-blocks and split-K as path 0's).
-// splits: -1 = the launch plan's split-K count; > 0 asks for that many (paths 0, 2, 3, 4, 5; the count
+// 5 = the wgmma kernel (sm_90 GPUs; its m-blocks and split-K as path 0's), 6 = the wgmma kernel with a producer
+// warp (sm_90 GPUs; 128-row m-blocks only, split-K as path 0's).
+// splits: -1 = the launch plan's split-K count; > 0 asks for that many (paths 0, 2, 3, 4, 5, 6; the count
 // actually run can differ: no split may be empty). A benchmark knob (eval/kernels.py "[stream/s4]").
-// m_tiles: -1 = m_tiles_for(path, M); 1, 2 or 4 m16 tiles per CTA instead (paths 0, 2, 3, 5; path 5 also 8;
+// m_tiles: -1 = m_tiles_for(path, M); 1, 2 or 4 m16 tiles per CTA instead (paths 0, 2, 3, 5; path 5 also 8, path 6
+// only 8;
 // path 4 takes only 1, and at most 8 rows; more m-blocks when fewer): the benchmark knob (eval/kernels.py
 // "[mma/mt2]") that measured the M = 33..96 rule above.
 // The streaming kernel at one m-tile keeps its exact-weight arithmetic for any M.
@@ -333,10 +347,11 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   const bool has_z = z.has_value();
   const DeviceInfo& d = device_info(x.get_device());
   if (path < 0) path = choose_path(M, N, K, d.major == 9 && d.minor == 0);
-  TORCH_CHECK(want_m_tiles == -1 || want_m_tiles == 1 || want_m_tiles == 2 || want_m_tiles == 4 ||
-                  (want_m_tiles == 8 && path == 5),
-              "w4a16_gemm: m_tiles must be -1 (by M), 1, 2, 4 or (path 5 only) 8, got ", want_m_tiles, " for path ",
-              path);
+  TORCH_CHECK(path == 6 ? want_m_tiles == -1 || want_m_tiles == 8
+                        : want_m_tiles == -1 || want_m_tiles == 1 || want_m_tiles == 2 || want_m_tiles == 4 ||
+                              (want_m_tiles == 8 && path == 5),
+              "w4a16_gemm: m_tiles must be -1 (by M), 1, 2, 4 or (path 5 only) 8, and path 6 takes only -1 or 8, got ",
+              want_m_tiles, " for path ", path);
   int* counters = counters_for(x, stream);  // on every call, whatever the path: see counters_for
   const bool pdl = use_pdl(d);
 
@@ -348,10 +363,9 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
     return at::mm(x, w16.t());
   }
 
-  TORCH_CHECK(path >= 0 && path <= 5, "w4a16_gemm: path must be -1 (heuristic), 0, 1, 2, 3, 4 or 5, got ", path);
-  TORCH_CHECK(path != 5 || (d.major == 9 && d.minor == 0),
-              "w4a16_gemm: path 5 (wgmma) runs on compute capability 9.0 (H100, H200) only, this GPU has ", d.major,
-              ".", d.minor);
+  TORCH_CHECK(path >= 0 && path <= 6, "w4a16_gemm: path must be -1 (heuristic), 0, 1, 2, 3, 4, 5 or 6, got ", path);
+  TORCH_CHECK(path < 5 || (d.major == 9 && d.minor == 0), "w4a16_gemm: path ", path,
+              " (wgmma) runs on compute capability 9.0 (H100, H200) only, this GPU has ", d.major, ".", d.minor);
   TORCH_CHECK(path != 4 || (M <= 8 && (want_m_tiles == -1 || want_m_tiles == 1)),
               "w4a16_gemm: path 4 (swapped operands) takes M <= 8 and one m-tile, got M=", M, ", m_tiles=", want_m_tiles);
   at::Tensor y = at::empty({M, N}, x.options());
@@ -376,7 +390,9 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   } else {
     // Split K until one wave of resident CTAs is (nearly) full: memory-bound
     // decode needs every SM streaming weights.  Never more splits than k-blocks.
-    const int occupancy = path == 5 ? wgmma_occupancy(fp16, has_z, mt) : mma_occupancy(fp16, has_z, mt);
+    const int occupancy = path == 6   ? wgmma_ws_occupancy(fp16, has_z)
+                          : path == 5 ? wgmma_occupancy(fp16, has_z, mt)
+                                      : mma_occupancy(fp16, has_z, mt);
     const int64_t slots = (int64_t)d.sms * occupancy;
     if (ctas < slots && ctas <= kCounterCapacity) splits = std::min<int64_t>(kb_total, slots / ctas);
     if (want_splits > 0) {
@@ -416,6 +432,8 @@ at::Tensor gemm_path(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
                                  stream, pdl));
   } else if (path == 5) {
     C10_CUDA_CHECK(launch_wgmma(p, fp16, has_z, mt, (int)m_blocks, (int)n_blocks, stream, pdl));
+  } else if (path == 6) {
+    C10_CUDA_CHECK(launch_wgmma_ws(p, fp16, has_z, (int)m_blocks, (int)n_blocks, stream, pdl));
   } else {
     C10_CUDA_CHECK(launch_mma(p, fp16, has_z, mt, (int)m_blocks, (int)n_blocks, stream, pdl));
   }
@@ -516,8 +534,8 @@ TORCH_LIBRARY_IMPL(lowbit, CUDA, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_path", &lowbit::gemm_path,
         "w4a16 GEMM with a forced path (-1 auto, 0 mma, 1 dequant+cuBLAS, 2 streaming, 3 streaming with a "
-        "shared-memory ring, 4 streaming with swapped operands, M <= 8, 5 wgmma, compute capability 9.0) and "
-        "optionally a split-K count and m16 tiles per CTA (1, 2 or 4)",
+        "shared-memory ring, 4 streaming with swapped operands, M <= 8, 5 wgmma, 6 wgmma with a producer warp, both "
+        "compute capability 9.0) and optionally a split-K count and m16 tiles per CTA (1, 2 or 4; 8 for paths 5, 6)",
         py::arg("x"), py::arg("packed_w"), py::arg("scales"), py::arg("zeros"), py::arg("group_size"),
         py::arg("path"), py::arg("splits") = -1, py::arg("m_tiles") = -1);
   m.def(
@@ -541,7 +559,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       py::arg("splits") = -1, py::arg("smem_ring") = false);
   m.def("choose_path", &lowbit::choose_path,
         "0 = fused mma kernel, 1 = dequantize + cuBLAS, 2 = streaming, 3 = streaming with a shared-memory ring, "
-        "4 = streaming with swapped operands, 5 = wgmma (compute capability 9.0 only: `wgmma` says the GPU is one)",
+        "4 = streaming with swapped operands, 5 = wgmma, 6 = wgmma with a producer warp (5 and 6 on compute capability "
+        "9.0 only: `wgmma` says the GPU is one)",
         py::arg("M"), py::arg("N"), py::arg("K"), py::arg("wgmma") = false);
   m.def("decode_attention", &lowbit::decode_attention,
         "kv16_decode_attention with a forced number of column splits (-1: decode_attention_splits)",

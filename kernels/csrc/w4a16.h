@@ -51,11 +51,16 @@ cudaError_t launch_mma(const GemmParams& p, bool fp16, bool has_z, int mt, int m
 int stream_occupancy(bool fp16, bool has_z, int mt, bool smem_ring, bool swap);  // CTAs per SM, by registers
 cudaError_t launch_stream(const GemmParams& p, bool fp16, bool has_z, int mt, bool smem_ring, bool swap,
                           int m_blocks, int n_blocks, int smem_bytes, cudaStream_t stream, bool pdl);
-// Path 5, the wgmma kernel (w4a16_wgmma.cu; sm_90a only; choose_path: M = 17..512): as launch_mma, NR = 16 * mt rows per
+// Path 5, the wgmma kernel (w4a16_wgmma.cu; sm_90a only; choose_path: M = 17..64): as launch_mma, NR = 16 * mt rows per
 // m-block.
 int wgmma_occupancy(bool fp16, bool has_z, int mt);
 cudaError_t launch_wgmma(const GemmParams& p, bool fp16, bool has_z, int mt, int m_blocks, int n_blocks,
                          cudaStream_t stream, bool pdl);
+// Path 6, the wgmma kernel with a producer warp (w4a16_wgmma_ws.cu; sm_90a only; choose_path: M = 65..512): as
+// launch_mma with 128 rows per m-block.
+int wgmma_ws_occupancy(bool fp16, bool has_z);
+cudaError_t launch_wgmma_ws(const GemmParams& p, bool fp16, bool has_z, int m_blocks, int n_blocks, cudaStream_t stream,
+                            bool pdl);
 cudaError_t launch_dequant(const DequantParams& p, bool fp16, bool has_z, cudaStream_t stream, bool pdl);
 
 }  // namespace lowbit
