@@ -115,10 +115,11 @@ def test_smollm2_int4_g32_float_zero_reproduces_float_perplexity(smollm2_gguf, w
 @torch.no_grad()
 def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikitext, zero):
     """Issue 4: SmolLM2's perplexity through w4a16_gemm (int4-marlin) against the PyTorch reference of the same
-    scheme, in bf16. Windows of 8, 16, 32, 64 and 1024 tokens (one window per forward, so M = the window) send the
-    linears through each path the heuristic takes: the streaming kernel with swapped operands, with its register ring,
-    at 32 and 64 the wgmma kernel (compute capability 9.0) or else the streaming kernel with its shared-memory ring at
-    one and at two 32-row m-blocks, dequantize + cuBLAS (or all through the one
+    scheme, in bf16. Windows of 8, 16, 32, 64, 128 and 1024 tokens (one window per forward, so M = the window) send
+    the linears through each path the heuristic takes: the streaming kernel with swapped operands, with its register
+    ring, at 32 and 64 the wgmma kernel (compute capability 9.0) or else the streaming kernel with its shared-memory
+    ring at one and at two 32-row m-blocks, at 128 the wgmma kernel with a producer warp (9.0) or else dequantize +
+    cuBLAS, which also takes 1024 (or all through the one
     LOWBIT_W4A16_PATH forces).  Every path but the streaming kernels at M <= 16 rounds every weight to
     bf16 before the product, as `int4-g128-*` does; the streaming kernels at M <= 16 (path 4 at M <= 8) use the exact
     weights (fp32 sums scaled per group, w4a16_kernel.cu), so their reference is the same scheme with the product taken
@@ -126,7 +127,9 @@ def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikit
     The bar is 0.3%, not issue 4's 0.1%: at these token counts correct implementations of the same arithmetic
     land up to ~0.3% apart, because a bf16 output that rounds the other way in one layer changes every later
     layer's input (BENCHMARKS.md, "Perplexity through the op": a float32 CPU emulation of the kernel's own
-    arithmetic came out 0.14% above the reference at 16-token windows, the GPU kernel 0.16% below it).  Exactness
+    arithmetic came out 0.14% above the reference at 16-token windows, the GPU kernel 0.16% below it); or three
+    paired standard errors where that is wider (8-token windows with zeros: ~0.16%, and differences of +0.45% and
+    -0.39% with opposite signs on their first run, 2026-12-06).  Exactness
     is tested sharply elsewhere (test_kernels.py: the share of correctly rounded outputs); 0.1% holds on the whole
     split at 2048-token windows (BENCHMARKS.md, perplexity table)."""
     import copy
@@ -148,8 +151,10 @@ def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikit
         if isinstance(m, Int4):  # the reference's forward in float32: exact weights, float32 product
             m.forward = lambda x, m=m: Int4.forward(m, x.float()).to(x.dtype)
     forced = os.environ.get("LOWBIT_W4A16_PATH")  # e.g. 3: every window through path 3
-    mid = "wgmma" if torch.cuda.get_device_capability() == (9, 0) else "stream_smem"  # csrc/ops.cpp choose_path
-    for window, path in ((8, "stream_swap"), (16, "stream"), (32, mid), (64, mid), (1024, "dequant_cublas")):
+    sm90 = torch.cuda.get_device_capability() == (9, 0)  # csrc/ops.cpp choose_path
+    mid, big = ("wgmma", "wgmma_ws") if sm90 else ("stream_smem", "dequant_cublas")
+    for window, path in ((8, "stream_swap"), (16, "stream"), (32, mid), (64, mid), (128, big),
+                         (1024, "dequant_cublas")):
         taken = kernels.PATHS[int(forced)] if forced and (forced != "4" or window <= 8) else path
         assert kernels.choose_path(window, 1536, 576) == taken
         exact_weights = taken in ("stream", "stream_smem", "stream_swap") and window <= 16
@@ -159,7 +164,9 @@ def test_smollm2_perplexity_through_kernel_matches_reference(smollm2_gguf, wikit
         diff, se = paired_difference(got, want)
         print(f"{zero} window {window} ({taken}): {got['ppl']:.4f} vs {want['ppl']:.4f}, "
               f"{100 * diff:+.3f}% ± {100 * se:.3f}% (paired s.e.)")  # >= 4,096 tokens: many windows
-        assert got["ppl"] == pytest.approx(want["ppl"], rel=3e-3), \
+        # 0.3%, or three standard errors of the paired difference where the windows are too short to resolve that
+        # (8-token windows: perplexities near 1,000, BENCHMARKS.md "Perplexity through the op")
+        assert abs(diff) <= max(3e-3, 3 * (se or 0.0)), \
             (window, path, "exact weights" if exact_weights else "bf16 weights", f"{100 * diff:+.3f}% ± {100 * se:.3f}%")
 
 
