@@ -153,6 +153,19 @@ LOWBIT_WGMMA_N128(__half, "f16")
 #undef LOWBIT_WGMMA_N32
 #undef LOWBIT_WGMMA_N64
 #undef LOWBIT_WGMMA_N128
+
+// The epilogue's store of four consecutive fp32 results at element `off` of y (M x N): rounded to T into y when K
+// is not split, else into this split's slice of the fp32 workspace (split_k_finish sums the slices).
+template <typename T>
+__device__ __forceinline__ void store4(const GemmParams& p, int split, size_t off, float4 v) {
+  if (p.k_splits == 1) {
+    auto* dst = reinterpret_cast<typename Traits<T>::T2*>(reinterpret_cast<T*>(p.y) + off);
+    dst[0] = Traits<T>::from_floats(v.x, v.y);
+    dst[1] = Traits<T>::from_floats(v.z, v.w);
+  } else {
+    *reinterpret_cast<float4*>(p.workspace + (size_t)split * p.M * p.N + off) = v;
+  }
+}
 #endif  // LOWBIT_HAS_WGMMA
 
 }  // namespace

@@ -256,23 +256,14 @@ __global__ void __launch_bounds__(kCtaThreads) w4a16_wgmma_ws_kernel(const GemmP
     }
   }
   __syncthreads();
-  const bool single = p.k_splits == 1;
   const int rows = min(NR, M - row0);  // and `cols` channels (above)
-  T* yg = reinterpret_cast<T*>(p.y);
   for (int e = tid; e < rows * (kNBlk / 4); e += kCtaThreads) {
     const int r = e / (kNBlk / 4), c4 = (e % (kNBlk / 4)) * 4;
     if (c4 >= cols) continue;
     const float4 sum = *reinterpret_cast<const float4*>(red + r * kRedPitch + c4);
-    const size_t off = (size_t)(row0 + r) * N + nb * kNBlk + c4;
-    if (single) {
-      T2* dst = reinterpret_cast<T2*>(yg + off);
-      dst[0] = Tr::from_floats(sum.x, sum.y);
-      dst[1] = Tr::from_floats(sum.z, sum.w);
-    } else {
-      *reinterpret_cast<float4*>(p.workspace + (size_t)split * M * N + off) = sum;
-    }
+    store4<T>(p, split, (size_t)(row0 + r) * N + nb * kNBlk + c4, sum);
   }
-  if (single) return;
+  if (p.k_splits == 1) return;
   split_k_finish<T, kCtaThreads>(p, tid, mb, nb, row0, rows);
 #else
   __trap();  // built for another target: the host never launches it there (wgmma_supported)
