@@ -102,7 +102,7 @@ if [ "$MODE" = new ]; then
   before() { [ $(( $(date +%s) - T0 )) -lt "$1" ] || { echo "skipped (time): ${*:2}"; return 1; }; }
   t wgmma 200 "wgmma or bad_knobs or path_override"
   before 400 bench && timeout 150 python eval/kernels.py --bandwidth --ms 16,32,48,64,96,128 --reps 10 --tag _wgmma \
-    --out "$OUT" --schemes "cublas,ours_sym,ours_sym[wgmma],ours_asym[wgmma],ours_sym[wgmma/mt2],ours_sym[wgmma/mt1]" \
+    --out "$OUT" --schemes "cublas,ours_sym,ours_sym[wgmma],ours_asym[wgmma],ours_sym[wgmma/mt2],ours_sym[wgmma/mt1],ours_sym[ws],ours_asym[ws]" \
     > "$OUT/bench_wgmma.log" 2>&1; echo "bench[wgmma] rc=$?"
   sed -n '/## Sum/,$p' "$OUT/bench_wgmma.log" | grep -E "^\|"
   before 420 prof5 && bash kernels/devcheck.sh prof5 2>&1 | tail -n +3
@@ -111,8 +111,8 @@ if [ "$MODE" = new ]; then
     timeout 100 python -m pytest -q tests/test_attention.py > "$OUT/t_attention.log" 2>&1
     echo "tests[attention] rc=$? $(tail -1 "$OUT/t_attention.log")"; grep -E "^E  |FAILED|Fatal" "$OUT/t_attention.log" | head -8
   fi
-  before 500 memcheck && san memcheck 5,
-  before 530 racecheck && san racecheck "4, 5"  # path 4's racecheck was never run (README)
+  before 500 memcheck && san memcheck "5, 6"
+  before 530 racecheck && san racecheck "4, 5, 6"  # path 4's racecheck was never run (README)
   echo "elapsed $(( $(date +%s) - T0 ))s"
   exit 0
 fi
