@@ -137,7 +137,7 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
   };
   using AFrags = uint32_t[4][2][4];  // the warp's A registers of one k-block: [k-tile kk][wgmma j][a0..a3]
   const T2 magic = HAS_Z ? Tr::magic() : Tr::magic_sym();
-  constexpr int kReg[4] = {0, 2, 1, 3};  // nibble pair -> A register (see the header)
+  constexpr int kReg[4] = {0, 2, 1, 3};  // nibble pair -> A register (w4a16_wgmma.cuh)
 
   // The warp's A fragments of the k-block in ring slot st: its 4 k-tiles (4 wg .. 4 wg + 3), 2 words each; per word
   // pair one shift, one lop3, one subtract and one multiply (fma with zeros).

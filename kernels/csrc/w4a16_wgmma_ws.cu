@@ -114,8 +114,8 @@ __global__ void __launch_bounds__(kCtaThreads) w4a16_wgmma_ws_kernel(const GemmP
   // swizzle wgmma reads; rows past M and k past K arrive as zeros).  Groups past K in the partial last k-block get
   // zero scales, stored by the producer itself, so its missing k-tiles dequantize to exact zeros whatever their
   // weight slots hold; weight tiles that do not exist are not copied (any bits dequantize to finite values, which
-  // meet zero x or reach no stored output).  (Until v14 every thread issued 11-15 cp.async per k-block and the
-  // CTA met at a barrier every k-block.)
+  // meet zero x or reach no stored output).  (In path 5 every thread issues 11-15 cp.async per k-block and the CTA
+  // meets at a barrier every k-block.)
   __shared__ alignas(8) uint64_t full[kStagesWg], empty[kStagesWg];
   const int k_tiles = K >> 4, n_groups = gsh >= 31 ? 1 : K >> gsh, cols = min(kNBlk, N - nb * kNBlk);
   const int groups_per_kb = gsh >= 7 ? 1 : kKBlk >> gsh;
@@ -155,7 +155,7 @@ __global__ void __launch_bounds__(kCtaThreads) w4a16_wgmma_ws_kernel(const GemmP
   };
   using AFrags = uint32_t[8][4];  // the warp's A registers of one k-block: [k-tile][a0..a3]
   const T2 magic = HAS_Z ? Tr::magic() : Tr::magic_sym();
-  constexpr int kReg[4] = {0, 2, 1, 3};  // nibble pair -> A register (see the header)
+  constexpr int kReg[4] = {0, 2, 1, 3};  // nibble pair -> A register (w4a16_wgmma.cuh)
 
   // The warp's A fragments of the k-block in ring slot st: word q of n-tile wg in each of its 8 k-tiles; per word
   // pair one shift, one lop3, one subtract and one multiply (fma with zeros).
