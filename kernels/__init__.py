@@ -18,6 +18,8 @@ Operators torch.ops.lowbit.w4a16_gemm and torch.ops.lowbit.kv16_decode_attention
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from . import attention
@@ -60,8 +62,19 @@ def _attention_fake(q, k_cache, v_cache, mask):
 def _fake(x, packed_w, scales, zeros, group_size):
     M, N, K = check_inputs(x, packed_w, scales, zeros, group_size)
     if x.device.type == "cuda":
+        _check_forced_path(x.device)
         load_extension()  # the compiled graph will call the CUDA kernel at run time
     return x.new_empty((M, N))
+
+
+def _check_forced_path(device: torch.device) -> None:
+    """LOWBIT_W4A16_PATH=5 or 6 (the wgmma kernels) on a GPU that lacks wgmma: a clear error before any call
+    (the C++ check would throw from inside the op, which crashed torch 2.11's process, w4a16_gemm's docstring)."""
+    forced = os.environ.get("LOWBIT_W4A16_PATH", "")
+    if forced in ("5", "6") and torch.cuda.get_device_capability(device) != (9, 0):
+        raise ValueError(f"LOWBIT_W4A16_PATH={forced} forces a wgmma kernel ({PATHS[int(forced)]}), which runs on "
+                         f"compute capability 9.0 (H100, H200) only; {torch.cuda.get_device_name(device)} has "
+                         f"{torch.cuda.get_device_capability(device)}")
 
 
 def load_extension(verbose: bool = False):
@@ -130,10 +143,18 @@ def _check_eager(x, packed_w, scales, zeros, group_size) -> None:
     """The Python-side validation of w4a16_gemm and gemm_path; loads the extension for CUDA inputs."""
     check_inputs(x, packed_w, scales, zeros, group_size)
     if x.is_cuda:
+        _check_forced_path(x.device)
         for name, t in (("x", x), ("packed_w", packed_w), ("scales", scales), ("zeros", zeros)):
             if t is not None and t.data_ptr() % 16:
                 raise ValueError(f"w4a16_gemm: {name} must be 16-byte aligned (the kernel uses 16-byte loads)")
         load_extension()
+
+
+def check_m_tiles(path: int, m_tiles: int, which: str = "") -> None:
+    """gemm_path's m_tiles knob against a path (-1: the heuristic, resolved by the caller where it can)."""
+    if not (m_tiles in (-1, 8) if path == 6 else m_tiles in (-1, 1, 2, 4) or (m_tiles == 8 and path == 5)):
+        raise ValueError(f"gemm_path: m_tiles must be -1 (by M), 1, 2, 4 or (path 5 only) 8, and path 6 takes only "
+                         f"-1 or 8, got {m_tiles} for path {path}{which}")
 
 
 def gemm_path(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
@@ -155,11 +176,13 @@ def gemm_path(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor, zer
                          f"m_tiles={m_tiles}")
     if splits != -1 and splits < 1:
         raise ValueError(f"gemm_path: splits must be -1 (the launch plan) or >= 1, got {splits}")
-    if (m_tiles not in (-1, 8)) if path == 6 else (m_tiles not in (-1, 1, 2, 4) and not (m_tiles == 8 and path == 5)):
-        raise ValueError(f"gemm_path: m_tiles must be -1 (by M), 1, 2, 4 or (path 5 only) 8, and path 6 takes only "
-                         f"-1 or 8, got {m_tiles} for path {path}")
+    if path != -1 or m_tiles not in (-1, 1, 2, 4, 8):
+        check_m_tiles(path, m_tiles)
     if not x.is_cuda:
         raise ValueError(f"gemm_path runs the CUDA kernels: x is on {x.device} (kernels.w4a16_gemm runs anywhere)")
+    if path == -1 and m_tiles != -1:  # the knob must suit the path the heuristic takes for this shape
+        M, K = x.shape
+        check_m_tiles(PATHS.index(choose_path(M, packed_w.shape[0], K)), m_tiles, f" (choose_path's at M={M})")
     if path in (5, 6) and torch.cuda.get_device_capability(x.device) != (9, 0):
         raise ValueError(f"gemm_path: path {path} ({PATHS[path]}) runs on compute capability 9.0 (H100, H200), "
                          f"{torch.cuda.get_device_name(x.device)} has {torch.cuda.get_device_capability(x.device)}")

@@ -250,7 +250,7 @@ def test_wgmma_kernel_assembles_without_serialization_or_spills(tmp_path, source
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     log = out.stdout + out.stderr
-    assert re.search(r"w4a16_wgmma(_ws)?_kernel", log), log[-3000:]
+    assert ("w4a16_wgmma_ws_kernel" in log) == (source == "w4a16_wgmma_ws.cu") and "w4a16_wgmma" in log, log[-3000:]
     assert not re.search(r"C75\d\d|serializ|[1-9]\d* bytes spill", log), log[-3000:]
 
 
@@ -311,7 +311,7 @@ def test_path_override_from_environment():
     import sys
     code = "import kernels; m = kernels.load_extension(); print([m.choose_path(M, 4096, 4096) for M in (1, 64, 999)])"
     root = str(kbuild.REPO)
-    for forced, want in (("3", "[3, 3, 3]"), ("4", "[4, 3, 1]")):  # 4 takes at most 8 rows: larger calls as usual
+    for forced, want in (("3", "[3, 3, 3]"), ("4", "[4, 3, 1]"), ("6", "[6, 6, 6]")):  # 4: at most 8 rows
         env = dict(os.environ, LOWBIT_W4A16_PATH=forced)
         out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
                              timeout=600)
@@ -605,6 +605,7 @@ _M_TILES = "m_tiles must be -1 (by M), 1, 2, 4 or (path 5 only) 8, and path 6 ta
     ((0, -1, 3), f"{_M_TILES} 3 for path 0"),
     ((3, -1, 8), f"{_M_TILES} 8 for path 3"),
     ((6, -1, 4), f"{_M_TILES} 4 for path 6"),
+    ((-1, -1, 3), f"{_M_TILES} 3 for path -1"),
     ((7, -1, -1), "path must be -1 (choose_path) or 0-6"),
     ((4, -1, 2), "path 4 (stream_swap) takes at most 8 rows and one m-tile, got M=4, m_tiles=2"),
     ((0, 0, -1), "splits must be -1 (the launch plan) or >= 1, got 0"),
@@ -616,6 +617,32 @@ def test_gemm_path_bad_knobs_raise(knobs, message):
     x, q, s, z = make_problem(4, 256, 512, 128, True, torch.bfloat16, "cpu", seed=1)
     with pytest.raises(ValueError, match=re.escape(message)):
         kernels.gemm_path(x, *kernels.pack_w4(q, s, z, 128), 128, *knobs)
+
+
+def test_check_m_tiles_per_path():
+    """The m_tiles knob per path (gemm_path checks an explicit path at once and the heuristic's path on the GPU,
+    where choose_path can answer): 8 for paths 5 and 6 only, and path 6 takes nothing else."""
+    for path in (0, 2, 3, 5):
+        for mt in (-1, 1, 2, 4):
+            kernels.check_m_tiles(path, mt)
+    kernels.check_m_tiles(5, 8)
+    kernels.check_m_tiles(6, 8)
+    for path, mt in ((0, 8), (3, 8), (6, 1), (6, 2), (6, 4), (2, 3)):
+        with pytest.raises(ValueError, match=re.escape(f"{_M_TILES} {mt} for path {path}")):
+            kernels.check_m_tiles(path, mt)
+
+
+@needs_cuda
+def test_gpu_gemm_path_m_tiles_checked_against_the_heuristics_path():
+    """gemm_path(path=-1, m_tiles=...) raises in Python when the path choose_path takes cannot use that m-tile count
+    (M = 100 is path 6 on compute capability 9.0, 128-row m-blocks only), instead of in the C++ op."""
+    x, q, s, z = make_problem(100, 256, 512, 128, True, torch.bfloat16, "cuda", seed=3)
+    pw, sp, zp = kernels.pack_w4(q, s, z, 128)
+    if kernels.choose_path(100, 256, 512) == "wgmma_ws":
+        with pytest.raises(ValueError, match=re.escape(f"{_M_TILES} 2 for path 6 (choose_path's at M=100)")):
+            kernels.gemm_path(x, pw, sp, zp, 128, -1, -1, 2)
+    else:  # paths 1 and 3 take the knob (path 1 ignores it)
+        assert_close(kernels.gemm_path(x, pw, sp, zp, 128, -1, -1, 2), x, q, s, z, 128, "M=100 m_tiles=2")
 
 
 def _emulate_path4(x, pw, sp, zp, gs, N, splits_wanted):

@@ -86,7 +86,8 @@ constexpr int64_t kCounterCapacity = 1 << 16;  // (m-block, n-block) tiles that 
 //   M = 17, 86.7 vs 102.9 / 92.4 vs 111.5 at 32, 106.3 vs 159.7 / 108.2 vs 167.4 at 48, 111.4 vs 163.4 / 115.2 vs
 //   179.2 at 64; path 5 vs path 1: 163.9 vs 378.2 at 128, 264.9 vs 406.1 / 270.1 vs 406.3 at 256, 416.1 vs 460.8 /
 //   417.3 vs 459.3 at 384, 451.8 vs 488.7 / 451.0 vs 490.3 at 512, 776.7 vs 633.0 / 769.8 vs 633.6 at 768.  At
-//   M = 16 path 2 keeps it (H200: 70.1 vs 76.5).  So path 5 for M = 17..512 where it runs, path 1 above.
+//   M = 16 path 2 keeps it (H200: 70.1 vs 76.5).  So path 5 took M = 17..512 where it runs, path 1 above (until
+//   path 6, next).
 //   path 6 (path 5's "v15": a producer warp and the copy engine; NOTES.md v15) against path 5 v13 on an H100
 //   (2026-12-06, third session, torch 2.11.0+cu130, each build in its own process, two alternating runs,
 //   eval/kernels.py --reps 10, raw files eval/results/h100_2026-12-06_s27 and _s28), sym / with zeros, at the m-block

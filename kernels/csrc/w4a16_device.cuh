@@ -1,6 +1,6 @@
-// Device helpers and host dispatch shared by the GEMM kernel files (w4a16_kernel.cu: the mma.sync
-// kernels and the dequantize pass; w4a16_wgmma.cu: the Hopper wgmma kernel): the 16-bit types' tensor-core
-// products and dequantization constants, cp.async and ldmatrix, the split-K finish, and the host-side
+// Device helpers and host dispatch shared by the GEMM kernel files (w4a16_kernel.cu: the mma.sync kernels and
+// the dequantize pass; w4a16_wgmma.cu, w4a16_wgmma_ws.cu: the Hopper wgmma kernels): the 16-bit types'
+// tensor-core products and dequantization constants, cp.async and ldmatrix, the split-K finish, and the host-side
 // dispatch of runtime (dtype, zeros, m-tiles) to template arguments.  Everything lives in an anonymous
 // namespace: each kernel file has its own copy.
 #pragma once

@@ -3,8 +3,8 @@
 //
 // History (kernels/NOTES.md v14-v15): written 2026-12-06 without device time as "v15" of path 5; its first run on an
 // H100 the same day was correct and, at 128-row m-blocks, 12-16 % faster than path 5 (Llama-3-8B's four linears:
-// 142.0 vs 161.0 us at M = 128, 223.5 vs 261.9 at 256); at 16-64 rows no faster or slower (91.1 vs 82.5 us at
-// M = 17), so it became path 6 with 128-row m-blocks only, and path 5 keeps the smaller ones.
+// 142.0 vs 161.0 us at M = 128, 223.5 vs 261.9 at 256); at 16-32 rows slower (91.1 vs 82.5 us at M = 17) and at
+// 48-64 even, so it became path 6 with 128-row m-blocks only, and path 5 keeps the smaller ones.
 // LOWBIT_W4A16_PATH=6 or gemm_path(..., path=6) forces it at any M.
 //
 // Operands, x's swizzled shared-memory layout, dequantization and rounding: w4a16_wgmma.cuh (shared with path 5).
@@ -162,9 +162,10 @@ __global__ void __launch_bounds__(kCtaThreads) w4a16_wgmma_ws_kernel(const GemmP
   const int w_lane = (wg * 8 * 32 + lane) * 16 + q * 4;
   // the scales of sub-tiles 2q, 2q + 1 of n-tile wg (channels 16q + lane/4 and 16q + 8 + lane/4) in a group's row
   const int s_lane = kWBytes + S::kXBytes + (wg * 64 + (lane >> 2) * 8 + 2 * q) * 2;
-  // The partial last k-block (K % 128 == 64) has no k-tiles 4-7; they are dequantized all the same:
-  // zero scales (and zeros) give zero A, which meets zero-filled x, so there is no branch here, nor between the
-  // wgmma (a branch there makes ptxas serialize every wgmma of the kernel: warning C7520).
+  // The partial last k-block (K % 128 == 64) has no k-tiles 4-7; they are dequantized all the same (from whatever
+  // the slot's weights hold: finite values) with zero scales (and zeros) where groups end at K, or the channel's
+  // own scale with one group per channel, and meet zero-filled x either way; so there is no branch here, nor
+  // between the wgmma (a branch there makes ptxas serialize every wgmma of the kernel: warning C7520).
   auto dequantize = [&](int st, AFrags& a) {
     const uint8_t* base = stage_ptr(st);
 #pragma unroll
@@ -243,6 +244,9 @@ __global__ void __launch_bounds__(kCtaThreads) w4a16_wgmma_ws_kernel(const GemmP
       if (i + 1 < nkb) step(i + 1, a1, a0);
     }
   }
+  // The producer warp's idle lanes 1-31 get here at once, so each CTA lets the next kernel launch from its start
+  // (not after its big reads, launch.cuh's rule; correct either way, that kernel waits for this one before reading
+  // what it writes); that is how path 6 was measured (kernels/NOTES.md v15).
   pdl_launch_dependents();
   __syncthreads();  // every warp's wgmma and shared reads are done: the ring is reused for the partial sums
   // ---- y or the split's workspace slice, through shared memory for coalesced rows ----
@@ -266,7 +270,7 @@ __global__ void __launch_bounds__(kCtaThreads) w4a16_wgmma_ws_kernel(const GemmP
   if (p.k_splits == 1) return;
   split_k_finish<T, kCtaThreads>(p, tid, mb, nb, row0, rows);
 #else
-  __trap();  // built for another target: the host never launches it there (wgmma_supported)
+  __trap();  // built for another target: the host never launches it there (gemm_path checks the GPU)
 #endif
 }
 
