@@ -67,14 +67,20 @@ def _fake(x, packed_w, scales, zeros, group_size):
     return x.new_empty((M, N))
 
 
+def _require_wgmma(device: torch.device, what: str) -> None:
+    """Paths 5 and 6 (the wgmma kernels) exist on compute capability 9.0 only (kernels/build.py builds it as 9.0a):
+    a clear error in Python, before the C++ check would throw from inside the op (which crashed torch 2.11's
+    process, w4a16_gemm's docstring)."""
+    if torch.cuda.get_device_capability(device) != (9, 0):
+        raise ValueError(f"{what} runs on compute capability 9.0 (H100, H200) only; "
+                         f"{torch.cuda.get_device_name(device)} has {torch.cuda.get_device_capability(device)}")
+
+
 def _check_forced_path(device: torch.device) -> None:
-    """LOWBIT_W4A16_PATH=5 or 6 (the wgmma kernels) on a GPU that lacks wgmma: a clear error before any call
-    (the C++ check would throw from inside the op, which crashed torch 2.11's process, w4a16_gemm's docstring)."""
+    """LOWBIT_W4A16_PATH=5 or 6 on a GPU that lacks wgmma."""
     forced = os.environ.get("LOWBIT_W4A16_PATH", "")
-    if forced in ("5", "6") and torch.cuda.get_device_capability(device) != (9, 0):
-        raise ValueError(f"LOWBIT_W4A16_PATH={forced} forces a wgmma kernel ({PATHS[int(forced)]}), which runs on "
-                         f"compute capability 9.0 (H100, H200) only; {torch.cuda.get_device_name(device)} has "
-                         f"{torch.cuda.get_device_capability(device)}")
+    if forced in ("5", "6"):
+        _require_wgmma(device, f"LOWBIT_W4A16_PATH={forced} forces a wgmma kernel ({PATHS[int(forced)]}), which")
 
 
 def load_extension(verbose: bool = False):
@@ -183,9 +189,8 @@ def gemm_path(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor, zer
     if path == -1 and m_tiles != -1:  # the knob must suit the path the heuristic takes for this shape
         M, K = x.shape
         check_m_tiles(PATHS.index(choose_path(M, packed_w.shape[0], K)), m_tiles, f" (choose_path's at M={M})")
-    if path in (5, 6) and torch.cuda.get_device_capability(x.device) != (9, 0):
-        raise ValueError(f"gemm_path: path {path} ({PATHS[path]}) runs on compute capability 9.0 (H100, H200), "
-                         f"{torch.cuda.get_device_name(x.device)} has {torch.cuda.get_device_capability(x.device)}")
+    if path in (5, 6):
+        _require_wgmma(x.device, f"gemm_path: path {path} ({PATHS[path]})")
     _check_eager(x, packed_w, scales, zeros, group_size)
     return load_extension().gemm_path(x, packed_w, scales, zeros, group_size, path, splits, m_tiles)
 

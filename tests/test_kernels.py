@@ -632,6 +632,19 @@ def test_check_m_tiles_per_path():
             kernels.check_m_tiles(path, mt)
 
 
+def test_forced_wgmma_path_on_another_gpu_is_a_clear_error(monkeypatch):
+    """LOWBIT_W4A16_PATH=5 or 6 where the GPU lacks wgmma: a ValueError from Python naming the GPU (runs on CPU: the
+    capability query is stubbed), not the C++ op's exception."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")
+    monkeypatch.setenv("LOWBIT_W4A16_PATH", "6")
+    with pytest.raises(ValueError, match=re.escape("LOWBIT_W4A16_PATH=6 forces a wgmma kernel (wgmma_ws), which runs "
+                                                   "on compute capability 9.0 (H100, H200) only; NVIDIA A100 has (8, 0)")):
+        kernels._check_forced_path(torch.device("cuda"))
+    monkeypatch.setenv("LOWBIT_W4A16_PATH", "3")
+    kernels._check_forced_path(torch.device("cuda"))  # other paths run anywhere
+
+
 @needs_cuda
 def test_gpu_gemm_path_m_tiles_checked_against_the_heuristics_path():
     """gemm_path(path=-1, m_tiles=...) raises in Python when the path choose_path takes cannot use that m-tile count
