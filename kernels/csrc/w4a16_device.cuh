@@ -174,7 +174,12 @@ __device__ __forceinline__ int split_k_blocks(const GemmParams& p, int split) {
 // tile, `rows` rows from row0 x kMmaNBlock channels, to workspace slice `split`: the last CTA of the tile
 // to arrive sums the k_splits partials in split order 0..S-1 (the result does not depend on the order
 // CTAs finish in), writes y and resets the tile's counter for the next launch on this stream.
-template <typename T, int THREADS>
+// The sum is a chain of L2 round trips on the launch's critical path (the last CTA starts it when every other
+// CTA of the tile is done).  Each thread sums IN_FLIGHT float4 results at once: 4 in paths 0, 5 and 6 (up to 16
+// loads in flight; one result per thread had 4, from the compiler's unrolling of the split loop by 4), 1 in the
+// streaming kernels (their tiles have 1-16 rows, so most threads have one result or none, and with 4 the split loop
+// is no longer unrolled: M = 1 lost 1.3 us).  The per-element sum is in split order either way (NOTES.md v16).
+template <typename T, int THREADS, int IN_FLIGHT>
 __device__ __forceinline__ void split_k_finish(const GemmParams& p, int tid, int mb, int nb, int row0, int rows) {
   using Tr = Traits<T>;
   using T2 = typename Tr::T2;
@@ -188,20 +193,50 @@ __device__ __forceinline__ void split_k_finish(const GemmParams& p, int tid, int
   __syncthreads();
   if (!s_last) return;
   __threadfence();  // acquire side: order the partial reads after the counter
-  const int cols = min(kNBlk, N - nb * kNBlk);
+  const int cols = min(kNBlk, N - nb * kNBlk), total = rows * (kNBlk / 4);
   T* yg = reinterpret_cast<T*>(p.y);
-  for (int e = tid; e < rows * (kNBlk / 4); e += THREADS) {
-    const int r = e / (kNBlk / 4), c4 = (e % (kNBlk / 4)) * 4;
-    if (c4 >= cols) continue;
-    const size_t off = (size_t)(row0 + r) * N + nb * kNBlk + c4;
-    float4 sum = __ldcg(reinterpret_cast<const float4*>(p.workspace + off));
-    for (int s = 1; s < p.k_splits; ++s) {
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(p.workspace + (size_t)s * M * N + off));
-      sum.x += v.x; sum.y += v.y; sum.z += v.z; sum.w += v.w;
-    }
+  auto store = [&](size_t off, const float4& sum) {
     T2* dst = reinterpret_cast<T2*>(yg + off);
     dst[0] = Tr::from_floats(sum.x, sum.y);
     dst[1] = Tr::from_floats(sum.z, sum.w);
+  };
+  if constexpr (IN_FLIGHT == 1) {
+    for (int e = tid; e < total; e += THREADS) {
+      const int r = e / (kNBlk / 4), c4 = (e % (kNBlk / 4)) * 4;
+      if (c4 >= cols) continue;
+      const size_t off = (size_t)(row0 + r) * N + nb * kNBlk + c4;
+      float4 sum = __ldcg(reinterpret_cast<const float4*>(p.workspace + off));
+      for (int s = 1; s < p.k_splits; ++s) {
+        const float4 v = __ldcg(reinterpret_cast<const float4*>(p.workspace + (size_t)s * M * N + off));
+        sum.x += v.x; sum.y += v.y; sum.z += v.z; sum.w += v.w;
+      }
+      store(off, sum);
+    }
+  } else {
+    for (int e0 = tid; e0 < total; e0 += THREADS * IN_FLIGHT) {
+      size_t off[IN_FLIGHT];
+      bool ok[IN_FLIGHT];
+      float4 sum[IN_FLIGHT];
+#pragma unroll
+      for (int i = 0; i < IN_FLIGHT; ++i) {  // result i: float4 c4 / 4 of row r of the tile
+        const int e = e0 + i * THREADS, r = e / (kNBlk / 4), c4 = (e % (kNBlk / 4)) * 4;
+        ok[i] = e < total && c4 < cols;
+        off[i] = (size_t)(row0 + r) * N + nb * kNBlk + c4;
+        sum[i] = ok[i] ? __ldcg(reinterpret_cast<const float4*>(p.workspace + off[i])) : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+      for (int s = 1; s < p.k_splits; ++s) {
+        const float* slice = p.workspace + (size_t)s * M * N;
+#pragma unroll
+        for (int i = 0; i < IN_FLIGHT; ++i) {
+          if (!ok[i]) continue;
+          const float4 v = __ldcg(reinterpret_cast<const float4*>(slice + off[i]));
+          sum[i].x += v.x; sum[i].y += v.y; sum[i].z += v.z; sum[i].w += v.w;
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < IN_FLIGHT; ++i)
+        if (ok[i]) store(off[i], sum[i]);
+    }
   }
   if (tid == 0) *counter = 0;  // ready for the next launch on this stream
 }

@@ -93,8 +93,8 @@ constexpr int kStages = 4;           // cp.async ring depth
 // order, (w0 + w2) + (w1 + w3); then y is written (one split) or fp32 partials
 // go to the workspace and the last CTA to arrive sums the splits in order
 // 0..S-1, so the result does not depend on the order CTAs finish in.  `smem`
-// must hold 2·2·MT·32·32 floats and no longer be in use by the main loop.
-template <typename T, int MT>
+// must hold 2·2·MT·32·32 floats and no longer be in use by the main loop.  IN_FLIGHT: split_k_finish's.
+template <typename T, int MT, int IN_FLIGHT>
 __device__ __forceinline__ void reduce_and_store(float (&acc)[MT][8][4], uint8_t* smem, const GemmParams& p,
                                                  int tid, int lane, int wn, int wk, int mb, int nb, int split,
                                                  int row0, bool ntile_ok) {
@@ -159,7 +159,7 @@ __device__ __forceinline__ void reduce_and_store(float (&acc)[MT][8][4], uint8_t
       }
   }
   if (single) return;
-  split_k_finish<T, kThreads>(p, tid, mb, nb, row0, min(MT * 16, M - row0));
+  split_k_finish<T, kThreads, IN_FLIGHT>(p, tid, mb, nb, row0, min(MT * 16, M - row0));
 }
 
 // ---- the GEMM kernel ------------------------------------------------------
@@ -297,7 +297,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
   __syncthreads();
 
   // every warp is done with the pipeline's shared memory: reuse it for the reduction
-  reduce_and_store<T, MT>(acc, smem, p, tid, lane, wn, wk, mb, nb, split, row0, ntile_ok);
+  reduce_and_store<T, MT, 4>(acc, smem, p, tid, lane, wn, wk, mb, nb, split, row0, ntile_ok);
 }
 
 // ---- the streaming GEMM kernel (path 2) -------------------------------------
@@ -706,7 +706,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
     }
   }
   __syncthreads();  // every warp is done reading x: reuse shared memory for the reduction
-  reduce_and_store<T, MT>(acc, smem, p, tid, lane, wn, wk, mb, nb, split, row0, ntile_ok);
+  reduce_and_store<T, MT, 1>(acc, smem, p, tid, lane, wn, wk, mb, nb, split, row0, ntile_ok);
 }
 
 // ---- dequantize kernel (large-M path: W16 = dequant(W4), then cuBLAS) --------

@@ -246,7 +246,7 @@ __global__ void __launch_bounds__(kCtaThreads) w4a16_wgmma_ws_kernel(const GemmP
   }
   // The producer warp's idle lanes 1-31 get here at once, so each CTA lets the next kernel launch from its start
   // (not after its big reads, launch.cuh's rule; correct either way, that kernel waits for this one before reading
-  // what it writes); that is how path 6 was measured (kernels/NOTES.md v15).
+  // what it writes); a trigger after lane 0's last copy measured the same within 1 % (kernels/NOTES.md v16).
   pdl_launch_dependents();
   __syncthreads();  // every warp's wgmma and shared reads are done: the ring is reused for the partial sums
   // ---- y or the split's workspace slice, through shared memory for coalesced rows ----
@@ -268,7 +268,7 @@ __global__ void __launch_bounds__(kCtaThreads) w4a16_wgmma_ws_kernel(const GemmP
     store4<T>(p, split, (size_t)(row0 + r) * N + nb * kNBlk + c4, sum);
   }
   if (p.k_splits == 1) return;
-  split_k_finish<T, kCtaThreads>(p, tid, mb, nb, row0, rows);
+  split_k_finish<T, kCtaThreads, 4>(p, tid, mb, nb, row0, rows);
 #else
   __trap();  // built for another target: the host never launches it there (gemm_path checks the GPU)
 #endif
