@@ -179,6 +179,7 @@ __device__ __forceinline__ int split_k_blocks(const GemmParams& p, int split) {
 // loads in flight; one result per thread had 4, from the compiler's unrolling of the split loop by 4), 1 in the
 // streaming kernels (their tiles have 1-16 rows, so most threads have one result or none, and with 4 the split loop
 // is no longer unrolled: M = 1 lost 1.3 us).  The per-element sum is in split order either way (NOTES.md v16).
+constexpr int kFinishWide = 4, kFinishNarrow = 1;  // IN_FLIGHT of paths 0, 5 and 6, and of the streaming kernels
 template <typename T, int THREADS, int IN_FLIGHT>
 __device__ __forceinline__ void split_k_finish(const GemmParams& p, int tid, int mb, int nb, int row0, int rows) {
   using Tr = Traits<T>;

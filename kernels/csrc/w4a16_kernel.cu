@@ -297,7 +297,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
   __syncthreads();
 
   // every warp is done with the pipeline's shared memory: reuse it for the reduction
-  reduce_and_store<T, MT, 4>(acc, smem, p, tid, lane, wn, wk, mb, nb, split, row0, ntile_ok);
+  reduce_and_store<T, MT, kFinishWide>(acc, smem, p, tid, lane, wn, wk, mb, nb, split, row0, ntile_ok);
 }
 
 // ---- the streaming GEMM kernel (path 2) -------------------------------------
@@ -706,7 +706,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1)
     }
   }
   __syncthreads();  // every warp is done reading x: reuse shared memory for the reduction
-  reduce_and_store<T, MT, 1>(acc, smem, p, tid, lane, wn, wk, mb, nb, split, row0, ntile_ok);
+  reduce_and_store<T, MT, kFinishNarrow>(acc, smem, p, tid, lane, wn, wk, mb, nb, split, row0, ntile_ok);
 }
 
 // ---- dequantize kernel (large-M path: W16 = dequant(W4), then cuBLAS) --------

@@ -254,7 +254,7 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
     store4<T>(p, split, (size_t)(row0 + r) * N + nb * kNBlk + c4, sum);
   }
   if (p.k_splits == 1) return;
-  split_k_finish<T, kWgThreads, 4>(p, tid, mb, nb, row0, rows);
+  split_k_finish<T, kWgThreads, kFinishWide>(p, tid, mb, nb, row0, rows);
 #else
   __trap();  // built for another target: the host never launches it there (gemm_path checks the GPU)
 #endif

@@ -268,7 +268,7 @@ __global__ void __launch_bounds__(kCtaThreads) w4a16_wgmma_ws_kernel(const GemmP
     store4<T>(p, split, (size_t)(row0 + r) * N + nb * kNBlk + c4, sum);
   }
   if (p.k_splits == 1) return;
-  split_k_finish<T, kCtaThreads, 4>(p, tid, mb, nb, row0, rows);
+  split_k_finish<T, kCtaThreads, kFinishWide>(p, tid, mb, nb, row0, rows);
 #else
   __trap();  // built for another target: the host never launches it there (gemm_path checks the GPU)
 #endif
