@@ -86,7 +86,7 @@ def decode_step_bytes(model: Transformer, batch: int) -> dict:
     weights = kv = 0
     for mod in model.modules():
         if isinstance(mod, KVCache):
-            kv += mod.k.nbytes + mod.v.nbytes
+            kv += mod.kv.nbytes
         elif isinstance(mod, nn.Embedding):
             weights += batch * mod.embedding_dim * mod.weight.element_size()
         else:
@@ -138,7 +138,7 @@ class Generator:
 
     def __init__(self, model: Transformer, compile: bool, temperature=0.0, top_k=0, top_p=1.0,
                  compile_prefill: bool = True, compile_once: bool = False, pdl: bool = True,
-                 decode_attention: str = "sdpa"):
+                 decode_attention: str = "kernel"):
         if decode_attention not in DECODE_ATTENTION:
             raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}, got {decode_attention!r}")
         self.model = model
@@ -300,15 +300,13 @@ def add_step_flags(p: argparse.ArgumentParser):
                         "--no-pdl turns both off (for the int4 kernels by setting LOWBIT_W4A16_PDL=0). On an "
                         "H200: +7%% decode tokens/s at batch 1, +2%% at 32 (Llama-3-8B int4-marlin, head "
                         "quantized, before path 4; BENCHMARKS.md \"End to end with int4-marlin\")")
-    p.add_argument("--decode-attention", choices=DECODE_ATTENTION, default="sdpa",
-                   help="attention of the one-token decode steps: 'sdpa' (default) = F.scaled_dot_product_attention; "
-                        "'kernel' = our split-KV CUDA kernel (kernels.kv16_decode_attention) where it takes the "
-                        "model (CUDA, head_dim 64 or 128, at most 8 query heads per KV head) and is expected to be "
-                        "the faster one (batch x KV heads <= 32: Llama-3-8B up to batch 4), SDPA elsewhere. "
-                        "Experimental: this revision (splits combined in a thread-block cluster) passed 8 GPU checks "
-                        "and takes 16 us per layer against SDPA's 47 at batch 1 and 2,048 cached tokens on an H200; "
-                        "its end-to-end effect is not yet measured (an earlier revision: +3%% decode tokens/s at "
-                        "batch 1). The prefill always uses SDPA. BENCHMARKS.md \"Decode attention\"")
+    p.add_argument("--decode-attention", choices=DECODE_ATTENTION, default="kernel",
+                   help="attention of the one-token decode steps: 'kernel' (default) = our split-KV CUDA kernel "
+                        "(kernels.kv16_decode_attention) where it takes the model (CUDA, head_dim 64 or 128, at most "
+                        "8 query heads per KV head) and is expected to be the faster one (batch x KV heads <= 32: "
+                        "Llama-3-8B up to batch 4), F.scaled_dot_product_attention elsewhere; 'sdpa' = always "
+                        "F.scaled_dot_product_attention. The prefill always uses SDPA. BENCHMARKS.md \"Decode "
+                        "attention\"")
 
 
 def apply_pdl_flag(args):

@@ -116,15 +116,15 @@ class RMSNorm(nn.Module):
 class KVCache(nn.Module):
     def __init__(self, batch: int, n_kv_heads: int, seq: int, head_dim: int, dtype, device):
         super().__init__()
-        shape = (batch, n_kv_heads, seq, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        # Keys and values in one buffer (2, B, H_kv, S, D), so a step writes both in one kernel.
+        shape = (2, batch, n_kv_heads, seq, head_dim)
+        self.register_buffer("kv", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        # k, v: (B, H_kv, T, D) written at cache columns input_pos (T,); returns the whole cache.
-        self.k[:, :, input_pos] = k
-        self.v[:, :, input_pos] = v
-        return self.k, self.v
+        # k, v: (B, H_kv, T, D) written at cache columns input_pos (T,); returns the whole cache as two
+        # contiguous (B, H_kv, S, D) views.
+        self.kv[:, :, :, input_pos] = torch.stack((k, v))  # (2, B, H_kv, T, D)
+        return self.kv[0], self.kv[1]
 
 
 class Attention(nn.Module):
@@ -168,9 +168,13 @@ class FeedForward(nn.Module):
         return self.w2(F.silu(gate) * up)
 
 
-def _block(block: "Block", x, cos, sin, mask, input_pos):
+def _block(block: "Block", x, r, cos, sin, mask, input_pos):
+    # The layer's input is x + r: the layer before returns its residual and its feed-forward output
+    # unsummed, so the sum fuses with this layer's first norm (one kernel per layer fewer when
+    # each layer is compiled on its own, as under compile_once).
+    x = x + r
     h = x + block.attention(block.attention_norm(x), cos, sin, mask, input_pos)
-    return h + block.feed_forward(block.ffn_norm(h))
+    return h, block.feed_forward(block.ffn_norm(h))
 
 
 # One function for every layer, so torch.compile can trace and compile it once and call it n_layers
@@ -187,8 +191,8 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(args)
         self.compile_once = False
 
-    def forward(self, x, cos, sin, mask, input_pos):
-        return (_block_once if self.compile_once else _block)(self, x, cos, sin, mask, input_pos)
+    def forward(self, x, r, cos, sin, mask, input_pos):
+        return (_block_once if self.compile_once else _block)(self, x, r, cos, sin, mask, input_pos)
 
 
 class Transformer(nn.Module):
@@ -249,8 +253,10 @@ class Transformer(nn.Module):
         rep = self.layers[0].attention.n_heads // self.layers[0].attention.n_kv_heads
         mask = torch.zeros(visible.shape, dtype=x.dtype, device=x.device).masked_fill(~visible, float("-inf"))
         mask = mask[:, None, None].expand(B, 1, rep, *visible.shape[1:]).reshape(B, 1, -1, self.max_seq)
+        r = torch.zeros_like(x)
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, input_pos)
+            x, r = layer(x, r, cos, sin, mask, input_pos)
+        x = x + r
         if last_only:
             x = x[:, -1:]
         return self.output(self.norm(x)).float()
