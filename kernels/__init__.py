@@ -219,4 +219,5 @@ def decode_attention_supported(rows: int, head_dim: int, dtype: torch.dtype, dev
     heads per KV head, head_dim, dtype) on `device` (building the extension if needed), and it is the faster
     choice for batch_heads = batch x KV heads (attention.prefer_kernel)."""
     return (device.type == "cuda" and attention.supported(rows, head_dim, dtype)
-            and attention.prefer_kernel(batch_heads) and extension_available())
+            and attention.prefer_kernel(batch_heads, torch.cuda.get_device_capability(device))
+            and extension_available())

@@ -80,9 +80,11 @@ def ulp_error(y: torch.Tensor, ref: torch.Tensor) -> float:
 KERNEL_MAX_BATCH_HEADS = 32
 
 
-def prefer_kernel(batch_heads: int) -> bool:
-    """The one place that picks the decode attention: our kernel for batch x KV heads <= 32, else SDPA."""
-    return batch_heads <= KERNEL_MAX_BATCH_HEADS
+def prefer_kernel(batch_heads: int, capability: tuple[int, int]) -> bool:
+    """The one place that picks the decode attention: our kernel for batch x KV heads <= 32 on compute capability
+    9.0+, else SDPA.  Below 9.0 there are no thread-block clusters, the kernel runs one CTA per pair as SDPA does,
+    and it was never timed there."""
+    return batch_heads <= KERNEL_MAX_BATCH_HEADS and capability >= (9, 0)
 
 
 def supported(rows: int, head_dim: int, dtype: torch.dtype) -> bool:

@@ -121,7 +121,8 @@ def test_model_decode_through_the_op_matches_sdpa_cpu():
 
 def test_kernel_only_where_it_is_faster():
     from kernels.attention import prefer_kernel
-    assert prefer_kernel(8) and prefer_kernel(32) and not prefer_kernel(33) and not prefer_kernel(256)
+    assert prefer_kernel(8, (9, 0)) and prefer_kernel(32, (10, 0)) and not prefer_kernel(33, (9, 0))
+    assert not prefer_kernel(256, (9, 0)) and not prefer_kernel(1, (8, 0))  # no clusters below 9.0
 
 
 @pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
