@@ -210,7 +210,7 @@ class Transformer(nn.Module):
         self.decode_kernel = False  # as asked of setup_caches (layers it cannot take use SDPA)
 
     def setup_caches(self, max_batch: int, max_seq: int, decode_kernel: bool = False):
-        """Allocate the static KV caches (B, H_kv, S, D) in the embedding's dtype and device.
+        """Allocate the static KV caches (2, B, H_kv, S, D) (keys, values) in the embedding's dtype and device.
 
         max_seq is rounded up to a multiple of 16 so the attention mask rows stay aligned for the
         fused attention kernels.  decode_kernel: one-token steps attend through our split-KV kernel
@@ -256,7 +256,7 @@ class Transformer(nn.Module):
         r = torch.zeros_like(x)
         for layer in self.layers:
             x, r = layer(x, r, cos, sin, mask, input_pos)
-        x = x + r
         if last_only:
-            x = x[:, -1:]
+            x, r = x[:, -1:], r[:, -1:]
+        x = x + r
         return self.output(self.norm(x)).float()

@@ -73,7 +73,7 @@ if [ "$MODE" = e2e ]; then
   timeout 150 $B --batch 32 --quant none --out "$OUT/e2e_bf16" > "$OUT/e2e_bf16.log" 2>&1; echo "e2e[bf16] rc=$?"
   timeout 120 python generate.py --model llama-3-8b --random-weights --quant int4-marlin --quant-output --batch 32 \
     --max-new-tokens 256 > "$OUT/gen32.log" 2>&1; echo "generate rc=$? elapsed $(( $(date +%s) - T0 ))s"
-  grep -h " decode " "$OUT"/e2e_*.log
+  grep -h " decode " "$OUT"/e2e_*.log; grep -iE "decode|first token|peak" "$OUT/gen32.log" | head -6
   exit 0
 fi
 t() { # name, timeout, pytest -k expression
