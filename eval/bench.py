@@ -103,6 +103,14 @@ def markdown(rows: list[dict], meta: dict) -> str:
                      for r in ranged)
         out += ["", f"Each cell: the median of {meta['repeats']} timed generations after one warm-up; the largest "
                     f"spread (max - min) / median over the cells: {100 * spread:.1f}%."]
+    # Which decode attention each cell ran (rows from before the flag existed ran SDPA): with the default flag our
+    # kernel takes only the cells kernels/attention.py prefer_kernel picks, so say which.
+    ran = {}
+    for r in rows:
+        ran.setdefault(r.get("decode_attention", "sdpa"), []).append(f"{r['quant']} batch {r['batch']}")
+    names = {"kernel": "our split-KV kernel (kv16_decode_attention)", "sdpa": "F.scaled_dot_product_attention"}
+    where = ["every cell"] if len(ran) == 1 else [", ".join(c) for c in ran.values()]
+    out += ["", "Decode attention: " + "; ".join(f"{names.get(a, a)} in {w}" for a, w in zip(ran, where)) + "."]
     out += ["", "Effective bandwidth (weights + KV cache read per decode step / step time), % of the measured "
             "copy bandwidth, peak memory:", "",
             "| scheme | " + " | ".join(f"batch {b}" for b in batches) + " |", "|---|" + "---:|" * len(batches)]

@@ -256,3 +256,17 @@ def test_kernel_bench_launch_fit_and_markdown():
     assert "| 1 | 5.0 + B / 2.00 |" in markdown(rows, [s], meta)
     (one,) = summarize(rows[:1], [1], ["s"])  # one size: no fit
     assert one["fit_fixed_us"] is None and "| 1 | - |" in markdown(rows[:1], [one], meta)
+
+
+def test_bench_markdown_says_which_decode_attention_each_cell_ran():
+    """With --decode-attention kernel (the default) our kernel takes only the cells prefer_kernel picks: bench.md
+    names the attention per cell, or once when every cell ran the same."""
+    from eval.bench import markdown
+    meta = dict(model="m", prompt_len=1, max_new_tokens=1, device="d", torch="t", date="x")
+    row = dict(quant="int4-marlin", decode_tok_s_total=1.0, decode_tok_s_per_seq=1.0, effective_gb_s=1.0,
+               pct_bandwidth=1.0)
+    mixed = markdown([dict(row, batch=1, decode_attention="kernel"), dict(row, batch=32, decode_attention="sdpa")], meta)
+    assert ("Decode attention: our split-KV kernel (kv16_decode_attention) in int4-marlin batch 1; "
+            "F.scaled_dot_product_attention in int4-marlin batch 32.") in mixed
+    old = markdown([dict(row, batch=1), dict(row, batch=8)], meta)  # rows from before the flag: SDPA
+    assert "Decode attention: F.scaled_dot_product_attention in every cell." in old
