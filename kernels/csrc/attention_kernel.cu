@@ -6,8 +6,9 @@
 // q (B, H, R, D): the R query heads that share KV head h are R rows of that head, so each cached
 // K/V byte is read once for all of them.  mask (B, S) is the same for every head and row (one query
 // position); a split's columns after its last visible one (mask != -inf) are not read beyond its first
-// turn of loads; hidden columns before it are read and weigh zero (so a NaN or Inf stored there
-// propagates, as in the reference).
+// turn of loads; hidden columns before it are read and weigh zero (so a NaN or Inf stored in V there
+// propagates, as in the reference; one stored in K there does not: its score is -inf before the dot
+// product is looked at, where the reference's sum gives NaN).
 //
 // Why a kernel of our own: at batch 1 the fused attention behind F.scaled_dot_product_attention runs
 // one CTA per (sequence, KV head) and Llama-3-8B has 8 KV heads, so 8 of 132 SMs pull the whole
