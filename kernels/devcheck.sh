@@ -1,10 +1,11 @@
 #!/bin/bash
 # One device call: build, GPU correctness, microbenchmark.  Logs under $OUT (or ./out).
-# Usage (repo root):  bash kernels/devcheck.sh [quick|full|e2e|prof|new|prof5|e2e_attn]   (full: ~6-8 min on an H100, most of it
+# Usage (repo root):  bash kernels/devcheck.sh [quick|full|e2e|prof|new|prof5|e2e_attn|attn_ab]   (full: ~6-8 min on an H100, most of it
 # the model-shape sweep; quick skips that sweep; e2e: issue 4's end-to-end runs (int4 batch 1/32, bf16 32), ~6 min; prof: ncu with
 # stall reasons per SASS line of the streaming kernel, ~3 min; new: the code written without a GPU on 2026-12-05,
 # the wgmma kernel (path 5) and the decode attention's cluster revision: tests, sanitizers, timings, ~8 min;
-# prof5: ncu's full set on path 5 (M = 64, 128) and path 3, ~4 min; e2e_attn: the decode attention's end-to-end A/B, ~6 min)
+# prof5: ncu's full set on path 5 (M = 64, 128) and path 3, ~4 min; e2e_attn: the decode attention's end-to-end A/B, ~6 min;
+# attn_ab: NOTES.md v19, the decode attention's transposing warp sum against main's kernel, ~8 min)
 set -o pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR="$PWD/.torch_extensions"
@@ -50,6 +51,30 @@ torch.cuda.synchronize()
   ncu --import "$OUT/prof5.ncu-rep" --page source --csv --print-source sass > "$OUT/prof5_source.csv" 2>&1
   grep -E "w4a16_|Duration|Tensor|Bank Conflicts|L2 Cache Throughput|DRAM Throughput|Stall|Warp Cycles|Eligible" \
     "$OUT/prof5.txt" | head -80
+  exit 0
+fi
+if [ "$MODE" = attn_ab ]; then
+  # kernels/NOTES.md v19 (branch wip/attn-transpose-sum): the decode attention with the transposing warp sum
+  # against main's kernel, whose source must travel as .carry/attn_main/attention_kernel.cu (carry .carry/attn_main):
+  # GPU tests and sanitizers of the new kernel, then eval/attention.py on both builds (SDPA is timed in each
+  # process: compare "ours" across processes only through it), ~8 min.
+  timeout 120 python -m pytest -q tests/test_attention.py -k gpu > "$OUT/t_att.log" 2>&1
+  echo "tests[attention] rc=$? $(tail -1 "$OUT/t_att.log")"; grep -E "^E  |FAILED" "$OUT/t_att.log" | head -8
+  for tool in memcheck racecheck; do
+    timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 python -m pytest -q -x tests/test_attention.py \
+      -k "gpu_sweep or masks_as" > "$OUT/san_att_$tool.log" 2>&1
+    echo "sanitizer[$tool] rc=$? $(grep 'ERROR SUMMARY' "$OUT/san_att_$tool.log" | tail -1)"
+  done
+  A="python eval/attention.py --batch 1,4,8,16,32,64 --seq 384,2048 --visible 0.67 --reps 10 --out $OUT"
+  timeout 150 $A --tag _new > "$OUT/att_new.log" 2>&1; echo "bench[new] rc=$?"
+  cp kernels/csrc/attention_kernel.cu "$OUT/attention_kernel_new.cu"
+  cp .carry/attn_main/attention_kernel.cu kernels/csrc/attention_kernel.cu
+  export TORCH_EXTENSIONS_DIR="$PWD/.torch_extensions_main"
+  python kernels/build.py > "$OUT/build_main.log" 2>&1 || tail -20 "$OUT/build_main.log"
+  timeout 150 $A --tag _main > "$OUT/att_main.log" 2>&1; echo "bench[main] rc=$?"
+  cp "$OUT/attention_kernel_new.cu" kernels/csrc/attention_kernel.cu
+  tail -14 "$OUT/att_new.log"; tail -14 "$OUT/att_main.log"
+  echo "elapsed $(( $(date +%s) - T0 ))s"
   exit 0
 fi
 if [ "$MODE" = e2e_attn ]; then
