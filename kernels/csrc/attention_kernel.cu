@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(kThreads) kv16_decode_attention_kernel(const A
 
   // A turn's N = kUnroll x RM (column u, row r) pairs, pair = u * RM + r; after the transposing sum lane L
   // holds pair_of(L, i) for i < NV.  With kUnroll = 8 a lane's pairs share column u = L / 4, and the lanes of
-  // one row differ in lane bits 4, 8 and 16.
+  // one row are lane xor 4, 8 and 16 apart (at RM = 2 lanes L and L ^ 1 hold copies of the same pair).
   static_assert(kUnroll == 8, "the lane <-> (column, row) mapping below assumes 8 columns per turn");
   constexpr int N = kUnroll * RM, NV = N >= 32 ? N / 32 : 1;
   auto pair_of = [&](int l, int i) { return N >= 32 ? l * NV + i : l >> 1; };
@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(kThreads) kv16_decode_attention_kernel(const A
       v_[u] = vh[(size_t)c * 32];
     }
     const int c = j + u_own * kWarps;
-    m_ = c <= last ? to_float(mrow[c]) : -INFINITY;
+    m_ = c <= last ? to_float(mrow[min(c, last)]) : -INFINITY;  // the address clamped too: no load can stray
   };
   // 1. The first turn's loads, the scan of the chunk's mask for its last visible column and the q rows go
   // out together: one memory round trip before the math (the first turn's reads are wasted when the chunk
