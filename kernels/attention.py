@@ -74,14 +74,15 @@ def ulp_error(y: torch.Tensor, ref: torch.Tensor) -> float:
     return ((y.double() - ref).abs() / ulp).max().item()
 
 
-# Up to this many (sequence, KV head) pairs the kernel beats F.scaled_dot_product_attention (cuDNN) at decode;
-# beyond, SDPA's one CTA per pair fills the GPU and reads faster (H200, torch 2.11, `python eval/attention.py`,
-# BENCHMARKS.md "Decode attention").
-KERNEL_MAX_BATCH_HEADS = 32
+# Up to this many (sequence, KV head) pairs the kernel is taken at decode: it beat F.scaled_dot_product_attention
+# (cuDNN) at every batch measured, Llama-3-8B's 8 to 512 pairs (batch 1 to 64; H100, torch 2.11, `python
+# eval/attention.py --batch 1,4,8,16,32,64 --seq 384,2048 --visible 0.67`, BENCHMARKS.md "Decode attention at
+# batch 8-64"); more pairs were never timed.
+KERNEL_MAX_BATCH_HEADS = 512
 
 
 def prefer_kernel(batch_heads: int, capability: tuple[int, int]) -> bool:
-    """The one place that picks the decode attention: our kernel for batch x KV heads <= 32 on compute capability
+    """The one place that picks the decode attention: our kernel for batch x KV heads <= 512 on compute capability
     9.0+, else SDPA.  Below 9.0 there are no thread-block clusters, the kernel runs one CTA per pair as SDPA does,
     and it was never timed there."""
     return batch_heads <= KERNEL_MAX_BATCH_HEADS and capability >= (9, 0)

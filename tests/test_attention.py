@@ -125,19 +125,23 @@ def test_model_decode_through_the_op_matches_sdpa_cpu():
 
 def test_kernel_only_where_it_is_faster():
     from kernels.attention import prefer_kernel
-    assert prefer_kernel(8, (9, 0)) and prefer_kernel(32, (10, 0)) and not prefer_kernel(33, (9, 0))
-    assert not prefer_kernel(256, (9, 0)) and not prefer_kernel(1, (8, 0))  # no clusters below 9.0
+    assert prefer_kernel(8, (9, 0)) and prefer_kernel(256, (10, 0)) and prefer_kernel(512, (9, 0))
+    assert not prefer_kernel(513, (9, 0)) and not prefer_kernel(1, (8, 0))  # no clusters below 9.0
 
 
 @pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
 def test_split_heuristic():
-    """csrc/ops.cpp decode_attention_splits: two CTAs per SM where the heads allow, at most 8 (one cluster),
-    runs of >= 32 columns."""
+    """csrc/ops.cpp decode_attention_splits: one split from 3/4 of the SMs' worth of (b, h) pairs on; below,
+    two CTAs per SM where the heads allow, at most 8 (one cluster), runs of >= 32 columns."""
     split = kernels.load_extension().decode_attention_splits
     assert split(8, 384, 132) == 8  # Llama-3-8B at batch 1: 33 wanted
     assert split(8, 2048, 132) == 8
     assert split(64, 2048, 132) == 5
-    assert split(256, 384, 132) == 2  # batch 32
+    assert split(64, 384, 132) == 5  # batch 8
+    assert split(98, 2048, 132) == 3  # 98 pairs: below 3/4 of the SMs
+    assert split(99, 2048, 132) == 1  # from 3/4 of the SMs on, one split
+    assert split(128, 2048, 132) == 1  # batch 16
+    assert split(256, 384, 132) == 1  # batch 32
     assert split(512, 384, 132) == 1
     assert split(8, 16, 132) == 1
 

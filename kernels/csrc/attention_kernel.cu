@@ -23,11 +23,15 @@
 // lane l holds D/32 consecutive ones, one 8- or 4-byte load), so a warp-wide load is one contiguous
 // 256- or 128-byte row.  kUnroll columns are loaded before any is used, to keep loads in flight.
 //
-// Scores: each lane multiplies its D/32 elements, a butterfly of shuffles sums the warp, so every lane
-// holds the score of every row.  Softmax online, in base 2 (q is pre-scaled by log2(e)/sqrt(D)):
-// per row a running maximum m, sum l and output o (the lane's D/32 elements), all fp32; the
-// probabilities stay fp32 (the fused kernels round them to 16 bits before P·V).
-//
+// Scores: each lane multiplies its D/32 elements for the N = kUnroll x RM (column, row) pairs of a turn,
+// and one transposing butterfly sums them over the warp: at each of its steps a lane keeps half of its
+// values and adds its partner's copy of them, so 31 shuffles (N = 32) leave lane L with the whole sum of
+// pair L, where a shuffle per pair and step (5 x 32 = 160) left every lane with every sum.  Softmax
+// online, in base 2 (q is pre-scaled by log2(e)/sqrt(D)), once per turn: per row a running maximum m
+// (every lane), a sum l (each lane its pairs' share, summed over the warp after the loop) and output o
+// (the lane's D/32 elements), all fp32; the probabilities stay fp32 (the fused kernels round them to 16
+// bits before P·V) and reach every lane by one broadcast shuffle per pair.
+
 // Combining: the four warps' (m, l, o) through shared memory in warp order; then, with one split, y.
 // Otherwise the splits of one (b, h) are one thread-block cluster (sm_90+; at most 8 CTAs, the portable
 // cluster size): each CTA leaves its partial (M, L, O) in its shared memory and, after a cluster barrier,
@@ -74,6 +78,23 @@ template <typename T, class R> __device__ __forceinline__ float elem(R raw, int 
   else return __uint_as_float((uint32_t)bits << 16);  // bf16 is the top half of an fp32
 }
 
+// The transposing butterfly sum (see the header): t holds a lane's N partial sums; step O keeps the upper
+// half in lanes with bit O set and the lower half elsewhere, each plus the partner's copy.  Afterwards
+// lane L holds pair(L, i) for i < max(1, N / 32) (pair_of below); at N = 16 lanes L and L ^ 1 hold
+// halves of the same pair, summed by the caller.
+template <int N, int O = 16> __device__ __forceinline__ void transpose_sum(float* t, int lane) {
+  if constexpr (N > 1 && O >= 1) {
+    const bool up = lane & O;
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) {
+      const float send = up ? t[i] : t[i + N / 2];
+      const float keep = up ? t[i + N / 2] : t[i];
+      t[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+    }
+    transpose_sum<N / 2, O / 2>(t, lane);
+  }
+}
+
 template <typename T, int EPL, int RM>
 __global__ void __launch_bounds__(kThreads) kv16_decode_attention_kernel(const AttnParams p) {
   constexpr int D = EPL * 32;
@@ -92,18 +113,29 @@ __global__ void __launch_bounds__(kThreads) kv16_decode_attention_kernel(const A
 
   pdl_wait();  // q, this step's cache column and the mask come from the kernels just before
 
-  // Loads of one turn: kUnroll columns c = j + 4u per warp, K row, V row and mask value, addresses clamped
-  // to column `last` (so no branch stands between loads and uses), columns past it weighing nothing.
-  float mk[kUnroll];
+  // A turn's N = kUnroll x RM (column u, row r) pairs, pair = u * RM + r; after the transposing sum lane L
+  // holds pair_of(L, i) for i < NV.  With kUnroll = 8 a lane's pairs share column u = L / 4, and the lanes of
+  // one row are lane xor 4, 8 and 16 apart (at RM = 2 lanes L and L ^ 1 hold copies of the same pair).
+  static_assert(kUnroll == 8, "the lane <-> (column, row) mapping below assumes 8 columns per turn");
+  constexpr int N = kUnroll * RM, NV = N >= 32 ? N / 32 : 1;
+  auto pair_of = [&](int l, int i) { return N >= 32 ? l * NV + i : l >> 1; };
+  auto lane_of = [&](int pr) { return N >= 32 ? pr / NV : 2 * pr; };  // the lane (value pr % NV) holding pair pr
+  const int u_own = lane >> 2;
+
+  // Loads of one turn: kUnroll columns c = j + 4u per warp, K row and V row, and the mask value of the
+  // lane's own column u_own, addresses clamped to column `last` (so no branch stands between loads and
+  // uses), columns past it weighing nothing.
+  float mk;
   V kv[kUnroll], vv[kUnroll];
-  auto load = [&](int j, int last, float (&m_)[kUnroll], V (&k_)[kUnroll], V (&v_)[kUnroll]) {
+  auto load = [&](int j, int last, float& m_, V (&k_)[kUnroll], V (&v_)[kUnroll]) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int c = min(j + u * kWarps, last);
       k_[u] = kh[(size_t)c * 32];
       v_[u] = vh[(size_t)c * 32];
-      m_[u] = j + u * kWarps <= last ? to_float(mrow[c]) : -INFINITY;
     }
+    const int c = j + u_own * kWarps;
+    m_ = c <= last ? to_float(mrow[min(c, last)]) : -INFINITY;  // the address clamped too: no load can stray
   };
   // 1. The first turn's loads, the scan of the chunk's mask for its last visible column and the q rows go
   // out together: one memory round trip before the math (the first turn's reads are wasted when the chunk
@@ -127,49 +159,99 @@ __global__ void __launch_bounds__(kThreads) kv16_decode_attention_kernel(const A
   __syncthreads();
   hi = s_hi;  // columns past it are never read (decode: most of a young cache)
 
-  float m[RM], l[RM], o[RM][EPL];
+  // m: every lane, every row; lsum: this lane's share of l for the rows of its pairs; o: the lane's elements.
+  float m[RM], lsum[NV], o[RM][EPL];
 #pragma unroll
   for (int r = 0; r < RM; ++r) {
     m[r] = -INFINITY;
-    l[r] = 0.f;
 #pragma unroll
     for (int e = 0; e < EPL; ++e) o[r][e] = 0.f;
   }
+#pragma unroll
+  for (int i = 0; i < NV; ++i) lsum[i] = 0.f;
 
   // 2. Turn by turn, the next turn's loads in flight while this one's math runs.
   for (int j = jf; j <= hi; j += kWarps * kUnroll) {
-    float nmk[kUnroll];  // left unset on the last turn, whose copy below is then never used
+    float nmk;  // left unset on the last turn, whose copy below is then never used
     V nkv[kUnroll], nvv[kUnroll];
     if (j + kWarps * kUnroll <= hi) load(j + kWarps * kUnroll, hi, nmk, nkv, nvv);
+    // a. This lane's D/32-element share of every pair's score, then the transposing sum.
+    float t[N];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      float s[RM];
+      float kf[EPL];
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) kf[e] = elem<T>(kv[u], e);
 #pragma unroll
       for (int r = 0; r < RM; ++r) {
-        s[r] = 0.f;
+        float acc = 0.f;
 #pragma unroll
-        for (int e = 0; e < EPL; ++e) s[r] = fmaf(q[r][e], elem<T>(kv[u], e), s[r]);
-      }
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1)
-#pragma unroll
-        for (int r = 0; r < RM; ++r) s[r] += __shfl_xor_sync(0xffffffffu, s[r], off);
-#pragma unroll
-      for (int r = 0; r < RM; ++r) {
-        // a finite mask as low as -3.4e38 must not overflow to -inf when scaled by log2(e): clamp it first
-        const float sc = mk[u] == -INFINITY ? -INFINITY : fmaf(fmaxf(mk[u], -1e37f), kLog2e, s[r]);
-        const float mn = fmaxf(m[r], sc);
-        const float base = mn == -INFINITY ? 0.f : mn;  // nothing visible yet: keep 0 * ... = 0, not NaN
-        const float a = exp2f(m[r] - base), pe = exp2f(sc - base);
-        m[r] = mn;
-        l[r] = fmaf(l[r], a, pe);
-#pragma unroll
-        for (int e = 0; e < EPL; ++e) o[r][e] = fmaf(o[r][e], a, pe * elem<T>(vv[u], e));
+        for (int e = 0; e < EPL; ++e) acc = fmaf(q[r][e], kf[e], acc);
+        t[u * RM + r] = acc;
       }
     }
+    transpose_sum<N>(t, lane);
+    if constexpr (N < 32) t[0] += __shfl_xor_sync(0xffffffffu, t[0], 1);
+    // b. The lane's pairs' scores (a finite mask as low as -3.4e38 must not overflow to -inf when scaled by
+    // log2(e): clamp it first) and each row's maximum over the turn's columns.
+    float sc[NV], mx[NV];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) mk[u] = nmk[u], kv[u] = nkv[u], vv[u] = nvv[u];
+    for (int i = 0; i < NV; ++i) {
+      sc[i] = mk == -INFINITY ? -INFINITY : fmaf(fmaxf(mk, -1e37f), kLog2e, t[i]);
+      mx[i] = sc[i];
+#pragma unroll
+      for (int off = 4; off < 32; off <<= 1) mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], off));
+    }
+    // c. New maxima for every row in every lane; the rescale a of the old sums; this lane's probabilities.
+    float base[RM], a[RM];
+#pragma unroll
+    for (int r = 0; r < RM; ++r) {
+      const float mn = fmaxf(m[r], __shfl_sync(0xffffffffu, mx[r % NV], lane_of(r)));
+      base[r] = mn == -INFINITY ? 0.f : mn;  // nothing visible yet: keep 0 * ... = 0, not NaN
+      a[r] = exp2f(m[r] - base[r]);
+      m[r] = mn;
+    }
+    float pe[NV];
+#pragma unroll
+    for (int i = 0; i < NV; ++i) {
+      const int r_own = pair_of(lane, i) % RM;
+      float b_own = 0.f, a_own = 0.f;  // base[r_own], a[r_own] without a run-time index into registers
+#pragma unroll
+      for (int r = 0; r < RM; ++r) b_own = r == r_own ? base[r] : b_own, a_own = r == r_own ? a[r] : a_own;
+      pe[i] = exp2f(sc[i] - b_own);
+      lsum[i] = fmaf(lsum[i], a_own, pe[i]);
+    }
+    // d. o = o * a + sum over the turn's columns of p * V, each p broadcast from the lane that holds it.
+#pragma unroll
+    for (int r = 0; r < RM; ++r)
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) o[r][e] *= a[r];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      float vf[EPL];
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) vf[e] = elem<T>(vv[u], e);
+#pragma unroll
+      for (int r = 0; r < RM; ++r) {
+        const int pr = u * RM + r;
+        const float pv = __shfl_sync(0xffffffffu, pe[pr % NV], lane_of(pr));
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) o[r][e] = fmaf(pv, vf[e], o[r][e]);
+      }
+    }
+    mk = nmk;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) kv[u] = nkv[u], vv[u] = nvv[u];
   }
+  // l per row: the lanes' shares summed over the lanes of that row (fixed order), then read from the lane
+  // that holds the row's column-0 pair.
+  float l[RM];
+#pragma unroll
+  for (int i = 0; i < NV; ++i)
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) lsum[i] += __shfl_xor_sync(0xffffffffu, lsum[i], off);
+#pragma unroll
+  for (int r = 0; r < RM; ++r) l[r] = __shfl_sync(0xffffffffu, lsum[r % NV], lane_of(r));
   pdl_launch_dependents();  // all cache reads done: the next kernel may start its own prologue
 
   // 3. The four warps' (m, l, o) combined in warp order into this CTA's partial (M, L, O).

@@ -446,9 +446,15 @@ at::Tensor w4a16_gemm_cuda(const at::Tensor& x, const at::Tensor& w, const at::T
   return gemm_path(x, w, s, z, gs, -1, -1, -1);
 }
 
-// Column splits of the decode attention (attention_kernel.cu): as many as give every SM two CTAs, but
-// at most one cluster's worth (8) and never runs of fewer than 32 columns.
+// Column splits of the decode attention (attention_kernel.cu): none once the (b, h) pairs alone give 3/4
+// of the SMs a CTA; otherwise as many as give every SM two CTAs, but at most one cluster's worth (8) and
+// never runs of fewer than 32 columns.  Why the first rule (H100, 2026-12-06, eval/attention.py --splits,
+// Llama-3-8B, 2/3 of the cache visible; BENCHMARKS.md "Decode attention at batch 8-64"): at 128 and 256
+// pairs one split took 13.8 and 19.4 us at S = 384 (46.1 and 70.8 at 2,048) against 21.7 and 29.4 (62.7,
+// 99.5) for the 3 and 2 of the two-per-SM rule: a split's fixed cost (q, the cluster combine) outweighs the
+// SMs it fills once most of them have a pair.
 int64_t decode_attention_splits(int64_t heads, int64_t S, int sms) {
+  if (4 * heads >= 3 * (int64_t)sms) return 1;
   const int64_t want = (2 * (int64_t)sms + heads - 1) / heads;
   return std::max<int64_t>(1, std::min<int64_t>({want, (S + 31) / 32, (int64_t)kAttnMaxSplits}));
 }
