@@ -54,8 +54,8 @@ torch.cuda.synchronize()
 fi
 if [ "$MODE" = e2e_attn ]; then
   # The decode attention end to end (BENCHMARKS.md "Decode attention"): Llama-3-8B int4-marlin, head quantized,
-  # our kernel against SDPA at batch 1 and 4 (where prefer_kernel uses it), one process each, medians of 3.
-  B="python eval/bench.py --model llama-3-8b --prompt-len 128 --max-new-tokens 256 --batch 1,4 --quant int4-marlin"
+  # our kernel against SDPA at batch 1 and 32 (prefer_kernel takes ours up to 512 pairs), one process each, medians of 3.
+  B="python eval/bench.py --model llama-3-8b --prompt-len 128 --max-new-tokens 256 --batch 1,32 --quant int4-marlin"
   for a in kernel sdpa; do
     timeout 280 $B --quant-output --repeats 3 --decode-attention $a --out "$OUT/e2e_attn_$a" > "$OUT/e2e_attn_$a.log" 2>&1
     echo "e2e_attn[$a] rc=$?"
