@@ -215,7 +215,8 @@ class Transformer(nn.Module):
         max_seq is rounded up to a multiple of 16 so the attention mask rows stay aligned for the
         fused attention kernels.  decode_kernel: one-token steps attend through our split-KV kernel
         (kernels.kv16_decode_attention) where it takes the layer (CUDA, head_dim 64/128, <= 8 query
-        heads per KV head) and beats F.scaled_dot_product_attention (small batch x KV heads).
+        heads per KV head) and kernels/attention.py prefer_kernel picks it (batch x KV heads <= 512 on compute
+        capability 9.0+), else F.scaled_dot_product_attention.
         """
         max_seq = -(-max_seq // 16) * 16
         if max_seq > self.args.max_seq_len:

@@ -77,7 +77,7 @@ def ulp_error(y: torch.Tensor, ref: torch.Tensor) -> float:
 # Up to this many (sequence, KV head) pairs the kernel is taken at decode: it beat F.scaled_dot_product_attention
 # (cuDNN) at every batch measured, Llama-3-8B's 8 to 512 pairs (batch 1 to 64; H100, torch 2.11, `python
 # eval/attention.py --batch 1,4,8,16,32,64 --seq 384,2048 --visible 0.67`, BENCHMARKS.md "Decode attention at
-# batch 8-64"); more pairs were never timed.
+# batch 8-64"); more pairs were never timed, nor this revision on other GPUs of compute capability 9.0+.
 KERNEL_MAX_BATCH_HEADS = 512
 
 

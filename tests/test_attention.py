@@ -144,6 +144,7 @@ def test_split_heuristic():
     assert split(256, 384, 132) == 1  # batch 32
     assert split(512, 384, 132) == 1
     assert split(8, 16, 132) == 1
+    assert split(4, 2048, 8) == 4 and split(0, 2048, 132) == 1  # few SMs; no heads (no division by zero)
 
 
 # ---------------------------------------------------------------------------------------------------- GPU
@@ -183,6 +184,9 @@ def test_gpu_masks_as_the_model_makes_them():
     for splits in (-1, 1, 4, 12):
         check_gpu(3, 8, 4, 384, 128, torch.bfloat16, 7, splits, pad=[0, 100, 250], upto=300)
         check_gpu(2, 2, 3, 64, 64, torch.bfloat16, 8, splits, pad=[10, 0], upto=20)
+        # 104 pairs: one split by the rule (from 3/4 of the SMs' pairs), rows padded differently
+        check_gpu(13, 8, 4, 384, 128, torch.bfloat16, 9, splits, pad=[0, 5, 31, 100, 0, 250, 1, 64, 7, 0, 128, 299, 33],
+                  upto=300)
 
 
 @needs_cuda

@@ -117,6 +117,7 @@ __global__ void __launch_bounds__(kThreads) kv16_decode_attention_kernel(const A
   // holds pair_of(L, i) for i < NV.  With kUnroll = 8 a lane's pairs share column u = L / 4, and the lanes of
   // one row are lane xor 4, 8 and 16 apart (at RM = 2 lanes L and L ^ 1 hold copies of the same pair).
   static_assert(kUnroll == 8, "the lane <-> (column, row) mapping below assumes 8 columns per turn");
+  static_assert(RM == 2 || RM == 4 || RM == 8, "pair_of/lane_of cover 16, 32 and 64 pairs per turn (RM 1 is not)");
   constexpr int N = kUnroll * RM, NV = N >= 32 ? N / 32 : 1;
   auto pair_of = [&](int l, int i) { return N >= 32 ? l * NV + i : l >> 1; };
   auto lane_of = [&](int pr) { return N >= 32 ? pr / NV : 2 * pr; };  // the lane (value pr % NV) holding pair pr
