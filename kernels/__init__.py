@@ -35,7 +35,8 @@ __all__ = [
 
 _SCHEMA = "w4a16_gemm(Tensor x, Tensor packed_w, Tensor scales, Tensor? zeros, int group_size) -> Tensor"
 
-_ATTN_SCHEMA = "kv16_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor mask) -> Tensor"
+_ATTN_SCHEMA = ("kv16_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor mask, Tensor? rope_cos=None, "
+                "Tensor? rope_sin=None) -> Tensor")
 
 _lib = torch.library.Library("lowbit", "FRAGMENT")
 _lib.define(_SCHEMA)
@@ -51,8 +52,8 @@ _lib.impl("kv16_decode_attention", reference_kv16_decode_attention, "CPU")
 
 
 @torch.library.register_fake("lowbit::kv16_decode_attention")
-def _attention_fake(q, k_cache, v_cache, mask):
-    check_attention_inputs(q, k_cache, v_cache, mask)
+def _attention_fake(q, k_cache, v_cache, mask, rope_cos=None, rope_sin=None):
+    check_attention_inputs(q, k_cache, v_cache, mask, rope_cos, rope_sin)
     if q.device.type == "cuda":
         load_extension()  # the compiled graph will call the CUDA kernel at run time
     return torch.empty(q.shape, dtype=q.dtype, device=q.device)  # contiguous (B, H, R, D), as the kernel writes
@@ -195,8 +196,8 @@ def gemm_path(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor, zer
     return load_extension().gemm_path(x, packed_w, scales, zeros, group_size, path, splits, m_tiles)
 
 
-def kv16_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                          mask: torch.Tensor) -> torch.Tensor:
+def kv16_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, mask: torch.Tensor,
+                          rope_cos: torch.Tensor | None = None, rope_sin: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of one query position per sequence over a 16-bit KV cache (a decode step): y (B, H, R, D).
 
     Shapes and semantics in kernels/attention.py.  On CUDA (compute capability 8.0+, head_dim 64 or 128, at most
@@ -204,13 +205,13 @@ def kv16_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     on CPU the float32 reference.  Validated here in eager mode, by the fake implementation under torch.compile.
     """
     if not torch.compiler.is_compiling():
-        check_attention_inputs(q, k_cache, v_cache, mask)
+        check_attention_inputs(q, k_cache, v_cache, mask, rope_cos, rope_sin)
         if q.is_cuda:
             for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
                 if t.data_ptr() % (q.shape[-1] // 16):  # the kernel loads D/32 16-bit values at a time
                     raise ValueError(f"kv16_decode_attention: {name} must be {q.shape[-1] // 16}-byte aligned")
             load_extension()
-    return torch.ops.lowbit.kv16_decode_attention(q, k_cache, v_cache, mask)
+    return torch.ops.lowbit.kv16_decode_attention(q, k_cache, v_cache, mask, rope_cos, rope_sin)
 
 
 def decode_attention_supported(rows: int, head_dim: int, dtype: torch.dtype, device: torch.device,

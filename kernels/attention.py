@@ -1,13 +1,15 @@
 """Pure-PyTorch reference and input checks for lowbit::kv16_decode_attention (csrc/attention_kernel.cu).
 
-    y = kv16_decode_attention(q, k_cache, v_cache, mask)
+    y = kv16_decode_attention(q, k_cache, v_cache, mask, rope_cos=None, rope_sin=None)
 
 q (B, H, R, D): the R query heads that share KV head h, as R rows of that head (model.py's GQA layout),
 one query position per sequence (a decode step); k_cache, v_cache (B, H, S, D) contiguous; mask (B, S),
 additive, the same for every head and row (-inf hides a column); all bfloat16 or all float16.
 y (B, H, R, D) = softmax(q k^T / sqrt(D) + mask) v, in q's dtype; a row with no visible column is NaN
 (model.py never makes one; SDPA's answer there differs by backend and torch version).  The CUDA kernel takes
-D = 64 or 128 and R <= 8.
+D = 64 or 128 and R <= 8.  rope_cos, rope_sin (optional, together): (B, D/2) float32, the cos and sin of row b's
+RoPE angles; q's interleaved pairs (2i, 2i+1) are then rotated by angle i first, in float32 and rounded to q's dtype
+(model.py's apply_rope), so a decode step hands q over straight from the qkv projection.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ HEAD_DIMS = (64, 128)
 _DTYPES = (torch.bfloat16, torch.float16)
 
 
-def check_attention_inputs(q, k_cache, v_cache, mask) -> tuple[int, int, int, int, int]:
+def check_attention_inputs(q, k_cache, v_cache, mask, rope_cos=None, rope_sin=None) -> tuple[int, int, int, int, int]:
     """Raise ValueError/TypeError naming the offending numbers; returns (B, H, R, S, D)."""
     if q.dtype not in _DTYPES:
         raise TypeError(f"kv16_decode_attention: q must be bfloat16 or float16, got {q.dtype}")
@@ -40,6 +42,17 @@ def check_attention_inputs(q, k_cache, v_cache, mask) -> tuple[int, int, int, in
                          f"{tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}, mask {tuple(mask.shape)}")
     if min(B, H, R, S, D) < 1:
         raise ValueError(f"kv16_decode_attention: empty problem: B={B} H={H} R={R} S={S} D={D}")
+    if (rope_cos is None) != (rope_sin is None):
+        raise ValueError("kv16_decode_attention: rope_cos and rope_sin come together")
+    for name, t in (("rope_cos", rope_cos), ("rope_sin", rope_sin)):
+        if t is not None and (t.dtype != torch.float32 or tuple(t.shape) != (B, D // 2) or t.device != q.device
+                              or t.stride(1) != 1 or D % 2):
+            raise ValueError(f"kv16_decode_attention: {name} must be float32 (B, D/2) = ({B}, {D // 2}) on {q.device} "
+                             f"with a contiguous last dim, got {t.dtype} {tuple(t.shape)} strides {t.stride()} on "
+                             f"{t.device}")
+    if rope_cos is not None and rope_cos.stride() != rope_sin.stride():
+        raise ValueError(f"kv16_decode_attention: rope_cos and rope_sin need the same strides, got "
+                         f"{rope_cos.stride()} and {rope_sin.stride()}")
     if q.is_cuda:
         if D not in HEAD_DIMS:
             raise ValueError(f"kv16_decode_attention: the CUDA kernel takes head_dim 64 or 128, got {D}")
@@ -57,8 +70,18 @@ def check_attention_inputs(q, k_cache, v_cache, mask) -> tuple[int, int, int, in
     return B, H, R, S, D
 
 
-def reference_kv16_decode_attention(q, k_cache, v_cache, mask) -> torch.Tensor:
+def rotate_q(q: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor) -> torch.Tensor:
+    """q (B, H, R, D) with its interleaved pairs rotated by row b's angles (B, D/2), as model.py's apply_rope."""
+    qf = q.float().unflatten(-1, (-1, 2))  # (B, H, R, D/2, 2)
+    c, s = rope_cos[:, None, None], rope_sin[:, None, None]  # (B, 1, 1, D/2)
+    x0, x1 = qf[..., 0], qf[..., 1]
+    return torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1).flatten(-2).to(q.dtype)
+
+
+def reference_kv16_decode_attention(q, k_cache, v_cache, mask, rope_cos=None, rope_sin=None) -> torch.Tensor:
     """The op in float32 (the CUDA kernel's arithmetic is fp32 too, in another order), rounded once."""
+    if rope_cos is not None:
+        q = rotate_q(q, rope_cos, rope_sin)
     D = q.shape[-1]
     scores = q.float() @ k_cache.float().transpose(-1, -2) / math.sqrt(D)  # (B, H, R, S)
     scores = scores + mask.float()[:, None, None, :]

@@ -54,6 +54,28 @@ def test_reference_matches_sdpa(B, H, R, S, D, pad, upto, dtype):
     assert ulp_error(y, q, k, v, mask) <= ULP_BAR
 
 
+def rope_angles(B, D, device, seed):
+    """cos, sin (B, D/2) float32 of RoPE angles at a random position per row (model.py's inv_freq at theta 5e5)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    pos = torch.randint(0, 4096, (B, 1), generator=g).float()
+    inv_freq = 1.0 / (500000.0 ** (torch.arange(0, D, 2, dtype=torch.float64) / D)).float()
+    angles = pos * inv_freq  # (B, D/2)
+    return angles.cos().to(device), angles.sin().to(device)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_rope_in_the_op_is_model_apply_rope(dtype):
+    """rope_cos/rope_sin rotate q exactly as model.py's apply_rope does before the attention: the same bits."""
+    from model import apply_rope
+    B, H, R, S, D = 3, 2, 4, 40, 64
+    q, k, v, mask = problem(B, H, R, S, D, dtype, "cpu", 4, pad=[0, 3, 20], upto=35)
+    cos, sin = rope_angles(B, D, "cpu", 5)
+    rotated = apply_rope(q.reshape(B, 1, H * R, D), cos[:, None, None], sin[:, None, None]).reshape(B, H, R, D)
+    assert torch.equal(attention.rotate_q(q, cos, sin), rotated)
+    y = kernels.kv16_decode_attention(q, k, v, mask, cos, sin)
+    assert torch.equal(y, kernels.kv16_decode_attention(rotated, k, v, mask))
+
+
 def test_fully_masked_row_is_nan():
     """Defined, not silently zero (SDPA's answer differs by backend and version; model.py never makes one)."""
     q, k, v, mask = problem(2, 1, 2, 8, 64, torch.bfloat16, "cpu", 1)
@@ -62,15 +84,19 @@ def test_fully_masked_row_is_nan():
     assert torch.isnan(y[1]).all() and not torch.isnan(y[0]).any()
 
 
-@pytest.mark.parametrize("case", range(5))
+@pytest.mark.parametrize("case", range(8))
 def test_bad_inputs_name_the_numbers(case):
     q, k, v, mask = problem(1, 2, 4, 16, 64, torch.bfloat16, "cpu", 0)
+    cos, sin = rope_angles(1, 64, "cpu", 0)
     bad = [((q.float(), k, v, mask), TypeError, "q must be bfloat16 or float16, got torch.float32"),
            ((q, k.half(), v, mask), TypeError, "k_cache must have q's dtype torch.bfloat16, got torch.float16"),
            ((q, k, v[:, :, :8], mask), ValueError, r"shapes disagree: q \(1, 2, 4, 64\), k_cache \(1, 2, 16, 64\), "
                                                    r"v_cache \(1, 2, 8, 64\)"),
            ((q, k, v, mask[:, :8]), ValueError, r"mask \(1, 8\)"),
-           ((q[0], k, v, mask), ValueError, r"got shapes \(2, 4, 64\)")][case]
+           ((q[0], k, v, mask), ValueError, r"got shapes \(2, 4, 64\)"),
+           ((q, k, v, mask, cos, None), ValueError, "rope_cos and rope_sin come together"),
+           ((q, k, v, mask, cos.double(), sin), ValueError, r"rope_cos must be float32 \(B, D/2\) = \(1, 32\)"),
+           ((q, k, v, mask, cos, sin[:, :16]), ValueError, r"rope_sin must be float32 .* got torch.float32 \(1, 16\)")][case]
     args, exc, msg = bad
     with pytest.raises(exc, match=msg):
         kernels.kv16_decode_attention(*args)
@@ -79,8 +105,11 @@ def test_bad_inputs_name_the_numbers(case):
 def test_opcheck_and_compile_cpu():
     q, k, v, mask = problem(2, 2, 3, 24, 64, torch.bfloat16, "cpu", 3, pad=[0, 5])
     torch.library.opcheck(torch.ops.lowbit.kv16_decode_attention, (q, k, v, mask))
+    cos, sin = rope_angles(2, 64, "cpu", 3)
+    torch.library.opcheck(torch.ops.lowbit.kv16_decode_attention, (q, k, v, mask, cos, sin))
     f = torch.compile(kernels.kv16_decode_attention, fullgraph=True, backend="aot_eager")
     assert torch.equal(f(q, k, v, mask), kernels.kv16_decode_attention(q, k, v, mask))
+    assert torch.equal(f(q, k, v, mask, cos, sin), kernels.kv16_decode_attention(q, k, v, mask, cos, sin))
 
 
 def tiny_model(dtype, device, **over):
@@ -153,14 +182,15 @@ def run_poisoned(fn, shape, dtype):
     return fn()
 
 
-def check_gpu(B, H, R, S, D, dtype, seed, splits=-1, pad=None, upto=None):
+def check_gpu(B, H, R, S, D, dtype, seed, splits=-1, pad=None, upto=None, rope=False):
     q, k, v, mask = problem(B, H, R, S, D, dtype, "cuda", seed, pad, upto)
+    cos, sin = rope_angles(B, D, "cuda", seed) if rope else (None, None)
     ext = kernels.load_extension()
-    y1 = run_poisoned(lambda: ext.decode_attention(q, k, v, mask, splits), q.shape, dtype)
-    y2 = run_poisoned(lambda: ext.decode_attention(q, k, v, mask, splits), q.shape, dtype)
+    y1 = run_poisoned(lambda: ext.decode_attention(q, k, v, mask, splits, cos, sin), q.shape, dtype)
+    y2 = run_poisoned(lambda: ext.decode_attention(q, k, v, mask, splits, cos, sin), q.shape, dtype)
     torch.cuda.synchronize()
-    what = f"B={B} H={H} R={R} S={S} D={D} {dtype} splits={splits} pad={pad} upto={upto}"
-    err = ulp_error(y1, q, k, v, mask)
+    what = f"B={B} H={H} R={R} S={S} D={D} {dtype} splits={splits} pad={pad} upto={upto} rope={rope}"
+    err = ulp_error(y1, attention.rotate_q(q, cos, sin) if rope else q, k, v, mask)
     assert err <= ULP_BAR, f"{what}: {err:.2f} ulp"
     assert torch.equal(y1, y2), f"{what}: two identical runs differ"
 
@@ -176,6 +206,26 @@ def test_gpu_sweep(D, dtype):
         for splits in (-1, 1, 2, 7, S):
             seed += 1
             check_gpu(B, H, R, S, D, dtype, seed, splits)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_rope_in_the_kernel(dtype):
+    """q's RoPE inside the kernel (rope_cos/rope_sin) against the reference of the rotated q: every row count, both
+    head dims, split and unsplit, a strided q as model.py hands it over."""
+    seed = 100
+    for B, H, R, S, D in ((1, 8, 4, 384, 128), (3, 3, 3, 33, 64), (2, 1, 8, 100, 128), (13, 8, 4, 200, 128)):
+        for splits in (-1, 1, 5):
+            seed += 1
+            check_gpu(B, H, R, S, D, dtype, seed, splits, rope=True)
+    B, H, R, S, D = 2, 8, 4, 64, 128  # q a view of a (B, 1, (H R + 2 H) D) qkv row, as model.py passes it
+    _, k, v, mask = problem(B, H, R, S, D, dtype, "cuda", 7)
+    qkv = torch.randn(B, 1, (H * R + 2 * H) * D, device="cuda", dtype=dtype)
+    q = qkv[..., :H * R * D].view(B, H, R, D)
+    cos, sin = rope_angles(B, D, "cuda", 8)
+    y = kernels.kv16_decode_attention(q, k, v, mask, cos, sin)
+    assert ulp_error(y, attention.rotate_q(q, cos, sin), k, v, mask) <= ULP_BAR
+    torch.library.opcheck(torch.ops.lowbit.kv16_decode_attention, (q, k, v, mask, cos, sin))
 
 
 @needs_cuda

@@ -16,7 +16,11 @@ struct AttnParams {
   const void* v;      // (B, H, S, D) contiguous
   const void* mask;   // (B, S) additive, last dim contiguous; -inf columns are skipped
   void* y;            // (B, H, R, D) contiguous output
-  int64_t q_sb, q_sh, q_sr, mask_sb;
+  // Optional RoPE of q: (B, D/2) float32 cos and sin of row b's angles, last dim contiguous (nullptr: q is
+  // used as given); q's interleaved pairs (2i, 2i+1) are rotated by angle i and rounded to q's dtype.
+  const float* rope_cos;
+  const float* rope_sin;
+  int64_t q_sb, q_sh, q_sr, mask_sb, rope_sb;
   int B, H, R, S;
   int splits, chunk;  // the S columns cut into `splits` runs of `chunk` (the last may be shorter)
   float scale_log2;   // log2(e) / sqrt(D)

@@ -146,6 +146,15 @@ __global__ void __launch_bounds__(kThreads) kv16_decode_attention_kernel(const A
   int hi = -1;
   for (int c = j0 + threadIdx.x; c < j1; c += kThreads)
     if (to_float(mrow[c]) != -INFINITY) hi = c;
+  // RoPE of q (optional): the lane's EPL elements are EPL/2 interleaved pairs, pair i of the head at angle
+  // lane * EPL/2 + i of row b (the same for all rows r); rotated in fp32 and rounded to T as model.py's
+  // apply_rope does, then scaled.
+  float rc[EPL / 2], rs[EPL / 2];
+#pragma unroll
+  for (int i = 0; i < EPL / 2; ++i) {
+    rc[i] = p.rope_cos ? p.rope_cos[b * p.rope_sb + lane * (EPL / 2) + i] : 1.f;
+    rs[i] = p.rope_cos ? p.rope_sin[b * p.rope_sb + lane * (EPL / 2) + i] : 0.f;
+  }
   float q[RM][EPL];  // rows >= R are zero and never stored
 #pragma unroll
   for (int r = 0; r < RM; ++r) {
@@ -153,7 +162,17 @@ __global__ void __launch_bounds__(kThreads) kv16_decode_attention_kernel(const A
     const V qv = *reinterpret_cast<const V*>(static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh +
                                              rr * p.q_sr + lane * EPL);
 #pragma unroll
-    for (int e = 0; e < EPL; ++e) q[r][e] = r < R ? elem<T>(qv, e) * p.scale_log2 : 0.f;
+    for (int i = 0; i < EPL / 2; ++i) {
+      float x0 = elem<T>(qv, 2 * i), x1 = elem<T>(qv, 2 * i + 1);
+      if (p.rope_cos) {  // a CTA-uniform branch; x0 cos - x1 sin and x1 cos + x0 sin, each product rounded
+        const float y0 = __fsub_rn(__fmul_rn(x0, rc[i]), __fmul_rn(x1, rs[i]));
+        const float y1 = __fadd_rn(__fmul_rn(x1, rc[i]), __fmul_rn(x0, rs[i]));
+        x0 = to_float(from_float<T>(y0));
+        x1 = to_float(from_float<T>(y1));
+      }
+      q[r][2 * i] = r < R ? x0 * p.scale_log2 : 0.f;
+      q[r][2 * i + 1] = r < R ? x1 * p.scale_log2 : 0.f;
+    }
   }
   __syncthreads();  // s_hi initialised
   if (hi >= 0) atomicMax(&s_hi, hi);

@@ -462,8 +462,10 @@ int64_t decode_attention_splits(int64_t heads, int64_t S, int sms) {
 
 // splits: -1 = decode_attention_splits; > 0 asks for that many (the count run can be lower: at most
 // kAttnMaxSplits, one below sm_90, and no split may be empty). A benchmark knob (eval/attention.py).
+// rope_cos / rope_sin: both or neither, (B, D/2) float32 with a contiguous last dim: q's RoPE done in the kernel.
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
-                            int64_t want_splits) {
+                            int64_t want_splits, const std::optional<at::Tensor>& rope_cos,
+                            const std::optional<at::Tensor>& rope_sin) {
   const char* op = "kv16_decode_attention";
   TORCH_CHECK(q.is_cuda() && k.device() == q.device() && v.device() == q.device() && mask.device() == q.device(),
               op, ": q, k_cache, v_cache and mask must be on one CUDA device, got ", q.device(), ", ", k.device(),
@@ -495,6 +497,18 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
               op, ": k_cache and v_cache must be ", 2 * epl, "-byte aligned (the kernel loads ", epl, " values at once)");
   TORCH_CHECK(mask.stride(1) == 1, op, ": mask needs a contiguous last dim, got strides ", mask.strides());
   TORCH_CHECK(B * H * S <= INT32_MAX, op, ": problem too large: B=", B, " H=", H, " S=", S);
+  TORCH_CHECK(rope_cos.has_value() == rope_sin.has_value(), op, ": rope_cos and rope_sin come together");
+  if (rope_cos.has_value()) {
+    for (const at::Tensor* t : {&*rope_cos, &*rope_sin}) {
+      TORCH_CHECK(t->device() == q.device() && t->scalar_type() == at::kFloat && t->dim() == 2 && t->size(0) == B &&
+                      t->size(1) == D / 2 && t->stride(1) == 1,
+                  op, ": rope_cos and rope_sin must be float32 (B, D/2) = (", B, ", ", D / 2,
+                  ") on q's device with a contiguous last dim, got ", t->scalar_type(), " ", t->sizes(), " strides ",
+                  t->strides(), " on ", t->device());
+    }
+    TORCH_CHECK(rope_cos->stride(0) == rope_sin->stride(0), op, ": rope_cos and rope_sin need the same strides, got ",
+                rope_cos->strides(), " and ", rope_sin->strides());
+  }
   c10::cuda::CUDAGuard guard(q.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const DeviceInfo& d = device_info(q.get_device());
@@ -515,6 +529,11 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   p.q_sh = q.stride(1);
   p.q_sr = q.stride(2);
   p.mask_sb = mask.stride(0);
+  if (rope_cos.has_value()) {
+    p.rope_cos = rope_cos->data_ptr<float>();
+    p.rope_sin = rope_sin->data_ptr<float>();
+    p.rope_sb = rope_cos->stride(0);
+  }
   p.B = (int)B;
   p.H = (int)H;
   p.R = (int)R;
@@ -527,8 +546,9 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
 }
 
 at::Tensor kv16_decode_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                      const at::Tensor& mask) {
-  return decode_attention(q, k, v, mask, -1);
+                                      const at::Tensor& mask, const std::optional<at::Tensor>& rope_cos,
+                                      const std::optional<at::Tensor>& rope_sin) {
+  return decode_attention(q, k, v, mask, -1, rope_cos, rope_sin);
 }
 
 }  // namespace
@@ -572,7 +592,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("M"), py::arg("N"), py::arg("K"), py::arg("wgmma") = false);
   m.def("decode_attention", &lowbit::decode_attention,
         "kv16_decode_attention with a forced number of column splits (-1: decode_attention_splits)",
-        py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("mask"), py::arg("splits") = -1);
+        py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("mask"), py::arg("splits") = -1,
+        py::arg("rope_cos") = py::none(), py::arg("rope_sin") = py::none());
   m.def("decode_attention_splits", &lowbit::decode_attention_splits,
         "the decode attention's column splits for heads = B * H_kv, S cache columns and a GPU of `sms` SMs",
         py::arg("heads"), py::arg("S"), py::arg("sms"));
