@@ -4,7 +4,8 @@
 //   y[b,h,r,:] = softmax_j( q[b,h,r,:]·k[b,h,j,:] / sqrt(D) + mask[b,j] ) · v[b,h,j,:]
 //
 // q (B, H, R, D): the R query heads that share KV head h are R rows of that head, so each cached
-// K/V byte is read once for all of them.  mask (B, S) is the same for every head and row (one query
+// K/V byte is read once for all of them.  With rope_cos/rope_sin given, q is rotated (RoPE) as it is
+// loaded, so the model hands it over straight from the qkv projection (no generated kernel for it).  mask (B, S) is the same for every head and row (one query
 // position); a split's columns after its last visible one (mask != -inf) are not read beyond its first
 // turn of loads; hidden columns before it are read and weigh zero (so a NaN or Inf stored in V there
 // propagates, as in the reference; one stored in K there does not: its score is -inf before the dot
