@@ -3,6 +3,7 @@
     y = w4a16_gemm(x, packed_w, scales, zeros, group_size)      # x (M, K) bf16/fp16 -> y (M, N)
     packed_w, scales_p, zeros_p = pack_w4(q, scales, zeros, group_size)
     y = kv16_decode_attention(q, k_cache, v_cache, mask)        # q (B, H, R, D) -> y (B, H, R, D)
+    y = kv16_decode_attention(q, k_cache, v_cache, mask, cos, sin)  # q rotated first (RoPE), cos/sin (B, D/2)
 
 Operators torch.ops.lowbit.w4a16_gemm and torch.ops.lowbit.kv16_decode_attention (kernels/attention.py):
   * schema, CPU implementation (the pure-PyTorch reference) and fake/meta
@@ -200,7 +201,8 @@ def kv16_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
                           rope_cos: torch.Tensor | None = None, rope_sin: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of one query position per sequence over a 16-bit KV cache (a decode step): y (B, H, R, D).
 
-    Shapes and semantics in kernels/attention.py.  On CUDA (compute capability 8.0+, head_dim 64 or 128, at most
+    Shapes and semantics in kernels/attention.py; rope_cos/rope_sin ((B, D/2) float32, together) rotate q's
+    interleaved pairs first, as model.py's apply_rope.  On CUDA (compute capability 8.0+, head_dim 64 or 128, at most
     8 query rows per KV head) one kernel that splits the cache's columns over the SMs (csrc/attention_kernel.cu);
     on CPU the float32 reference.  Validated here in eager mode, by the fake implementation under torch.compile.
     """

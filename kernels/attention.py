@@ -22,7 +22,8 @@ HEAD_DIMS = (64, 128)
 _DTYPES = (torch.bfloat16, torch.float16)
 
 
-def check_attention_inputs(q, k_cache, v_cache, mask, rope_cos=None, rope_sin=None) -> tuple[int, int, int, int, int]:
+def check_attention_inputs(q, k_cache, v_cache, mask, rope_cos=None,
+                           rope_sin=None) -> tuple[int, int, int, int, int]:
     """Raise ValueError/TypeError naming the offending numbers; returns (B, H, R, S, D)."""
     if q.dtype not in _DTYPES:
         raise TypeError(f"kv16_decode_attention: q must be bfloat16 or float16, got {q.dtype}")
@@ -50,9 +51,6 @@ def check_attention_inputs(q, k_cache, v_cache, mask, rope_cos=None, rope_sin=No
             raise ValueError(f"kv16_decode_attention: {name} must be float32 (B, D/2) = ({B}, {D // 2}) on {q.device} "
                              f"with a contiguous last dim, got {t.dtype} {tuple(t.shape)} strides {t.stride()} on "
                              f"{t.device}")
-    if rope_cos is not None and rope_cos.stride() != rope_sin.stride():
-        raise ValueError(f"kv16_decode_attention: rope_cos and rope_sin need the same strides, got "
-                         f"{rope_cos.stride()} and {rope_sin.stride()}")
     if q.is_cuda:
         if D not in HEAD_DIMS:
             raise ValueError(f"kv16_decode_attention: the CUDA kernel takes head_dim 64 or 128, got {D}")

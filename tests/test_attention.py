@@ -64,10 +64,12 @@ def rope_angles(B, D, device, seed):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_rope_in_the_op_is_model_apply_rope(dtype):
-    """rope_cos/rope_sin rotate q exactly as model.py's apply_rope does before the attention: the same bits."""
+@pytest.mark.parametrize("D", [64, 128])
+def test_rope_in_the_op_is_model_apply_rope(D, dtype):
+    """The reference's rotation (attention.rotate_q, which the CPU implementation applies) is model.py's apply_rope
+    bit for bit; the GPU kernel is held to the reference's bits in check_gpu."""
     from model import apply_rope
-    B, H, R, S, D = 3, 2, 4, 40, 64
+    B, H, R, S = 3, 2, 4, 40
     q, k, v, mask = problem(B, H, R, S, D, dtype, "cpu", 4, pad=[0, 3, 20], upto=35)
     cos, sin = rope_angles(B, D, "cpu", 5)
     rotated = apply_rope(q.reshape(B, 1, H * R, D), cos[:, None, None], sin[:, None, None]).reshape(B, H, R, D)
@@ -84,7 +86,7 @@ def test_fully_masked_row_is_nan():
     assert torch.isnan(y[1]).all() and not torch.isnan(y[0]).any()
 
 
-@pytest.mark.parametrize("case", range(8))
+@pytest.mark.parametrize("case", range(9))
 def test_bad_inputs_name_the_numbers(case):
     q, k, v, mask = problem(1, 2, 4, 16, 64, torch.bfloat16, "cpu", 0)
     cos, sin = rope_angles(1, 64, "cpu", 0)
@@ -96,7 +98,8 @@ def test_bad_inputs_name_the_numbers(case):
            ((q[0], k, v, mask), ValueError, r"got shapes \(2, 4, 64\)"),
            ((q, k, v, mask, cos, None), ValueError, "rope_cos and rope_sin come together"),
            ((q, k, v, mask, cos.double(), sin), ValueError, r"rope_cos must be float32 \(B, D/2\) = \(1, 32\)"),
-           ((q, k, v, mask, cos, sin[:, :16]), ValueError, r"rope_sin must be float32 .* got torch.float32 \(1, 16\)")][case]
+           ((q, k, v, mask, cos, sin[:, :16]), ValueError, r"rope_sin must be float32 .* got torch.float32 \(1, 16\)"),
+           ((q, k, v, mask, cos, torch.zeros(1, 64)[:, ::2]), ValueError, r"rope_sin .* strides \(64, 2\)")][case]
     args, exc, msg = bad
     with pytest.raises(exc, match=msg):
         kernels.kv16_decode_attention(*args)
@@ -191,6 +194,8 @@ def check_gpu(B, H, R, S, D, dtype, seed, splits=-1, pad=None, upto=None, rope=F
     torch.cuda.synchronize()
     what = f"B={B} H={H} R={R} S={S} D={D} {dtype} splits={splits} pad={pad} upto={upto} rope={rope}"
     err = ulp_error(y1, attention.rotate_q(q, cos, sin) if rope else q, k, v, mask)
+    if rope:  # the kernel's rotation is the reference's, bit for bit: the same output as a pre-rotated q
+        assert torch.equal(y1, ext.decode_attention(attention.rotate_q(q, cos, sin), k, v, mask, splits)), what
     assert err <= ULP_BAR, f"{what}: {err:.2f} ulp"
     assert torch.equal(y1, y2), f"{what}: two identical runs differ"
 
@@ -211,10 +216,11 @@ def test_gpu_sweep(D, dtype):
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gpu_rope_in_the_kernel(dtype):
-    """q's RoPE inside the kernel (rope_cos/rope_sin) against the reference of the rotated q: every row count, both
-    head dims, split and unsplit, a strided q as model.py hands it over."""
+    """q's RoPE inside the kernel (rope_cos/rope_sin) against the reference of the rotated q: 1 to 8 rows (every
+    RM), both head dims, split and unsplit, a strided q as model.py hands it over, strided and expanded angles."""
     seed = 100
-    for B, H, R, S, D in ((1, 8, 4, 384, 128), (3, 3, 3, 33, 64), (2, 1, 8, 100, 128), (13, 8, 4, 200, 128)):
+    for B, H, R, S, D in ((1, 8, 4, 384, 128), (3, 3, 3, 33, 64), (2, 1, 8, 100, 128), (13, 8, 4, 200, 128),
+                          (2, 4, 1, 70, 128), (3, 2, 2, 50, 64)):
         for splits in (-1, 1, 5):
             seed += 1
             check_gpu(B, H, R, S, D, dtype, seed, splits, rope=True)
@@ -226,6 +232,10 @@ def test_gpu_rope_in_the_kernel(dtype):
     y = kernels.kv16_decode_attention(q, k, v, mask, cos, sin)
     assert ulp_error(y, attention.rotate_q(q, cos, sin), k, v, mask) <= ULP_BAR
     torch.library.opcheck(torch.ops.lowbit.kv16_decode_attention, (q, k, v, mask, cos, sin))
+    big = torch.stack(rope_angles(3 * B, D, "cuda", 9)).view(2, B, 3, D // 2)  # row strides 3 D/2, column 1 of 3
+    for c, s in ((big[0, :, 1], big[1, :, 1]), (cos[:1].expand(B, -1), sin[1:].expand(B, -1))):
+        want = kernels.kv16_decode_attention(attention.rotate_q(q, c.contiguous(), s.contiguous()), k, v, mask)
+        assert torch.equal(kernels.kv16_decode_attention(q, k, v, mask, c, s), want)
 
 
 @needs_cuda
@@ -275,17 +285,18 @@ def test_gpu_opcheck_strided_q_and_graph_replay():
     _, k, v, mask = problem(B, H, R, S, D, torch.bfloat16, "cuda", 10, pad=[0, 30], upto=200)
     big = torch.randn(B, H, R, 2 * D, device="cuda", dtype=torch.bfloat16)
     q = big[..., D:]  # strides (H R 2D, R 2D, 2D, 1)
+    cos, sin = rope_angles(B, D, "cuda", 11)
     torch.library.opcheck(torch.ops.lowbit.kv16_decode_attention, (q, k, v, mask))
-    eager = kernels.kv16_decode_attention(q, k, v, mask)
-    assert ulp_error(eager, q, k, v, mask) <= ULP_BAR
+    eager = kernels.kv16_decode_attention(q, k, v, mask, cos, sin)
+    assert ulp_error(eager, attention.rotate_q(q, cos, sin), k, v, mask) <= ULP_BAR
     g = torch.cuda.CUDAGraph()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        kernels.kv16_decode_attention(q, k, v, mask)
+        kernels.kv16_decode_attention(q, k, v, mask, cos, sin)
     torch.cuda.current_stream().wait_stream(s)
     with torch.cuda.graph(g):
-        out = kernels.kv16_decode_attention(q, k, v, mask)
+        out = kernels.kv16_decode_attention(q, k, v, mask, cos, sin)
     for _ in range(3):
         g.replay()
         torch.cuda.synchronize()
@@ -300,6 +311,10 @@ def test_gpu_bad_shapes_are_clear_errors():
     q, k, v, mask = problem(1, 2, 4, 16, 96, torch.bfloat16, "cuda", 0)
     with pytest.raises(ValueError, match="head_dim 64 or 128, got 96"):
         kernels.kv16_decode_attention(q, k, v, mask)
+    q, k, v, mask = problem(1, 2, 4, 16, 128, torch.bfloat16, "cuda", 0)
+    cos, sin = rope_angles(1, 128, "cpu", 0)  # angles left on the CPU
+    with pytest.raises(ValueError, match="rope_cos must be float32 .* on cuda:0 .* on cpu"):
+        kernels.kv16_decode_attention(q, k, v, mask, cos, sin)
 
 
 @needs_preferred_kernel

@@ -20,7 +20,7 @@ struct AttnParams {
   // used as given); q's interleaved pairs (2i, 2i+1) are rotated by angle i and rounded to q's dtype.
   const float* rope_cos;
   const float* rope_sin;
-  int64_t q_sb, q_sh, q_sr, mask_sb, rope_sb;
+  int64_t q_sb, q_sh, q_sr, mask_sb, rope_cos_sb, rope_sin_sb;
   int B, H, R, S;
   int splits, chunk;  // the S columns cut into `splits` runs of `chunk` (the last may be shorter)
   float scale_log2;   // log2(e) / sqrt(D)

@@ -4,8 +4,8 @@
 //   y[b,h,r,:] = softmax_j( q[b,h,r,:]·k[b,h,j,:] / sqrt(D) + mask[b,j] ) · v[b,h,j,:]
 //
 // q (B, H, R, D): the R query heads that share KV head h are R rows of that head, so each cached
-// K/V byte is read once for all of them.  With rope_cos/rope_sin given, q is rotated (RoPE) as it is
-// loaded, so the model hands it over straight from the qkv projection (no generated kernel for it).  mask (B, S) is the same for every head and row (one query
+// K/V byte is read once for all of them.  With rope_cos/rope_sin given, q is rotated (RoPE) as it
+// is loaded, so the model hands it over straight from the qkv projection (no generated kernel for it).  mask (B, S) is the same for every head and row (one query
 // position); a split's columns after its last visible one (mask != -inf) are not read beyond its first
 // turn of loads; hidden columns before it are read and weigh zero (so a NaN or Inf stored in V there
 // propagates, as in the reference; one stored in K there does not: its score is -inf before the dot
@@ -153,8 +153,8 @@ __global__ void __launch_bounds__(kThreads) kv16_decode_attention_kernel(const A
   float rc[EPL / 2], rs[EPL / 2];
 #pragma unroll
   for (int i = 0; i < EPL / 2; ++i) {
-    rc[i] = p.rope_cos ? p.rope_cos[b * p.rope_sb + lane * (EPL / 2) + i] : 1.f;
-    rs[i] = p.rope_cos ? p.rope_sin[b * p.rope_sb + lane * (EPL / 2) + i] : 0.f;
+    rc[i] = p.rope_cos ? p.rope_cos[b * p.rope_cos_sb + lane * (EPL / 2) + i] : 1.f;
+    rs[i] = p.rope_cos ? p.rope_sin[b * p.rope_sin_sb + lane * (EPL / 2) + i] : 0.f;
   }
   float q[RM][EPL];  // rows >= R are zero and never stored
 #pragma unroll
@@ -165,7 +165,7 @@ __global__ void __launch_bounds__(kThreads) kv16_decode_attention_kernel(const A
 #pragma unroll
     for (int i = 0; i < EPL / 2; ++i) {
       float x0 = elem<T>(qv, 2 * i), x1 = elem<T>(qv, 2 * i + 1);
-      if (p.rope_cos) {  // a CTA-uniform branch; x0 cos - x1 sin and x1 cos + x0 sin, each product rounded
+      if (p.rope_cos) {  // CTA-uniform; x0 cos - x1 sin, x1 cos + x0 sin, each product rounded (no FMA)
         const float y0 = __fsub_rn(__fmul_rn(x0, rc[i]), __fmul_rn(x1, rs[i]));
         const float y1 = __fadd_rn(__fmul_rn(x1, rc[i]), __fmul_rn(x0, rs[i]));
         x0 = to_float(from_float<T>(y0));

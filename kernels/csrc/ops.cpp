@@ -506,8 +506,6 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
                   ") on q's device with a contiguous last dim, got ", t->scalar_type(), " ", t->sizes(), " strides ",
                   t->strides(), " on ", t->device());
     }
-    TORCH_CHECK(rope_cos->stride(0) == rope_sin->stride(0), op, ": rope_cos and rope_sin need the same strides, got ",
-                rope_cos->strides(), " and ", rope_sin->strides());
   }
   c10::cuda::CUDAGuard guard(q.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -532,7 +530,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   if (rope_cos.has_value()) {
     p.rope_cos = rope_cos->data_ptr<float>();
     p.rope_sin = rope_sin->data_ptr<float>();
-    p.rope_sb = rope_cos->stride(0);
+    p.rope_cos_sb = rope_cos->stride(0);
+    p.rope_sin_sb = rope_sin->stride(0);
   }
   p.B = (int)B;
   p.H = (int)H;
