@@ -140,18 +140,17 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         q, k, v = self.wqkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
-        k = apply_rope(k.view(B, T, Hkv, D), cos, sin)
-        v = v.view(B, T, Hkv, D)
-        k_all, v_all = self.kv_cache.update(input_pos, k.transpose(1, 2), v.transpose(1, 2))  # (B, Hkv, S, D)
         # GQA without repeating K/V: the n_rep query heads that share a KV head become extra query
         # rows of that head, so attention reads each cached K/V once.
         # `mask` (B, 1, rep*T, S) was laid out for these rows once per forward.
         rep = H // Hkv
-        if T == 1 and self.decode_kernel:  # one query column: mask row 0 holds it for every row (B, S)
-            # q's RoPE in the kernel: q as the projection wrote it, a (B, Hkv, rep, D) view; angles (B, D/2)
-            y = kernels.kv16_decode_attention(q.view(B, Hkv, rep, D), k_all, v_all, mask[:, 0, 0], cos[:, 0, 0],
-                                              sin[:, 0, 0])  # (B, Hkv, rep, D)
+        if T == 1 and self.decode_kernel:  # one kernel: RoPE, the cache write, attention; mask row 0 (B, S)
+            y = kernels.kv16_decode_step_attention(  # views of the projection (B, Hkv, rep, D), (B, Hkv, D)
+                q.view(B, Hkv, rep, D), k.view(B, Hkv, D), v.view(B, Hkv, D), self.kv_cache.kv, mask[:, 0, 0],
+                cos[:, 0, 0], sin[:, 0, 0], input_pos)  # (B, Hkv, rep, D)
         else:
+            k = apply_rope(k.view(B, T, Hkv, D), cos, sin)
+            k_all, v_all = self.kv_cache.update(input_pos, k.transpose(1, 2), v.view(B, T, Hkv, D).transpose(1, 2))
             q = apply_rope(q.view(B, T, H, D), cos, sin)
             q = q.view(B, T, Hkv, rep, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, rep * T, D)
             y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # (B, Hkv, rep*T, D)
