@@ -321,7 +321,7 @@ def apply_pdl_flag(args):
 
 
 def decode_attention_report(model: Transformer) -> str:
-    """Which attention the decode steps of the last setup_caches run: "kernel" (kv16_decode_attention in every
+    """Which attention the decode steps of the last setup_caches run: "kernel" (kv16_decode_step_attention in every
     layer) or "sdpa"."""
     return "kernel" if all(layer.attention.decode_kernel for layer in model.layers) else "sdpa"
 

@@ -134,7 +134,7 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(args.dim, (args.n_heads + 2 * args.n_kv_heads) * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
         self.kv_cache: KVCache | None = None
-        self.decode_kernel = False  # setup_caches: decode steps through kernels.kv16_decode_attention
+        self.decode_kernel = False  # setup_caches: decode steps through kernels.kv16_decode_step_attention
 
     def forward(self, x, cos, sin, mask, input_pos):
         B, T, _ = x.shape
@@ -214,8 +214,8 @@ class Transformer(nn.Module):
         """Allocate the static KV caches (2, B, H_kv, S, D) (keys, values) in the embedding's dtype and device.
 
         max_seq is rounded up to a multiple of 16 so the attention mask rows stay aligned for the
-        fused attention kernels.  decode_kernel: one-token steps attend through our split-KV kernel
-        (kernels.kv16_decode_attention) where it takes the layer (CUDA, head_dim 64/128, <= 8 query
+        fused attention kernels.  decode_kernel: one-token steps attend through our split-KV kernel, which also
+        does their RoPE and cache write (kernels.kv16_decode_step_attention), where it takes the layer (CUDA, head_dim 64/128, <= 8 query
         heads per KV head) and kernels/attention.py prefer_kernel picks it (batch x KV heads <= 512 on compute
         capability 9.0+), else F.scaled_dot_product_attention.
         """

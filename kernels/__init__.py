@@ -5,7 +5,7 @@
     y = kv16_decode_attention(q, k_cache, v_cache, mask)        # q (B, H, R, D) -> y (B, H, R, D)
     y = kv16_decode_step_attention(q, k_new, v_new, kv_cache, mask, cos, sin, input_pos)  # + RoPE, cache write
 
-Operators torch.ops.lowbit.w4a16_gemm and torch.ops.lowbit.kv16_decode_attention (kernels/attention.py):
+Operators torch.ops.lowbit.w4a16_gemm, kv16_decode_attention and kv16_decode_step_attention (kernels/attention.py):
   * schema, CPU implementation (the pure-PyTorch reference) and fake/meta
     implementation are registered here, in Python, so the op exists, traces
     under torch.compile(fullgraph=True) and runs on CPU on machines where the
@@ -39,11 +39,11 @@ __all__ = [
 _SCHEMA = "w4a16_gemm(Tensor x, Tensor packed_w, Tensor scales, Tensor? zeros, int group_size) -> Tensor"
 
 _ATTN_SCHEMA = "kv16_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor mask) -> Tensor"
+_STEP_SCHEMA = ("kv16_decode_step_attention(Tensor q, Tensor k_new, Tensor v_new, Tensor(a!) kv_cache, Tensor mask, "
+                "Tensor rope_cos, Tensor rope_sin, Tensor input_pos) -> Tensor")
 
 _lib = torch.library.Library("lowbit", "FRAGMENT")
 _lib.define(_SCHEMA)
-_STEP_SCHEMA = ("kv16_decode_step_attention(Tensor q, Tensor k_new, Tensor v_new, Tensor(a!) kv_cache, Tensor mask, "
-                "Tensor rope_cos, Tensor rope_sin, Tensor input_pos) -> Tensor")
 _lib.define(_ATTN_SCHEMA)
 _lib.define(_STEP_SCHEMA)
 
@@ -237,9 +237,10 @@ def kv16_decode_step_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torc
     if not torch.compiler.is_compiling():
         check_step_inputs(q, k_new, v_new, kv_cache, mask, rope_cos, rope_sin, input_pos)
         if q.is_cuda:
+            align = 2 * (q.shape[-1] // 32)  # the kernel loads D/32 16-bit values at a time
             for name, t in (("q", q), ("k_new", k_new), ("v_new", v_new), ("kv_cache", kv_cache)):
-                if t.data_ptr() % (q.shape[-1] // 16):
-                    raise ValueError(f"kv16_decode_step_attention: {name} must be {q.shape[-1] // 16}-byte aligned")
+                if t.data_ptr() % align:
+                    raise ValueError(f"kv16_decode_step_attention: {name} must be {align}-byte aligned")
             load_extension()
     return torch.ops.lowbit.kv16_decode_step_attention(q, k_new, v_new, kv_cache, mask, rope_cos, rope_sin, input_pos)
 

@@ -28,40 +28,40 @@ HEAD_DIMS = (64, 128)
 _DTYPES = (torch.bfloat16, torch.float16)
 
 
-def check_attention_inputs(q, k_cache, v_cache, mask) -> tuple[int, int, int, int, int]:
+def check_attention_inputs(q, k_cache, v_cache, mask, op="kv16_decode_attention") -> tuple[int, int, int, int, int]:
     """Raise ValueError/TypeError naming the offending numbers; returns (B, H, R, S, D)."""
     if q.dtype not in _DTYPES:
-        raise TypeError(f"kv16_decode_attention: q must be bfloat16 or float16, got {q.dtype}")
+        raise TypeError(f"{op}: q must be bfloat16 or float16, got {q.dtype}")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("mask", mask)):
         if t.dtype != q.dtype:
-            raise TypeError(f"kv16_decode_attention: {name} must have q's dtype {q.dtype}, got {t.dtype}")
+            raise TypeError(f"{op}: {name} must have q's dtype {q.dtype}, got {t.dtype}")
         if t.device != q.device:
-            raise ValueError(f"kv16_decode_attention: {name} is on {t.device}, q on {q.device}")
+            raise ValueError(f"{op}: {name} is on {t.device}, q on {q.device}")
     if q.dim() != 4 or k_cache.dim() != 4 or mask.dim() != 2:
-        raise ValueError(f"kv16_decode_attention: q (B, H, R, D), k_cache/v_cache (B, H, S, D) and mask (B, S) "
+        raise ValueError(f"{op}: q (B, H, R, D), k_cache/v_cache (B, H, S, D) and mask (B, S) "
                          f"expected, got shapes {tuple(q.shape)}, {tuple(k_cache.shape)}, {tuple(mask.shape)}")
     B, H, R, D = q.shape
     S = k_cache.shape[2]
     if (tuple(v_cache.shape) != tuple(k_cache.shape) or tuple(k_cache.shape) != (B, H, S, D)
             or tuple(mask.shape) != (B, S)):
-        raise ValueError(f"kv16_decode_attention: shapes disagree: q {tuple(q.shape)}, k_cache "
+        raise ValueError(f"{op}: shapes disagree: q {tuple(q.shape)}, k_cache "
                          f"{tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}, mask {tuple(mask.shape)}")
     if min(B, H, R, S, D) < 1:
-        raise ValueError(f"kv16_decode_attention: empty problem: B={B} H={H} R={R} S={S} D={D}")
+        raise ValueError(f"{op}: empty problem: B={B} H={H} R={R} S={S} D={D}")
     if q.is_cuda:
         if D not in HEAD_DIMS:
-            raise ValueError(f"kv16_decode_attention: the CUDA kernel takes head_dim 64 or 128, got {D}")
+            raise ValueError(f"{op}: the CUDA kernel takes head_dim 64 or 128, got {D}")
         if R > MAX_ROWS:
-            raise ValueError(f"kv16_decode_attention: the CUDA kernel takes at most {MAX_ROWS} query rows per KV "
+            raise ValueError(f"{op}: the CUDA kernel takes at most {MAX_ROWS} query rows per KV "
                              f"head, got {R}")
         if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
-            raise ValueError("kv16_decode_attention: k_cache and v_cache must be contiguous")
+            raise ValueError(f"{op}: k_cache and v_cache must be contiguous")
         epl = D // 32
         if q.stride(3) != 1 or any(st % epl for st in q.stride()[:3]):
-            raise ValueError(f"kv16_decode_attention: q needs a contiguous last dim and strides that are "
+            raise ValueError(f"{op}: q needs a contiguous last dim and strides that are "
                              f"multiples of {epl}, got strides {q.stride()}")
         if mask.stride(1) != 1:
-            raise ValueError(f"kv16_decode_attention: mask needs a contiguous last dim, got strides {mask.stride()}")
+            raise ValueError(f"{op}: mask needs a contiguous last dim, got strides {mask.stride()}")
     return B, H, R, S, D
 
 
@@ -69,7 +69,7 @@ def check_step_inputs(q, k_new, v_new, kv_cache, mask, rope_cos, rope_sin, input
     """kv16_decode_step_attention's arguments beyond kv16_decode_attention's (checked on the cache's halves)."""
     if kv_cache.dim() != 5 or kv_cache.shape[0] != 2:
         raise ValueError(f"kv16_decode_step_attention: kv_cache (2, B, H, S, D) expected, got {tuple(kv_cache.shape)}")
-    B, H, R, S, D = check_attention_inputs(q, kv_cache[0], kv_cache[1], mask)
+    B, H, R, S, D = check_attention_inputs(q, kv_cache[0], kv_cache[1], mask, "kv16_decode_step_attention")
     for name, t in (("k_new", k_new), ("v_new", v_new)):
         if t.dtype != q.dtype or t.device != q.device or tuple(t.shape) != (B, H, D) or t.stride(-1) != 1:
             raise ValueError(f"kv16_decode_step_attention: {name} must be {q.dtype} (B, H, D) = ({B}, {H}, {D}) on "
@@ -106,6 +106,9 @@ def reference_kv16_decode_step_attention(q, k_new, v_new, kv_cache, mask, rope_c
                                          input_pos) -> torch.Tensor:
     """Writes the rotated k_new and v_new into kv_cache at column input_pos (in place), then the reference
     attention of the rotated q over the whole cache."""
+    if not 0 <= int(input_pos[0]) < kv_cache.shape[3]:  # the CUDA kernel traps
+        raise IndexError(f"kv16_decode_step_attention: input_pos {int(input_pos[0])} outside the cache's "
+                         f"{kv_cache.shape[3]} columns")
     kv_cache[:, :, :, input_pos] = torch.stack((rotate(k_new, rope_cos, rope_sin), v_new))[:, :, :, None]
     return reference_kv16_decode_attention(rotate(q, rope_cos, rope_sin), kv_cache[0], kv_cache[1], mask)
 

@@ -5,8 +5,8 @@
 //
 // q (B, H, R, D): the R query heads that share KV head h are R rows of that head, so each cached
 // K/V byte is read once for all of them.  As kv16_decode_step_attention the kernel also rotates q
-// (RoPE) as it loads it and writes this step's k (rotated) and v into the cache column *input_pos
-// before reading it (step 1), so a decode step hands it the qkv projection's output directly.  mask (B, S) is the same for every head and row (one query
+// (RoPE) as it loads it and writes this step's k (rotated) and v into cache column *input_pos
+// before any read of it, so a decode step hands it the qkv projection's output directly.  mask (B, S) is the same for every head and row (one query
 // position); a split's columns after its last visible one (mask != -inf) are not read beyond its first
 // turn of loads; hidden columns before it are read and weigh zero (so a NaN or Inf stored in V there
 // propagates, as in the reference; one stored in K there does not: its score is -inf before the dot
@@ -74,10 +74,8 @@ __device__ __forceinline__ uint32_t word(uint2 r, int i) { return i ? r.y : r.x;
 __device__ __forceinline__ uint32_t word(uint32_t r, int) { return r; }
 __device__ __forceinline__ void set_word(uint2& r, int i, uint32_t w) { (i ? r.y : r.x) = w; }
 __device__ __forceinline__ void set_word(uint32_t& r, int, uint32_t w) { r = w; }
-template <typename T> __device__ __forceinline__ uint32_t bits16(float v) {
-  const T t = from_float<T>(v);
-  return *reinterpret_cast<const uint16_t*>(&t);
-}
+__device__ __forceinline__ uint32_t bits16(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+__device__ __forceinline__ uint32_t bits16(__half v) { return __half_as_ushort(v); }
 // Element e of the raw load, as float (little-endian: element 2i is the low half of word i).
 template <typename T, class R> __device__ __forceinline__ float elem(R raw, int e) {
   const uint32_t w = word(raw, e >> 1);
@@ -160,7 +158,9 @@ __global__ void __launch_bounds__(kThreads) kv16_decode_attention_kernel(const A
   const int jf = j0 + warp;
   // kv16_decode_step_attention: this step's column cn gets k (rotated) and v from the CTA whose chunk holds it
   // (below); that CTA's first turn is loaded after the barriers when it would read cn, no other CTA reads cn.
-  const int cn = p.input_pos ? (int)*p.input_pos : -1;
+  const int64_t cn64 = p.input_pos ? *p.input_pos : -1;
+  if (p.input_pos && (cn64 < 0 || cn64 >= p.S)) __trap();  // as index_put's device assert: no silent stale cache
+  const int cn = (int)cn64;
   const bool owner = cn >= j0 && cn < j1;
   const bool late = owner && cn < j0 + kWarps * kUnroll;  // the first turn's columns are j0 .. j0 + 31 (clamped)
   if (!late) load(jf, j1 - 1, mk, kv, vv);
@@ -184,7 +184,7 @@ __global__ void __launch_bounds__(kThreads) kv16_decode_attention_kernel(const A
       for (int i = 0; i < EPL / 2; ++i) {
         float x0 = elem<T>(raw, 2 * i), x1 = elem<T>(raw, 2 * i + 1);
         rotate_pair(x0, x1, rc[i], rs[i]);
-        set_word(raw, i, bits16<T>(x0) | (bits16<T>(x1) << 16));
+        set_word(raw, i, bits16(from_float<T>(x0)) | (bits16(from_float<T>(x1)) << 16));
       }
     }
     T* dst = const_cast<T*>(static_cast<const T*>(warp ? p.v : p.k)) + (head * p.S + cn) * D + lane * EPL;

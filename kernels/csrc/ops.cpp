@@ -520,13 +520,15 @@ at::Tensor decode_attention_impl(const at::Tensor& q, const at::Tensor& k, const
                       t->stride(0) % epl == 0 && t->stride(1) % epl == 0 &&
                       reinterpret_cast<uintptr_t>(t->data_ptr()) % (2 * epl) == 0,
                   op, ": k_new and v_new must be (B, H, D) = (", B, ", ", H, ", ", D, ") in q's dtype on its device, ",
-                  "last dim contiguous, strides multiples of ", epl, ", got ", t->sizes(), " strides ", t->strides());
+                  "last dim contiguous, strides multiples of ", epl, ", ", 2 * epl, "-byte aligned, got ", t->sizes(),
+                  " strides ", t->strides(), " at ", t->data_ptr());
     }
     TORCH_CHECK(step->k_new.strides() == step->v_new.strides(), op, ": k_new and v_new need the same strides, got ",
                 step->k_new.strides(), " and ", step->v_new.strides());
     TORCH_CHECK(step->input_pos.device() == q.device() && step->input_pos.scalar_type() == at::kLong &&
-                    step->input_pos.numel() == 1,
-                op, ": input_pos must be one int64 cache column on q's device");
+                    step->input_pos.dim() == 1 && step->input_pos.size(0) == 1,
+                op, ": input_pos must be one int64 cache column (shape (1,)) on q's device, got ",
+                step->input_pos.sizes(), " ", step->input_pos.scalar_type());
   }
   c10::cuda::CUDAGuard guard(q.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
