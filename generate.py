@@ -133,12 +133,15 @@ def compile_kwargs(model: Transformer, cuda: bool, pdl: bool = False) -> tuple[d
     return {"options": {**list_mode_options("reduce-overhead"), **opts}}, {"options": opts}
 
 
+DECODE_ATTENTION = ("kernel", "sdpa")  # the decode steps' attention; the first is the default
+
+
 class Generator:
     """Owns the compiled prefill/decode functions for one model and runs batched generation."""
 
     def __init__(self, model: Transformer, compile: bool, temperature=0.0, top_k=0, top_p=1.0,
                  compile_prefill: bool = True, compile_once: bool = False, pdl: bool = True,
-                 decode_attention: str = "kernel"):
+                 decode_attention: str = DECODE_ATTENTION[0]):
         if decode_attention not in DECODE_ATTENTION:
             raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}, got {decode_attention!r}")
         self.model = model
@@ -281,9 +284,6 @@ def print_report(r: dict, title: str):
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-DECODE_ATTENTION = ("kernel", "sdpa")
-
-
 def add_step_flags(p: argparse.ArgumentParser):
     """--compile-once / --no-compile-once, --pdl / --no-pdl and --decode-attention, shared by generate.py and the
     eval scripts that build its Generator (apply_pdl_flag acts on the parsed --pdl)."""
@@ -300,14 +300,13 @@ def add_step_flags(p: argparse.ArgumentParser):
                         "--no-pdl turns both off (for the int4 kernels by setting LOWBIT_W4A16_PDL=0). On an "
                         "H200: +7%% decode tokens/s at batch 1, +2%% at 32 (Llama-3-8B int4-marlin, head "
                         "quantized, before path 4; BENCHMARKS.md \"End to end with int4-marlin\")")
-    p.add_argument("--decode-attention", choices=DECODE_ATTENTION, default="kernel",
+    p.add_argument("--decode-attention", choices=DECODE_ATTENTION, default=DECODE_ATTENTION[0],
                    help="attention of the one-token decode steps: 'kernel' (default) = our split-KV CUDA kernel "
                         "(kernels.kv16_decode_attention) where it takes the model (CUDA, head_dim 64 or 128, at most "
                         "8 query heads per KV head) and is expected to be the faster one (batch x KV heads <= 512 on "
                         "compute capability 9.0+: Llama-3-8B up to batch 64), F.scaled_dot_product_attention "
-                        "elsewhere; 'sdpa' = always "
-                        "F.scaled_dot_product_attention. The prefill always uses SDPA. BENCHMARKS.md \"Decode "
-                        "attention\"")
+                        "elsewhere; 'sdpa' = always F.scaled_dot_product_attention. The prefill always uses SDPA. "
+                        "BENCHMARKS.md \"Decode attention\"")
 
 
 def apply_pdl_flag(args):
