@@ -191,20 +191,28 @@ def test_model_decode_through_the_op_matches_sdpa_cpu():
     assert torch.equal(got.argmax(-1), want.argmax(-1))
 
 
-def test_compiled_decode_writes_the_cache_in_place_cpu(monkeypatch):
+@pytest.mark.parametrize("region_ok", [True, False])
+def test_compiled_decode_writes_the_cache_in_place_cpu(monkeypatch, region_ok):
     """Inductor (CPU, one layer compiled once) calls the step op on views of the qkv projection's output and on
     the cache buffer itself: no copy of the cache around the declared mutation, nothing left between the
-    projection and the op, and the same greedy tokens as eager mode."""
+    projection and the op, and the same greedy tokens as eager mode.  As on torch < 2.14.1 (region_ok False,
+    model.REGION_TAKES_MUTATING_OPS), layers compiled once call kv16_decode_attention instead, same tokens."""
     from torch._inductor.utils import run_and_get_code
 
+    import model
     from generate import Generator
     monkeypatch.setattr(kernels, "decode_attention_supported", lambda *a, **k: True)  # the op's reference
+    monkeypatch.setattr(model, "REGION_TAKES_MUTATING_OPS", region_ok)
     m = tiny_model(torch.bfloat16, "cpu")  # 2 layers: the layer is its own compiled subgraph
     prompts = [[5, 6, 7], [8, 9, 10, 11]]
     want = Generator(m, False)(prompts, 4, set(), 0, show_progress=False)["tokens"]
     gen = Generator(m, True, compile_once=True, compile_prefill=False)
     got, codes = run_and_get_code(lambda: gen(prompts, 4, set(), 0, show_progress=False))
     assert got["tokens"] == want
+    if not region_ok:
+        assert not any("kv16_decode_step_attention" in c for c in codes)
+        assert any("kv16_decode_attention.default(" in c for c in codes)
+        return
     # the op's 4th argument (the cache) is a graph input itself (argN_1), not a buffer copied from it
     calls = [m for c in codes for m in re.findall(r"kv16_decode_step_attention\.default\((.*)\)", c)]
     assert calls and all(re.match(r"(?:reinterpret_tensor\(.*?\), ){3}\w*arg\d+_1, ", a) for a in calls), calls
@@ -418,13 +426,16 @@ def test_gpu_model_decode_kernel_matches_sdpa():
 
 
 @needs_preferred_kernel
-def test_gpu_generator_compiled_with_kernel_matches_sdpa():
-    """generate.Generator compiled (fullgraph, CUDA graphs, one layer compiled once): the same greedy tokens
-    with the decode attention through the kernel as through SDPA."""
+@pytest.mark.parametrize("compile_once", [True, False])
+def test_gpu_generator_compiled_with_kernel_matches_sdpa(compile_once):
+    """generate.Generator compiled (fullgraph, CUDA graphs; one layer compiled once, or the whole model as one
+    graph, where the step op does RoPE and the cache write on any torch): the same greedy tokens with the decode
+    attention through the kernel as through SDPA."""
     from generate import Generator
     m = tiny_model(torch.bfloat16, "cuda")
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15]]
-    runs = {a: Generator(m, True, compile_once=True, decode_attention=a)(prompts, 8, set(), 0, show_progress=False)
+    runs = {a: Generator(m, True, compile_once=compile_once, decode_attention=a)(prompts, 8, set(), 0,
+                                                                                 show_progress=False)
             for a in ("sdpa", "kernel")}
     assert m.decode_kernel and all(layer.attention.decode_kernel for layer in m.layers)
     # Greedy tokens may part where two logits nearly tie: the kernel's and SDPA's rounding differ (eager logits differ
