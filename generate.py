@@ -320,9 +320,10 @@ def apply_pdl_flag(args):
 
 
 def decode_attention_report(model: Transformer) -> str:
-    """Which attention the decode steps of the last setup_caches run: "kernel" (kv16_decode_step_attention in every
-    layer) or "sdpa"."""
-    return "kernel" if all(layer.attention.decode_kernel for layer in model.layers) else "sdpa"
+    """Which attention the decode steps of the last setup_caches run: "kernel+rope" (kv16_decode_step_attention,
+    RoPE and the cache write inside, in every layer), "kernel" (kv16_decode_attention in every layer) or "sdpa"."""
+    att = [layer.attention for layer in model.layers]
+    return "kernel+rope" if all(a.decode_step for a in att) else "kernel" if all(a.decode_kernel for a in att) else "sdpa"
 
 
 def pdl_report(pdl: bool, device: torch.device, compiled: bool) -> str:

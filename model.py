@@ -137,6 +137,10 @@ class Attention(nn.Module):
         self.decode_kernel = False  # setup_caches: decode steps attend through our kernel
         self.in_region = False  # Block.compile_once: called inside a nested compile region
 
+    @property
+    def decode_step(self) -> bool:  # the decode kernel also does RoPE and the cache write
+        return self.decode_kernel and (REGION_TAKES_MUTATING_OPS or not self.in_region)
+
     def forward(self, x, cos, sin, mask, input_pos):
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
@@ -145,8 +149,7 @@ class Attention(nn.Module):
         # rows of that head, so attention reads each cached K/V once.
         # `mask` (B, 1, rep*T, S) was laid out for these rows once per forward.
         rep = H // Hkv
-        decode_kernel = T == 1 and self.decode_kernel  # one query column: mask row 0 holds it for every row (B, S)
-        if decode_kernel and (REGION_TAKES_MUTATING_OPS or not self.in_region):  # RoPE, cache write, attention
+        if T == 1 and self.decode_step:  # one kernel: RoPE, the cache write, attention; mask row 0 (B, S)
             y = kernels.kv16_decode_step_attention(  # views of the projection (B, Hkv, rep, D), (B, Hkv, D)
                 q.view(B, Hkv, rep, D), k.view(B, Hkv, D), v.view(B, Hkv, D), self.kv_cache.kv, mask[:, 0, 0],
                 cos[:, 0, 0], sin[:, 0, 0], input_pos)  # (B, Hkv, rep, D)
@@ -155,7 +158,7 @@ class Attention(nn.Module):
             k_all, v_all = self.kv_cache.update(input_pos, k.transpose(1, 2), v.view(B, T, Hkv, D).transpose(1, 2))
             q = apply_rope(q.view(B, T, H, D), cos, sin)
             q = q.view(B, T, Hkv, rep, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, rep * T, D)
-            if decode_kernel:
+            if T == 1 and self.decode_kernel:  # one query column: mask row 0 holds it for every row (B, S)
                 y = kernels.kv16_decode_attention(q, k_all, v_all, mask[:, 0, 0])  # (B, Hkv, rep, D)
             else:
                 y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # (B, Hkv, rep*T, D)

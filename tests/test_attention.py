@@ -438,6 +438,10 @@ def test_gpu_generator_compiled_with_kernel_matches_sdpa(compile_once):
                                                                                  show_progress=False)
             for a in ("sdpa", "kernel")}
     assert m.decode_kernel and all(layer.attention.decode_kernel for layer in m.layers)
+    import model
+    from generate import decode_attention_report
+    assert decode_attention_report(m) == ("kernel+rope" if model.REGION_TAKES_MUTATING_OPS or not compile_once
+                                          else "kernel")
     # Greedy tokens may part where two logits nearly tie: the kernel's and SDPA's rounding differ (eager logits differ
     # by up to 0.023 on this model; on an H100 the compiled runs parted at a step whose top two logits were 0.023
     # apart).  So the tokens must agree up to the first step where they part, and there the kernel's pick must be
