@@ -138,7 +138,7 @@ class Attention(nn.Module):
         self.in_region = False  # Block.compile_once: called inside a nested compile region
 
     @property
-    def decode_step(self) -> bool:  # the decode kernel also does RoPE and the cache write
+    def step_op(self) -> bool:  # the decode kernel also does RoPE and the cache write
         return self.decode_kernel and (REGION_TAKES_MUTATING_OPS or not self.in_region)
 
     def forward(self, x, cos, sin, mask, input_pos):
@@ -149,7 +149,7 @@ class Attention(nn.Module):
         # rows of that head, so attention reads each cached K/V once.
         # `mask` (B, 1, rep*T, S) was laid out for these rows once per forward.
         rep = H // Hkv
-        if T == 1 and self.decode_step:  # one kernel: RoPE, the cache write, attention; mask row 0 (B, S)
+        if T == 1 and self.step_op:  # one kernel: RoPE, the cache write, attention; mask row 0 (B, S)
             y = kernels.kv16_decode_step_attention(  # views of the projection (B, Hkv, rep, D), (B, Hkv, D)
                 q.view(B, Hkv, rep, D), k.view(B, Hkv, D), v.view(B, Hkv, D), self.kv_cache.kv, mask[:, 0, 0],
                 cos[:, 0, 0], sin[:, 0, 0], input_pos)  # (B, Hkv, rep, D)
@@ -187,9 +187,9 @@ def _block(block: "Block", x, r, cos, sin, mask, input_pos):
 
 
 # A custom op that writes into an input of a nested compile region (the step op's cache write) fails to
-# functionalize before torch 2.14 ("Found a custom (non-ATen) operator whose output has alias annotations" on
-# 2.11; pytorch/pytorch#186807, fixed by #189543; 2.14.1 is the oldest release we ran it on).  There, layers compiled
-# once keep RoPE and the cache write out of the decode kernel (Attention.forward).
+# functionalize before torch 2.14.1 ("Found a custom (non-ATen) operator whose output has alias annotations" on 2.11
+# and 2.13; 2.14.0 not tried; pytorch/pytorch#186807 and #189523, fixed by #189543).  There, layers compiled once
+# keep RoPE and the cache write out of the decode kernel (Attention.forward).
 REGION_TAKES_MUTATING_OPS = torch.torch_version.TorchVersion(torch.__version__) >= "2.14.1"
 
 # One function for every layer, so torch.compile can trace and compile it once and call it n_layers
