@@ -134,25 +134,34 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(args.dim, (args.n_heads + 2 * args.n_kv_heads) * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
         self.kv_cache: KVCache | None = None
-        self.decode_kernel = False  # setup_caches: decode steps through kernels.kv16_decode_attention
+        self.decode_kernel = False  # setup_caches: decode steps attend through our kernel
+        self.in_region = False  # Block.compile_once: called inside a nested compile region
+
+    @property
+    def step_op(self) -> bool:  # the decode kernel also does RoPE and the cache write
+        return self.decode_kernel and (REGION_TAKES_MUTATING_OPS or not self.in_region)
 
     def forward(self, x, cos, sin, mask, input_pos):
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         q, k, v = self.wqkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
-        q = apply_rope(q.view(B, T, H, D), cos, sin)
-        k = apply_rope(k.view(B, T, Hkv, D), cos, sin)
-        v = v.view(B, T, Hkv, D)
-        k_all, v_all = self.kv_cache.update(input_pos, k.transpose(1, 2), v.transpose(1, 2))  # (B, Hkv, S, D)
         # GQA without repeating K/V: the n_rep query heads that share a KV head become extra query
         # rows of that head, so attention reads each cached K/V once.
         # `mask` (B, 1, rep*T, S) was laid out for these rows once per forward.
         rep = H // Hkv
-        q = q.view(B, T, Hkv, rep, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, rep * T, D)
-        if T == 1 and self.decode_kernel:  # one query column: mask row 0 holds it for every row (B, S)
-            y = kernels.kv16_decode_attention(q, k_all, v_all, mask[:, 0, 0])  # (B, Hkv, rep, D)
+        if T == 1 and self.step_op:  # one kernel: RoPE, the cache write, attention; mask row 0 (B, S)
+            y = kernels.kv16_decode_step_attention(  # views of the projection (B, Hkv, rep, D), (B, Hkv, D)
+                q.view(B, Hkv, rep, D), k.view(B, Hkv, D), v.view(B, Hkv, D), self.kv_cache.kv, mask[:, 0, 0],
+                cos[:, 0, 0], sin[:, 0, 0], input_pos)  # (B, Hkv, rep, D)
         else:
-            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # (B, Hkv, rep*T, D)
+            k = apply_rope(k.view(B, T, Hkv, D), cos, sin)
+            k_all, v_all = self.kv_cache.update(input_pos, k.transpose(1, 2), v.view(B, T, Hkv, D).transpose(1, 2))
+            q = apply_rope(q.view(B, T, H, D), cos, sin)
+            q = q.view(B, T, Hkv, rep, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, rep * T, D)
+            if T == 1 and self.decode_kernel:  # one query column: mask row 0 holds it for every row (B, S)
+                y = kernels.kv16_decode_attention(q, k_all, v_all, mask[:, 0, 0])  # (B, Hkv, rep, D)
+            else:
+                y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # (B, Hkv, rep*T, D)
         y = y.view(B, Hkv, rep, T, D).permute(0, 3, 1, 2, 4).reshape(B, T, H * D)
         return self.wo(y)
 
@@ -177,6 +186,12 @@ def _block(block: "Block", x, r, cos, sin, mask, input_pos):
     return h, block.feed_forward(block.ffn_norm(h))
 
 
+# A custom op that writes into an input of a nested compile region (the step op's cache write) fails to
+# functionalize before torch 2.14.1 ("Found a custom (non-ATen) operator whose output has alias annotations" on 2.11
+# and 2.13; 2.14.0 not tried; pytorch/pytorch#186807 and #189523, fixed by #189543).  There, layers compiled once
+# keep RoPE and the cache write out of the decode kernel (Attention.forward).
+REGION_TAKES_MUTATING_OPS = torch.torch_version.TorchVersion(torch.__version__) >= "2.14.1"
+
 # One function for every layer, so torch.compile can trace and compile it once and call it n_layers
 # times (`compile_once`; torch >= 2.8) instead of inlining n_layers copies.
 _block_once = getattr(torch.compiler, "nested_compile_region", lambda f: f)(_block)
@@ -190,6 +205,14 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args)
         self.compile_once = False
+
+    @property
+    def compile_once(self) -> bool:
+        return self.attention.in_region
+
+    @compile_once.setter
+    def compile_once(self, on: bool):
+        self.attention.in_region = on  # the decode step's attention needs to know (REGION_TAKES_MUTATING_OPS)
 
     def forward(self, x, r, cos, sin, mask, input_pos):
         return (_block_once if self.compile_once else _block)(self, x, r, cos, sin, mask, input_pos)
@@ -213,10 +236,12 @@ class Transformer(nn.Module):
         """Allocate the static KV caches (2, B, H_kv, S, D) (keys, values) in the embedding's dtype and device.
 
         max_seq is rounded up to a multiple of 16 so the attention mask rows stay aligned for the
-        fused attention kernels.  decode_kernel: one-token steps attend through our split-KV kernel
-        (kernels.kv16_decode_attention) where it takes the layer (CUDA, head_dim 64/128, <= 8 query
-        heads per KV head) and kernels/attention.py prefer_kernel picks it (batch x KV heads <= 512 on compute
-        capability 9.0+), else F.scaled_dot_product_attention.
+        fused attention kernels.  decode_kernel: one-token steps attend through our split-KV kernel where it
+        takes the layer (CUDA, head_dim 64/128, <= 8 query heads per KV head) and kernels/attention.py
+        prefer_kernel picks it (batch x KV heads <= 512 on compute capability 9.0+), else
+        F.scaled_dot_product_attention.  The kernel also does their RoPE and cache write
+        (kernels.kv16_decode_step_attention) unless the layer is compiled once on torch < 2.14.1
+        (REGION_TAKES_MUTATING_OPS).
         """
         max_seq = -(-max_seq // 16) * 16
         if max_seq > self.args.max_seq_len:

@@ -50,6 +50,17 @@ def ulp_error(y, q, k, v, mask):
     return attention.ulp_error(y, kernels.reference_kv16_decode_attention(q, k, v, mask))
 
 
+def step_args(q, k, v, mask, visible, seed):
+    """kv16_decode_step_attention's arguments over the same cache: a (2, B, H, S, D) copy of k and v, this step's
+    k_new/v_new, angles, and the decode column visible - 1."""
+    B, H, _, D = q.shape
+    g = torch.Generator(device=q.device).manual_seed(seed)
+    k_new, v_new = (torch.randn(B, H, D, generator=g, device=q.device, dtype=q.dtype) for _ in range(2))
+    angles = torch.rand(B, D // 2, generator=g, device=q.device) * 6.28
+    pos = torch.tensor([visible - 1], device=q.device)
+    return q, k_new, v_new, torch.stack((k, v)), mask, angles.cos(), angles.sin(), pos
+
+
 def bench(B, S, args, bw, device):
     H, R, D = args.heads, args.rows, args.head_dim
     visible = max(1, round(S * args.visible))
@@ -61,12 +72,24 @@ def bench(B, S, args, bw, device):
     ext = kernels.load_extension()
     rows = []
     variants = [("sdpa", None)] + [(f"ours[{s}]", -1 if s == "auto" else int(s)) for s in args.splits]
+    steps = []
+    if args.step:  # the same caches as (2, B, H, S, D) buffers, written at column visible - 1 by every call
+        steps = [step_args(*p, visible, args.seed + 1000 + c) for c, p in enumerate(probs)]
+        variants += [(f"step[{s}]", -1 if s == "auto" else int(s)) for s in args.splits]
     for name, splits in variants:
         if splits is None:
             fn = lambda c: F.scaled_dot_product_attention(*probs[c][:3], attn_mask=mask4[c])  # noqa: E731
+        elif name.startswith("step"):
+            fn = lambda c, s=splits: ext.decode_step_attention(*steps[c], s)  # noqa: E731
         else:
             fn = lambda c, s=splits: ext.decode_attention(*probs[c], s)  # noqa: E731
-        err = ulp_error(fn(0), *probs[0])
+        if name.startswith("step"):  # against the reference attention of the rotated q over the written cache
+            q, k_new, v_new, kv, mask, cos, sin, _ = steps[0]
+            y = fn(0)
+            err = attention.ulp_error(y, kernels.reference_kv16_decode_attention(
+                attention.rotate(q, cos, sin), kv[0], kv[1], mask))
+        else:
+            err = ulp_error(fn(0), *probs[0])
         if splits is not None and not err <= 1.5:  # ours: its fp32 result rounded once, plus fp32 noise
             raise SystemExit(f"{name} B={B} S={S}: error {err:.2f} ulp of bf16 against the reference")
         t = time_graph(fn, copies, args.reps, device)
@@ -76,7 +99,7 @@ def bench(B, S, args, bw, device):
                          gb_s=nbytes / t / 1e9, pct_bound=100 * nbytes / bw / t, err_ulp=err, copies=copies))
         print(f"B={B:3d} S={S:5d} visible={visible:5d} {name:10s} {t * 1e6:8.2f} us {nbytes / t / 1e9:8.1f} GB/s "
               f"({100 * nbytes / bw / t:5.1f}% of bound) err {err:.2f} ulp", flush=True)
-    del probs, mask4
+    del probs, mask4, steps
     torch.cuda.empty_cache()
     return rows
 
@@ -90,6 +113,9 @@ def smoke(args):
         err = (y.float() - ref).abs().max().item()
         assert err < 2e-2, err
         print(f"| {B}x{H}x{R}x{D}, S={S} | reference vs SDPA (float32) | max abs err {err:.1e} |")
+        q, k_new, v_new, kv, mask, cos, sin, pos = step_args(q, k, v, mask, S - 5, 0)  # --step's plumbing
+        y = kernels.kv16_decode_step_attention(q, k_new, v_new, kv, mask, cos, sin, pos)
+        assert torch.equal(kv[1, :, :, S - 6], v_new) and torch.isfinite(y).all()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "attention_bench_smoke.json").write_text(json.dumps({"ok": True}))
@@ -106,6 +132,9 @@ def main():
     ap.add_argument("--splits", default="auto",
                     help="comma-separated column-split counts for our kernel: 'auto' (the heuristic, csrc/ops.cpp "
                          "decode_attention_splits) or numbers (default: %(default)s)")
+    ap.add_argument("--step", action="store_true",
+                    help="also time kv16_decode_step_attention (RoPE and this step's cache write in the kernel) as "
+                         "step[...] rows, over the same caches")
     ap.add_argument("--bandwidth", action="store_true", help="measure the D2D copy bandwidth first")
     ap.add_argument("--reps", type=int, default=20, help="graph replays per timing; the median is reported")
     ap.add_argument("--out", default=os.environ.get("OUT", "out"), help="output folder (default: $OUT or ./out)")

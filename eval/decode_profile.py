@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
-from generate import (Generator, add_step_flags, apply_pdl_flag, loading_label,  # noqa: E402
+from generate import (Generator, add_step_flags, apply_pdl_flag, decode_attention_report, loading_label,  # noqa: E402
                       random_prompts, step)
 
 KINDS = (  # (kind, pattern on the kernel or op name); the first match wins
@@ -117,7 +117,8 @@ def main(argv=None):
     rows = per_step(short, long, args.steps)
     where = torch.cuda.get_device_name(device) if cuda else "cpu (aten op self times)"
     compiled = ("eager" if not gen.compiled else "compiled once per layer" if args.compile_once
-                else "compiled as a whole") + (", PDL" if gen.compiled and args.pdl else "")
+                else "compiled as a whole") + (", PDL" if gen.compiled and args.pdl else "") \
+        + f", decode attention {decode_attention_report(model)}"
     title = (f"Decode step of {args.model}, {args.quant}, batch {args.batch}, prompt {args.prompt_len}, {compiled}: "
              f"{where}, torch {torch.__version__}; difference of {1 + args.steps} and {1 + 2 * args.steps} new tokens.")
     print(markdown(rows, title, args.top))

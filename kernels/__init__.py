@@ -3,8 +3,9 @@
     y = w4a16_gemm(x, packed_w, scales, zeros, group_size)      # x (M, K) bf16/fp16 -> y (M, N)
     packed_w, scales_p, zeros_p = pack_w4(q, scales, zeros, group_size)
     y = kv16_decode_attention(q, k_cache, v_cache, mask)        # q (B, H, R, D) -> y (B, H, R, D)
+    y = kv16_decode_step_attention(q, k_new, v_new, kv_cache, mask, cos, sin, input_pos)  # + RoPE, cache write
 
-Operators torch.ops.lowbit.w4a16_gemm and torch.ops.lowbit.kv16_decode_attention (kernels/attention.py):
+Operators torch.ops.lowbit.w4a16_gemm, kv16_decode_attention and kv16_decode_step_attention (kernels/attention.py):
   * schema, CPU implementation (the pure-PyTorch reference) and fake/meta
     implementation are registered here, in Python, so the op exists, traces
     under torch.compile(fullgraph=True) and runs on CPU on machines where the
@@ -23,23 +24,28 @@ import os
 import torch
 
 from . import attention
-from .attention import check_attention_inputs, reference_kv16_decode_attention
+from .attention import (check_attention_inputs, check_step_inputs, reference_kv16_decode_attention,
+                        reference_kv16_decode_step_attention)
 from .build import find_cuda_home, load_extension as _load_extension
 from .reference import check_inputs, dequantize, pack_w4, reference_w4a16_gemm, unpack_w4
 
 __all__ = [
     "w4a16_gemm", "pack_w4", "unpack_w4", "reference_w4a16_gemm", "dequantize",
     "load_extension", "extension_available", "choose_path", "gemm_path", "PATHS",
-    "kv16_decode_attention", "reference_kv16_decode_attention",
+    "kv16_decode_attention", "reference_kv16_decode_attention", "kv16_decode_step_attention",
+    "reference_kv16_decode_step_attention",
 ]
 
 _SCHEMA = "w4a16_gemm(Tensor x, Tensor packed_w, Tensor scales, Tensor? zeros, int group_size) -> Tensor"
 
 _ATTN_SCHEMA = "kv16_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor mask) -> Tensor"
+_STEP_SCHEMA = ("kv16_decode_step_attention(Tensor q, Tensor k_new, Tensor v_new, Tensor(a!) kv_cache, Tensor mask, "
+                "Tensor rope_cos, Tensor rope_sin, Tensor input_pos) -> Tensor")
 
 _lib = torch.library.Library("lowbit", "FRAGMENT")
 _lib.define(_SCHEMA)
 _lib.define(_ATTN_SCHEMA)
+_lib.define(_STEP_SCHEMA)
 
 
 def _cpu_impl(x, packed_w, scales, zeros, group_size):
@@ -48,6 +54,7 @@ def _cpu_impl(x, packed_w, scales, zeros, group_size):
 
 _lib.impl("w4a16_gemm", _cpu_impl, "CPU")
 _lib.impl("kv16_decode_attention", reference_kv16_decode_attention, "CPU")
+_lib.impl("kv16_decode_step_attention", reference_kv16_decode_step_attention, "CPU")
 
 
 @torch.library.register_fake("lowbit::kv16_decode_attention")
@@ -56,6 +63,14 @@ def _attention_fake(q, k_cache, v_cache, mask):
     if q.device.type == "cuda":
         load_extension()  # the compiled graph will call the CUDA kernel at run time
     return torch.empty(q.shape, dtype=q.dtype, device=q.device)  # contiguous (B, H, R, D), as the kernel writes
+
+
+@torch.library.register_fake("lowbit::kv16_decode_step_attention")
+def _step_attention_fake(q, k_new, v_new, kv_cache, mask, rope_cos, rope_sin, input_pos):
+    check_step_inputs(q, k_new, v_new, kv_cache, mask, rope_cos, rope_sin, input_pos)
+    if q.device.type == "cuda":
+        load_extension()
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device)
 
 
 @torch.library.register_fake("lowbit::w4a16_gemm")
@@ -211,6 +226,23 @@ def kv16_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
                     raise ValueError(f"kv16_decode_attention: {name} must be {q.shape[-1] // 16}-byte aligned")
             load_extension()
     return torch.ops.lowbit.kv16_decode_attention(q, k_cache, v_cache, mask)
+
+
+def kv16_decode_step_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, kv_cache: torch.Tensor,
+                               mask: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor,
+                               input_pos: torch.Tensor) -> torch.Tensor:
+    """A decode step's attention straight from the qkv projection: RoPE of q and k_new, k_new and v_new written
+    into kv_cache (2, B, H, S, D) at column input_pos (in place), then kv16_decode_attention over the cache: one
+    kernel on CUDA, the reference on CPU.  Shapes and semantics in kernels/attention.py."""
+    if not torch.compiler.is_compiling():
+        check_step_inputs(q, k_new, v_new, kv_cache, mask, rope_cos, rope_sin, input_pos)
+        if q.is_cuda:
+            align = 2 * (q.shape[-1] // 32)  # the kernel loads D/32 16-bit values at a time
+            for name, t in (("q", q), ("k_new", k_new), ("v_new", v_new), ("kv_cache", kv_cache)):
+                if t.data_ptr() % align:
+                    raise ValueError(f"kv16_decode_step_attention: {name} must be {align}-byte aligned")
+            load_extension()
+    return torch.ops.lowbit.kv16_decode_step_attention(q, k_new, v_new, kv_cache, mask, rope_cos, rope_sin, input_pos)
 
 
 def decode_attention_supported(rows: int, head_dim: int, dtype: torch.dtype, device: torch.device,

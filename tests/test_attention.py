@@ -1,5 +1,7 @@
 """lowbit::kv16_decode_attention: the reference against SDPA (CPU), the op's checks, fake and opcheck, the
 model's decode path through it, and the CUDA kernel against the reference (GPU)."""
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,6 +9,7 @@ import torch.nn.functional as F
 import kernels
 from kernels import attention
 from kernels import build as kbuild
+import model
 from model import ModelArgs, Transformer
 
 CUDA = torch.cuda.is_available()
@@ -54,6 +57,45 @@ def test_reference_matches_sdpa(B, H, R, S, D, pad, upto, dtype):
     assert ulp_error(y, q, k, v, mask) <= ULP_BAR
 
 
+def rope_angles(B, D, device, seed):
+    """cos, sin (B, D/2) float32 of RoPE angles at a random position per row (model.py's inv_freq at theta 5e5)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    pos = torch.randint(0, 4096, (B, 1), generator=g).float()
+    inv_freq = 1.0 / (500000.0 ** (torch.arange(0, D, 2, dtype=torch.float64) / D)).float()
+    angles = pos * inv_freq  # (B, D/2)
+    return angles.cos().to(device), angles.sin().to(device)
+
+
+def step_problem(B, H, R, S, D, dtype, device, seed, pad=None, upto=None):
+    """kv16_decode_step_attention's arguments as model.py passes them: q, k_new, v_new views of one qkv row per
+    sequence, a random (2, B, H, S, D) cache, the decode column input_pos = upto (visible), per-row angles."""
+    q_, k, v, mask = problem(B, H, R, S, D, dtype, device, seed, pad, upto)
+    g = torch.Generator(device=device).manual_seed(seed + 1000)
+    qkv = torch.randn(B, 1, (H * R + 2 * H) * D, generator=g, device=device, dtype=dtype)
+    q, k_new, v_new = qkv.split([H * R * D, H * D, H * D], dim=-1)
+    cos, sin = rope_angles(B, D, device, seed)
+    pos = torch.tensor([S - 1 if upto is None else upto], device=device)
+    return (q.view(B, H, R, D), k_new.view(B, H, D), v_new.view(B, H, D), torch.stack((k, v)).contiguous(), mask,
+            cos, sin, pos)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("D", [64, 128])
+def test_step_reference_is_the_model_path(D, dtype):
+    """The step op's reference (its CPU implementation) is model.py's SDPA-path arithmetic: apply_rope on q and k,
+    the cache write at input_pos, then the attention over the cache; the cache is written in place, bit for bit."""
+    from model import apply_rope
+    B, H, R, S = 3, 2, 4, 40
+    q, k_new, v_new, kv, mask, cos, sin, pos = step_problem(B, H, R, S, D, dtype, "cpu", 4, pad=[0, 3, 20], upto=35)
+    want_kv = kv.clone()
+    k_rot = apply_rope(k_new[:, None], cos[:, None, None], sin[:, None, None])[:, 0]  # (B, H, D)
+    want_kv[:, :, :, pos] = torch.stack((k_rot, v_new))[:, :, :, None]
+    q_rot = apply_rope(q.reshape(B, 1, H * R, D), cos[:, None, None], sin[:, None, None]).reshape(B, H, R, D)
+    want = kernels.kv16_decode_attention(q_rot, want_kv[0], want_kv[1], mask)
+    y = kernels.kv16_decode_step_attention(q, k_new, v_new, kv, mask, cos, sin, pos)
+    assert torch.equal(kv, want_kv) and torch.equal(y, want)
+
+
 def test_fully_masked_row_is_nan():
     """Defined, not silently zero (SDPA's answer differs by backend and version; model.py never makes one)."""
     q, k, v, mask = problem(2, 1, 2, 8, 64, torch.bfloat16, "cpu", 1)
@@ -81,6 +123,33 @@ def test_opcheck_and_compile_cpu():
     torch.library.opcheck(torch.ops.lowbit.kv16_decode_attention, (q, k, v, mask))
     f = torch.compile(kernels.kv16_decode_attention, fullgraph=True, backend="aot_eager")
     assert torch.equal(f(q, k, v, mask), kernels.kv16_decode_attention(q, k, v, mask))
+    args = step_problem(2, 2, 3, 24, 64, torch.bfloat16, "cpu", 3, pad=[0, 5], upto=20)
+    torch.library.opcheck(torch.ops.lowbit.kv16_decode_step_attention, args)  # the declared cache mutation
+    g = torch.compile(kernels.kv16_decode_step_attention, fullgraph=True, backend="aot_eager")
+    kv2 = args[3].clone()
+    assert torch.equal(g(*args), kernels.kv16_decode_step_attention(*args[:3], kv2, *args[4:]))
+    assert torch.equal(args[3], kv2)
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_step_bad_inputs_name_the_numbers(case):
+    q, k_new, v_new, kv, mask, cos, sin, pos = step_problem(1, 2, 4, 16, 64, torch.bfloat16, "cpu", 0)
+    bad = [((q, k_new, v_new, kv[0], mask, cos, sin, pos), r"kv_cache \(2, B, H, S, D\) expected, got \(1, 2, 16, 64\)"),
+           ((q, k_new.float(), v_new, kv, mask, cos, sin, pos), r"k_new must be torch.bfloat16 \(B, H, D\)"),
+           ((q, k_new, v_new[:, :1], kv, mask, cos, sin, pos), r"v_new must be .* got torch.bfloat16 \(1, 1, 64\)"),
+           ((q, k_new, v_new, kv, mask, cos.double(), sin, pos), r"rope_cos must be float32 \(B, D/2\) = \(1, 32\)"),
+           ((q, k_new, v_new, kv, mask, cos, sin, pos.int()), r"input_pos must be one int64 cache column")][case]
+    args, msg = bad
+    with pytest.raises(ValueError, match=msg):
+        kernels.kv16_decode_step_attention(*args)
+
+
+def test_step_column_outside_the_cache_is_an_error():
+    """The reference raises; the CUDA kernel traps (as index_put's device assert) rather than leave a stale cache."""
+    q, k_new, v_new, kv, mask, cos, sin, pos = step_problem(1, 2, 4, 16, 64, torch.bfloat16, "cpu", 0)
+    for col in (16, -1):
+        with pytest.raises(IndexError, match=f"input_pos {col} outside the cache's 16 columns"):
+            kernels.kv16_decode_step_attention(q, k_new, v_new, kv, mask, cos, sin, torch.tensor([col]))
 
 
 def tiny_model(dtype, device, **over):
@@ -121,6 +190,35 @@ def test_model_decode_through_the_op_matches_sdpa_cpu():
     got = decode_logits(m, True, force=True)
     torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
     assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+@pytest.mark.parametrize("region_ok", [
+    pytest.param(True, marks=pytest.mark.xfail(not model.REGION_TAKES_MUTATING_OPS, strict=True,
+                                                raises=torch._dynamo.exc.BackendCompilerFailed,
+                                                reason="torch < 2.14.1: pytorch/pytorch#186807")), False])
+def test_compiled_decode_writes_the_cache_in_place_cpu(monkeypatch, region_ok):
+    """Inductor (CPU, one layer compiled once) calls the step op on views of the qkv projection's output and on
+    the cache buffer itself: no copy of the cache around the declared mutation, nothing left between the
+    projection and the op, and the same greedy tokens as eager mode.  As on torch < 2.14.1 (region_ok False,
+    model.REGION_TAKES_MUTATING_OPS), layers compiled once call kv16_decode_attention instead, same tokens."""
+    from torch._inductor.utils import run_and_get_code
+
+    from generate import Generator
+    monkeypatch.setattr(kernels, "decode_attention_supported", lambda *a, **k: True)  # the op's reference
+    monkeypatch.setattr(model, "REGION_TAKES_MUTATING_OPS", region_ok)
+    m = tiny_model(torch.bfloat16, "cpu")  # 2 layers: the layer is its own compiled subgraph
+    prompts = [[5, 6, 7], [8, 9, 10, 11]]
+    want = Generator(m, False)(prompts, 4, set(), 0, show_progress=False)["tokens"]
+    gen = Generator(m, True, compile_once=True, compile_prefill=False)
+    got, codes = run_and_get_code(lambda: gen(prompts, 4, set(), 0, show_progress=False))
+    assert got["tokens"] == want
+    if not region_ok:
+        assert not any("kv16_decode_step_attention" in c for c in codes)
+        assert any("kv16_decode_attention.default(" in c for c in codes)
+        return
+    # the op's 4th argument (the cache) is a graph input itself (argN_1), not a buffer copied from it
+    calls = [m for c in codes for m in re.findall(r"kv16_decode_step_attention\.default\((.*)\)", c)]
+    assert calls and all(re.match(r"(?:reinterpret_tensor\(.*?\), ){3}\w*arg\d+_1, ", a) for a in calls), calls
 
 
 def test_kernel_only_where_it_is_faster():
@@ -176,6 +274,72 @@ def test_gpu_sweep(D, dtype):
         for splits in (-1, 1, 2, 7, S):
             seed += 1
             check_gpu(B, H, R, S, D, dtype, seed, splits)
+
+
+def check_step_gpu(B, H, R, S, D, dtype, seed, splits=-1, pad=None, upto=None):
+    """The step kernel against its reference: the cache written bit for bit (k rotated, v copied, nothing else
+    touched), and y the same bits as kv16_decode_attention of the rotated q over the reference's cache (the kernel
+    rotates as the reference does; the rest of its arithmetic is the plain kernel's), within the ulp bar of SDPA."""
+    q, k_new, v_new, kv, mask, cos, sin, pos = step_problem(B, H, R, S, D, dtype, "cuda", seed, pad, upto)
+    want_kv = kv.clone()
+    reference_step = kernels.reference_kv16_decode_step_attention(q, k_new, v_new, want_kv, mask, cos, sin, pos)
+    ext = kernels.load_extension()
+    what = f"B={B} H={H} R={R} S={S} D={D} {dtype} splits={splits} pad={pad} upto={upto}"
+    ys = []
+    for _ in range(2):
+        kv2 = kv.clone()
+        ys.append(run_poisoned(lambda: ext.decode_step_attention(q, k_new, v_new, kv2, mask, cos, sin, pos, splits),
+                               q.shape, dtype))
+        torch.cuda.synchronize()
+        assert torch.equal(kv2, want_kv), f"{what}: the cache differs from the reference's"
+    q_rot = attention.rotate(q, cos, sin)
+    assert torch.equal(ys[0], ys[1]), f"{what}: two identical runs differ"
+    assert torch.equal(ys[0], ext.decode_attention(q_rot, want_kv[0], want_kv[1], mask, splits)), what
+    assert ulp_error(ys[0], q_rot, want_kv[0], want_kv[1], mask) <= ULP_BAR, what
+    assert ulp_error(reference_step, q_rot, want_kv[0], want_kv[1], mask) <= ULP_BAR, what
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_step_kernel(dtype):
+    """RoPE + cache write + attention in one kernel: 1 to 8 rows (every RM), both head dims, the decode column in
+    the first turn of its chunk (its loads wait for the write) and beyond it, split and unsplit, padded rows."""
+    seed = 200
+    for B, H, R, S, D, upto, pad in ((1, 8, 4, 384, 128, 300, None), (1, 8, 4, 384, 128, 330, None),
+                                     (3, 3, 3, 33, 64, 20, [0, 5, 19]), (2, 1, 8, 100, 128, 99, None),
+                                     (13, 8, 4, 200, 128, 150, [0, 7, 100, 0, 3, 149, 1, 64, 7, 0, 128, 2, 33]),
+                                     (2, 4, 1, 70, 128, 10, None), (3, 2, 2, 50, 64, 0, None)):
+        for splits in (-1, 1, 5, 8):
+            seed += 1
+            check_step_gpu(B, H, R, S, D, dtype, seed, splits, pad, upto)
+
+
+@needs_cuda
+def test_gpu_step_opcheck_and_graph_replay():
+    """opcheck of the step op on CUDA (the declared cache mutation); a CUDA graph of it replayed with input_pos
+    moved in place between replays writes each step's column, as the compiled decode step does."""
+    B, H, R, S, D = 2, 8, 4, 256, 128
+    q, k_new, v_new, kv, mask, cos, sin, pos = step_problem(B, H, R, S, D, torch.bfloat16, "cuda", 12, upto=100)
+    torch.library.opcheck(torch.ops.lowbit.kv16_decode_step_attention, (q, k_new, v_new, kv.clone(), mask, cos, sin,
+                                                                        pos))
+    mask.fill_(0)  # every column visible: a replay at any column reads a defined cache
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        kernels.kv16_decode_step_attention(q, k_new, v_new, kv, mask, cos, sin, pos)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = kernels.kv16_decode_step_attention(q, k_new, v_new, kv, mask, cos, sin, pos)
+    for col in (5, 200, 37):
+        want_kv = kv.clone()
+        pos.fill_(col)
+        want = kernels.reference_kv16_decode_step_attention(q, k_new, v_new, want_kv, mask, cos, sin, pos)
+        g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(kv, want_kv)
+        assert ulp_error(out, attention.rotate(q, cos, sin), kv[0], kv[1], mask) <= ULP_BAR
+        assert ulp_error(want, attention.rotate(q, cos, sin), kv[0], kv[1], mask) <= ULP_BAR
 
 
 @needs_cuda
@@ -265,15 +429,21 @@ def test_gpu_model_decode_kernel_matches_sdpa():
 
 
 @needs_preferred_kernel
-def test_gpu_generator_compiled_with_kernel_matches_sdpa():
-    """generate.Generator compiled (fullgraph, CUDA graphs, one layer compiled once): the same greedy tokens
-    with the decode attention through the kernel as through SDPA."""
+@pytest.mark.parametrize("compile_once", [True, False])
+def test_gpu_generator_compiled_with_kernel_matches_sdpa(compile_once):
+    """generate.Generator compiled (fullgraph, CUDA graphs; one layer compiled once, or the whole model as one
+    graph, where the step op does RoPE and the cache write on any torch): the same greedy tokens with the decode
+    attention through the kernel as through SDPA."""
     from generate import Generator
     m = tiny_model(torch.bfloat16, "cuda")
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15]]
-    runs = {a: Generator(m, True, compile_once=True, decode_attention=a)(prompts, 8, set(), 0, show_progress=False)
+    runs = {a: Generator(m, True, compile_once=compile_once, decode_attention=a)(prompts, 8, set(), 0,
+                                                                                 show_progress=False)
             for a in ("sdpa", "kernel")}
     assert m.decode_kernel and all(layer.attention.decode_kernel for layer in m.layers)
+    from generate import decode_attention_report
+    assert decode_attention_report(m) == ("kernel+rope" if model.REGION_TAKES_MUTATING_OPS or not compile_once
+                                          else "kernel")
     # Greedy tokens may part where two logits nearly tie: the kernel's and SDPA's rounding differ (eager logits differ
     # by up to 0.023 on this model; on an H100 the compiled runs parted at a step whose top two logits were 0.023
     # apart).  So the tokens must agree up to the first step where they part, and there the kernel's pick must be

@@ -268,5 +268,8 @@ def test_bench_markdown_says_which_decode_attention_each_cell_ran():
     mixed = markdown([dict(row, batch=1, decode_attention="kernel"), dict(row, batch=32, decode_attention="sdpa")], meta)
     assert ("Decode attention: our split-KV kernel (kv16_decode_attention) in int4-marlin batch 1; "
             "F.scaled_dot_product_attention in int4-marlin batch 32.") in mixed
+    fused = markdown([dict(row, batch=1, decode_attention="kernel+rope")], meta)
+    assert ("Decode attention: our split-KV kernel with RoPE and the cache write (kv16_decode_step_attention) in "
+            "every cell.") in fused
     old = markdown([dict(row, batch=1), dict(row, batch=8)], meta)  # rows from before the flag: SDPA
     assert "Decode attention: F.scaled_dot_product_attention in every cell." in old

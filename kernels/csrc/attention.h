@@ -16,7 +16,17 @@ struct AttnParams {
   const void* v;      // (B, H, S, D) contiguous
   const void* mask;   // (B, S) additive, last dim contiguous; -inf columns are skipped
   void* y;            // (B, H, R, D) contiguous output
-  int64_t q_sb, q_sh, q_sr, mask_sb;
+  // Optional RoPE of q: (B, D/2) float32 cos and sin of row b's angles, last dim contiguous (nullptr: q is
+  // used as given); q's interleaved pairs (2i, 2i+1) are rotated by angle i and rounded to q's dtype.
+  const float* rope_cos;
+  const float* rope_sin;
+  // Optional write of this step's keys and values (kv16_decode_step_attention): k_new, v_new (B, H, D), last dim
+  // contiguous, strides new_sb/new_sh (the same for both); k rotated like q (rope_cos/rope_sin required), both
+  // stored at cache column *input_pos before any read of that column (nullptr: the cache is only read).
+  const void* k_new;
+  const void* v_new;
+  const int64_t* input_pos;
+  int64_t q_sb, q_sh, q_sr, mask_sb, rope_cos_sb, rope_sin_sb, new_sb, new_sh;
   int B, H, R, S;
   int splits, chunk;  // the S columns cut into `splits` runs of `chunk` (the last may be shorter)
   float scale_log2;   // log2(e) / sqrt(D)

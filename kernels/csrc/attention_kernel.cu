@@ -4,7 +4,9 @@
 //   y[b,h,r,:] = softmax_j( q[b,h,r,:]·k[b,h,j,:] / sqrt(D) + mask[b,j] ) · v[b,h,j,:]
 //
 // q (B, H, R, D): the R query heads that share KV head h are R rows of that head, so each cached
-// K/V byte is read once for all of them.  mask (B, S) is the same for every head and row (one query
+// K/V byte is read once for all of them.  As kv16_decode_step_attention the kernel also rotates q
+// (RoPE) as it loads it and writes this step's k (rotated) and v into cache column *input_pos
+// before any read of it, so a decode step hands it the qkv projection's output directly.  mask (B, S) is the same for every head and row (one query
 // position); a split's columns after its last visible one (mask != -inf) are not read beyond its first
 // turn of loads; hidden columns before it are read and weigh zero (so a NaN or Inf stored in V there
 // propagates, as in the reference; one stored in K there does not: its score is -inf before the dot
@@ -70,6 +72,10 @@ template <> __device__ __forceinline__ __half from_float(float v) { return __flo
 template <int EPL> using Raw = typename std::conditional<EPL == 4, uint2, uint32_t>::type;
 __device__ __forceinline__ uint32_t word(uint2 r, int i) { return i ? r.y : r.x; }
 __device__ __forceinline__ uint32_t word(uint32_t r, int) { return r; }
+__device__ __forceinline__ void set_word(uint2& r, int i, uint32_t w) { (i ? r.y : r.x) = w; }
+__device__ __forceinline__ void set_word(uint32_t& r, int, uint32_t w) { r = w; }
+__device__ __forceinline__ uint32_t bits16(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+__device__ __forceinline__ uint32_t bits16(__half v) { return __half_as_ushort(v); }
 // Element e of the raw load, as float (little-endian: element 2i is the low half of word i).
 template <typename T, class R> __device__ __forceinline__ float elem(R raw, int e) {
   const uint32_t w = word(raw, e >> 1);
@@ -93,6 +99,14 @@ template <int N, int O = 16> __device__ __forceinline__ void transpose_sum(float
     }
     transpose_sum<N / 2, O / 2>(t, lane);
   }
+}
+
+// RoPE of one interleaved pair: (x0 cos - x1 sin, x1 cos + x0 sin), each product rounded (no FMA), as model.py's
+// apply_rope computes it in eager mode; the caller rounds the results to T.
+__device__ __forceinline__ void rotate_pair(float& x0, float& x1, float c, float s) {
+  const float y0 = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+  x1 = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s));
+  x0 = y0;
 }
 
 template <typename T, int EPL, int RM>
@@ -142,10 +156,40 @@ __global__ void __launch_bounds__(kThreads) kv16_decode_attention_kernel(const A
   // out together: one memory round trip before the math (the first turn's reads are wasted when the chunk
   // turns out to be all hidden).
   const int jf = j0 + warp;
-  load(jf, j1 - 1, mk, kv, vv);
+  // kv16_decode_step_attention: this step's column cn gets k (rotated) and v from the CTA whose chunk holds it
+  // (below); that CTA's first turn is loaded after the barriers when it would read cn, no other CTA reads cn.
+  const int64_t cn64 = p.input_pos ? *p.input_pos : -1;
+  if (p.input_pos && (cn64 < 0 || cn64 >= p.S)) __trap();  // as index_put's device assert: no silent stale cache
+  const int cn = (int)cn64;
+  const bool owner = cn >= j0 && cn < j1;
+  const bool late = owner && cn < j0 + kWarps * kUnroll;  // the first turn's columns are j0 .. j0 + 31 (clamped)
+  if (!late) load(jf, j1 - 1, mk, kv, vv);
   int hi = -1;
   for (int c = j0 + threadIdx.x; c < j1; c += kThreads)
     if (to_float(mrow[c]) != -INFINITY) hi = c;
+  // RoPE of q (optional): the lane's EPL elements are EPL/2 interleaved pairs, pair i of the head at angle
+  // lane * EPL/2 + i of row b (the same for all rows r); rotated in fp32 and rounded to T as model.py's
+  // apply_rope does, then scaled.
+  float rc[EPL / 2], rs[EPL / 2];
+#pragma unroll
+  for (int i = 0; i < EPL / 2; ++i) {
+    rc[i] = p.rope_cos ? p.rope_cos[b * p.rope_cos_sb + lane * (EPL / 2) + i] : 1.f;
+    rs[i] = p.rope_cos ? p.rope_sin[b * p.rope_sin_sb + lane * (EPL / 2) + i] : 0.f;
+  }
+  if (owner && warp < 2) {  // warp 0 stores k, warp 1 v; the barrier below orders the stores before any read
+    const size_t off = (size_t)b * p.new_sb + (size_t)h * p.new_sh + lane * EPL;
+    V raw = *reinterpret_cast<const V*>(static_cast<const T*>(warp ? p.v_new : p.k_new) + off);
+    if (warp == 0) {
+#pragma unroll
+      for (int i = 0; i < EPL / 2; ++i) {
+        float x0 = elem<T>(raw, 2 * i), x1 = elem<T>(raw, 2 * i + 1);
+        rotate_pair(x0, x1, rc[i], rs[i]);
+        set_word(raw, i, bits16(from_float<T>(x0)) | (bits16(from_float<T>(x1)) << 16));
+      }
+    }
+    T* dst = const_cast<T*>(static_cast<const T*>(warp ? p.v : p.k)) + (head * p.S + cn) * D + lane * EPL;
+    *reinterpret_cast<V*>(dst) = raw;
+  }
   float q[RM][EPL];  // rows >= R are zero and never stored
 #pragma unroll
   for (int r = 0; r < RM; ++r) {
@@ -153,12 +197,22 @@ __global__ void __launch_bounds__(kThreads) kv16_decode_attention_kernel(const A
     const V qv = *reinterpret_cast<const V*>(static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh +
                                              rr * p.q_sr + lane * EPL);
 #pragma unroll
-    for (int e = 0; e < EPL; ++e) q[r][e] = r < R ? elem<T>(qv, e) * p.scale_log2 : 0.f;
+    for (int i = 0; i < EPL / 2; ++i) {
+      float x0 = elem<T>(qv, 2 * i), x1 = elem<T>(qv, 2 * i + 1);
+      if (p.rope_cos) {  // CTA-uniform
+        rotate_pair(x0, x1, rc[i], rs[i]);
+        x0 = to_float(from_float<T>(x0));
+        x1 = to_float(from_float<T>(x1));
+      }
+      q[r][2 * i] = r < R ? x0 * p.scale_log2 : 0.f;
+      q[r][2 * i + 1] = r < R ? x1 * p.scale_log2 : 0.f;
+    }
   }
   __syncthreads();  // s_hi initialised
   if (hi >= 0) atomicMax(&s_hi, hi);
   __syncthreads();
   hi = s_hi;  // columns past it are never read (decode: most of a young cache)
+  if (late) load(jf, j1 - 1, mk, kv, vv);
 
   // m: every lane, every row; lsum: this lane's share of l for the rows of its pairs; o: the lane's elements.
   float m[RM], lsum[NV], o[RM][EPL];

@@ -462,9 +462,20 @@ int64_t decode_attention_splits(int64_t heads, int64_t S, int sms) {
 
 // splits: -1 = decode_attention_splits; > 0 asks for that many (the count run can be lower: at most
 // kAttnMaxSplits, one below sm_90, and no split may be empty). A benchmark knob (eval/attention.py).
-at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
-                            int64_t want_splits) {
-  const char* op = "kv16_decode_attention";
+// This step's keys and values for kv16_decode_step_attention (kernels/attention.py): rotated (RoPE, as q) and
+// written into the cache at column *input_pos by the kernel before it reads that column.
+struct StepArgs {
+  const at::Tensor& k_new;  // (B, H, D), last dim contiguous
+  const at::Tensor& v_new;
+  const at::Tensor& rope_cos;  // (B, D/2) float32, last dim contiguous
+  const at::Tensor& rope_sin;
+  const at::Tensor& input_pos;  // (1,) int64
+};
+
+// step: nullptr for kv16_decode_attention (the cache is only read).
+at::Tensor decode_attention_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                                 int64_t want_splits, const StepArgs* step) {
+  const char* op = step ? "kv16_decode_step_attention" : "kv16_decode_attention";
   TORCH_CHECK(q.is_cuda() && k.device() == q.device() && v.device() == q.device() && mask.device() == q.device(),
               op, ": q, k_cache, v_cache and mask must be on one CUDA device, got ", q.device(), ", ", k.device(),
               ", ", v.device(), ", ", mask.device());
@@ -495,6 +506,30 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
               op, ": k_cache and v_cache must be ", 2 * epl, "-byte aligned (the kernel loads ", epl, " values at once)");
   TORCH_CHECK(mask.stride(1) == 1, op, ": mask needs a contiguous last dim, got strides ", mask.strides());
   TORCH_CHECK(B * H * S <= INT32_MAX, op, ": problem too large: B=", B, " H=", H, " S=", S);
+  if (step) {
+    for (const at::Tensor* t : {&step->rope_cos, &step->rope_sin}) {
+      TORCH_CHECK(t->device() == q.device() && t->scalar_type() == at::kFloat && t->dim() == 2 && t->size(0) == B &&
+                      t->size(1) == D / 2 && t->stride(1) == 1,
+                  op, ": rope_cos and rope_sin must be float32 (B, D/2) = (", B, ", ", D / 2,
+                  ") on q's device with a contiguous last dim, got ", t->scalar_type(), " ", t->sizes(), " strides ",
+                  t->strides(), " on ", t->device());
+    }
+    for (const at::Tensor* t : {&step->k_new, &step->v_new}) {
+      TORCH_CHECK(t->device() == q.device() && t->scalar_type() == q.scalar_type() && t->dim() == 3 &&
+                      t->size(0) == B && t->size(1) == H && t->size(2) == D && t->stride(2) == 1 &&
+                      t->stride(0) % epl == 0 && t->stride(1) % epl == 0 &&
+                      reinterpret_cast<uintptr_t>(t->data_ptr()) % (2 * epl) == 0,
+                  op, ": k_new and v_new must be (B, H, D) = (", B, ", ", H, ", ", D, ") in q's dtype on its device, ",
+                  "last dim contiguous, strides multiples of ", epl, ", ", 2 * epl, "-byte aligned, got ", t->sizes(),
+                  " strides ", t->strides(), " at ", t->data_ptr());
+    }
+    TORCH_CHECK(step->k_new.strides() == step->v_new.strides(), op, ": k_new and v_new need the same strides, got ",
+                step->k_new.strides(), " and ", step->v_new.strides());
+    TORCH_CHECK(step->input_pos.device() == q.device() && step->input_pos.scalar_type() == at::kLong &&
+                    step->input_pos.dim() == 1 && step->input_pos.size(0) == 1,
+                op, ": input_pos must be one int64 cache column (shape (1,)) on q's device, got ",
+                step->input_pos.sizes(), " ", step->input_pos.scalar_type());
+  }
   c10::cuda::CUDAGuard guard(q.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const DeviceInfo& d = device_info(q.get_device());
@@ -515,6 +550,17 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   p.q_sh = q.stride(1);
   p.q_sr = q.stride(2);
   p.mask_sb = mask.stride(0);
+  if (step) {
+    p.rope_cos = step->rope_cos.data_ptr<float>();
+    p.rope_sin = step->rope_sin.data_ptr<float>();
+    p.rope_cos_sb = step->rope_cos.stride(0);
+    p.rope_sin_sb = step->rope_sin.stride(0);
+    p.k_new = step->k_new.data_ptr();
+    p.v_new = step->v_new.data_ptr();
+    p.new_sb = step->k_new.stride(0);
+    p.new_sh = step->k_new.stride(1);
+    p.input_pos = step->input_pos.data_ptr<int64_t>();
+  }
   p.B = (int)B;
   p.H = (int)H;
   p.R = (int)R;
@@ -526,9 +572,31 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   return y;
 }
 
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                            int64_t want_splits) {
+  return decode_attention_impl(q, k, v, mask, want_splits, nullptr);
+}
+
+// kv_cache (2, B, H, S, D) contiguous: keys kv_cache[0], values kv_cache[1], written in place.
+at::Tensor decode_step_attention(const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new,
+                                 const at::Tensor& kv_cache, const at::Tensor& mask, const at::Tensor& rope_cos,
+                                 const at::Tensor& rope_sin, const at::Tensor& input_pos, int64_t want_splits) {
+  TORCH_CHECK(kv_cache.dim() == 5 && kv_cache.size(0) == 2 && kv_cache.is_contiguous(),
+              "kv16_decode_step_attention: kv_cache must be a contiguous (2, B, H, S, D), got ", kv_cache.sizes());
+  const StepArgs step{k_new, v_new, rope_cos, rope_sin, input_pos};
+  return decode_attention_impl(q, kv_cache[0], kv_cache[1], mask, want_splits, &step);
+}
+
 at::Tensor kv16_decode_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                       const at::Tensor& mask) {
   return decode_attention(q, k, v, mask, -1);
+}
+
+at::Tensor kv16_decode_step_attention_cuda(const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new,
+                                           const at::Tensor& kv_cache, const at::Tensor& mask,
+                                           const at::Tensor& rope_cos, const at::Tensor& rope_sin,
+                                           const at::Tensor& input_pos) {
+  return decode_step_attention(q, k_new, v_new, kv_cache, mask, rope_cos, rope_sin, input_pos, -1);
 }
 
 }  // namespace
@@ -537,6 +605,7 @@ at::Tensor kv16_decode_attention_cuda(const at::Tensor& q, const at::Tensor& k, 
 TORCH_LIBRARY_IMPL(lowbit, CUDA, m) {
   m.impl("w4a16_gemm", &lowbit::w4a16_gemm_cuda);
   m.impl("kv16_decode_attention", &lowbit::kv16_decode_attention_cuda);
+  m.impl("kv16_decode_step_attention", &lowbit::kv16_decode_step_attention_cuda);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -573,6 +642,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_attention", &lowbit::decode_attention,
         "kv16_decode_attention with a forced number of column splits (-1: decode_attention_splits)",
         py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("mask"), py::arg("splits") = -1);
+  m.def("decode_step_attention", &lowbit::decode_step_attention,
+        "kv16_decode_step_attention with a forced number of column splits (-1: decode_attention_splits)",
+        py::arg("q"), py::arg("k_new"), py::arg("v_new"), py::arg("kv_cache"), py::arg("mask"), py::arg("rope_cos"),
+        py::arg("rope_sin"), py::arg("input_pos"), py::arg("splits") = -1);
   m.def("decode_attention_splits", &lowbit::decode_attention_splits,
         "the decode attention's column splits for heads = B * H_kv, S cache columns and a GPU of `sms` SMs",
         py::arg("heads"), py::arg("S"), py::arg("sms"));
