@@ -1,10 +1,11 @@
 #!/bin/bash
 # One device call: build, GPU correctness, microbenchmark.  Logs under $OUT (or ./out).
-# Usage (repo root):  bash kernels/devcheck.sh [quick|full|e2e|prof|new|prof5|e2e_attn]   (full: ~6-8 min on an H100, most of it
+# Usage (repo root):  bash kernels/devcheck.sh [quick|full|e2e|prof|new|prof5|e2e_attn|compile_ab]   (full: ~6-8 min on an H100, most of it
 # the model-shape sweep; quick skips that sweep; e2e: issue 4's end-to-end runs (int4 batch 1/32, bf16 32), ~6 min; prof: ncu with
 # stall reasons per SASS line of the streaming kernel, ~3 min; new: the code written without a GPU on 2026-12-05,
 # the wgmma kernel (path 5) and the decode attention's cluster revision: tests, sanitizers, timings, ~8 min;
-# prof5: ncu's full set on path 5 (M = 64, 128) and path 3, ~4 min; e2e_attn: the decode attention's end-to-end A/B, ~6 min)
+# prof5: ncu's full set on path 5 (M = 64, 128) and path 3, ~4 min; e2e_attn: the decode attention's end-to-end A/B, ~6 min;
+# compile_ab: what NOTES.md v20 left unrun, ~9 min)
 set -o pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR="$PWD/.torch_extensions"
@@ -61,6 +62,27 @@ if [ "$MODE" = e2e_attn ]; then
     echo "e2e_attn[$a] rc=$?"
   done
   grep -hE "^\| int4" "$OUT"/e2e_attn_*.log
+  echo "elapsed $(( $(date +%s) - T0 ))s"
+  exit 0
+fi
+if [ "$MODE" = compile_ab ]; then
+  # What kernels/NOTES.md v20 left unrun: the attention GPU tests (the compiled Generator with and without compile-once
+  # against eager, through the step op where torch takes it), then Llama-3-8B int4-marlin (head quantized) end to end
+  # with the default compile-once (torch 2.11: RoPE and the cache write outside our attention) against the whole-model
+  # compile (the step op), and inductor's combo_kernels on against the first (off) run; one process each, medians of 3.
+  before() { [ $(( $(date +%s) - T0 )) -lt "$1" ] || { echo "skipped (time): ${*:2}"; return 1; }; }
+  timeout 120 python -m pytest -q tests/test_attention.py -k gpu > "$OUT/t_attention.log" 2>&1
+  echo "tests[attention] rc=$? $(tail -1 "$OUT/t_attention.log")"; grep -E "^E  |FAILED|Fatal" "$OUT/t_attention.log" | head -8
+  B="eval/bench.py --model llama-3-8b --prompt-len 128 --max-new-tokens 256 --repeats 3 --batch 1,32 --quant int4-marlin --quant-output"
+  run() {  # name, combo_kernels (True/False), extra flags
+    before 470 "$1" || return
+    timeout 130 python -c "import runpy, sys; import torch._inductor.config as c; c.combo_kernels = $2
+sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')" $B --out "$OUT/e2e_$1" "${@:3}" \
+      > "$OUT/e2e_$1.log" 2>&1; echo "e2e[$1] rc=$?"; grep -h " decode \|Decode attention" "$OUT/e2e_$1.log"
+  }
+  # compile-once against the whole model, then combo kernels on (against the first run), then the pair again reversed
+  run once False; run whole False --no-compile-once; run combo_on True; run whole_b False --no-compile-once
+  run once_b False
   echo "elapsed $(( $(date +%s) - T0 ))s"
   exit 0
 fi
