@@ -292,7 +292,7 @@ def add_step_flags(p: argparse.ArgumentParser):
                         "(torch.compiler.nested_compile_region; the prefill is then compiled for this prompt "
                         "length only); --no-compile-once compiles the whole model as one graph. On an H200 "
                         "the decode step compiles in about half the time at the same speed (Llama-3-8B bf16 "
-                        "and int4-marlin, BENCHMARKS.md \"Compile time\"). On torch < 2.14.1 only the "
+                        "and int4-marlin before the step op below, BENCHMARKS.md \"Compile time\"). On torch < 2.14.1 only the "
                         "whole-model compile runs RoPE and the cache write inside our decode attention: +5%% "
                         "decode tokens/s at batch 32, +4%% at 1 against the tree without that op in the same mode "
                         "(H100, Llama-3-8B int4-marlin; BENCHMARKS.md \"RoPE and the cache write inside the decode "
