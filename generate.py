@@ -429,6 +429,8 @@ def main(argv=None) -> int:
     apply_pdl_flag(args)
     if args.batch < 1 or args.max_new_tokens < 1:
         raise ValueError(f"--batch and --max-new-tokens must be at least 1 (got {args.batch}, {args.max_new_tokens})")
+    from quantize import parse_scheme
+    parse_scheme(args.quant)  # an unknown scheme fails here, not after a model of many GB has loaded
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but no CUDA GPU is visible")

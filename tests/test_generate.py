@@ -164,6 +164,13 @@ def run_cli(*args, timeout=300):
                           timeout=timeout, cwd=ROOT)
 
 
+def test_cli_unknown_scheme_fails_before_the_model_loads():
+    out = run_cli("--model", "/nonexistent/model.gguf", "--quant", "int4-g100-sym", timeout=120)
+    assert out.returncode != 0
+    assert "unknown quantization scheme 'int4-g100-sym'" in out.stderr + out.stdout
+    assert "loading" not in out.stdout
+
+
 def test_cli_default_model_generates_text_and_report(tmp_path, smollm2_gguf):
     out = run_cli("--max-new-tokens", "8", "--json", str(tmp_path / "r.json"))
     assert out.returncode == 0, out.stderr
