@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
 from generate import (Generator, add_step_flags, apply_pdl_flag, console, decode_attention_report,  # noqa: E402
                       loading_label, make_report, measured_bandwidth, pdl_report, random_prompts, step)
+from quantize import parse_scheme  # noqa: E402
 from tp import all_reduce_seconds, init_distributed, shard_model  # noqa: E402
 
 
@@ -181,6 +182,11 @@ def main(argv=None):
     args.batch = [int(b) for b in args.batch.split(",")]
     apply_pdl_flag(args)
     args.quant = (args.quant or (SMOKE_QUANT if args.smoke else DEFAULT_QUANT)).split(",")
+    for name in args.quant:  # every scheme checked before the first model is built
+        try:
+            parse_scheme(name)
+        except ValueError as e:
+            p.error(str(e))
     dev = torch.device(args.device)
     rank, world = init_distributed(dev.type)  # (0, 1) unless started by torchrun
     if world > 1 and dev.type == "cuda":

@@ -134,10 +134,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     from checkpoint import load_model
     from generate import resolve_model_spec
-    from quantize import quantize_
+    from quantize import parse_scheme, quantize_
     device = torch.device(args.device)
     default_dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     entries = [(e.split(":") + [default_dtype])[:2] for e in args.quant.split(",")]
+    for scheme, _ in entries:  # every scheme checked before the model loads
+        try:
+            parse_scheme(scheme)
+        except ValueError as e:
+            p.error(str(e))
     if args.smoke:
         args.model, args.corpus = "tiny", Path("random-ids")
         base, tok, info = load_model("tiny", device=device, dtype=torch.float32, random_weights=True)

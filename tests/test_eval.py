@@ -226,6 +226,15 @@ def test_kernel_bench_scheme_knobs():
             forced(bad)
 
 
+def test_bench_and_perplexity_refuse_an_unknown_scheme_before_loading():
+    """A typo in the second of several schemes is a usage error before any model is built."""
+    for script in ("eval/bench.py", "eval/perplexity.py"):
+        out = subprocess.run([sys.executable, str(ROOT / script), "--smoke", "--quant", "int8,int4-g100-sym"],
+                             capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert out.returncode == 2 and "unknown quantization scheme 'int4-g100-sym'" in out.stderr, out.stderr[-1000:]
+        assert "int8" not in out.stdout  # no row was measured first
+
+
 def test_kernel_bench_refuses_bad_scheme_names_first():
     """A scheme name eval/kernels.py cannot time is an error before any GPU work (CPU: before "needs a CUDA GPU")."""
     for bad, says in (("cublas[dq]", "only ours_sym and ours_asym take [path/knobs]"), ("ours_int3", "unknown scheme")):
