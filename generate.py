@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from model import KVCache, Transformer
+from quantize import scheme_arg
 from tp import all_reduce_seconds, init_distributed, shard_model
 
 console = Console(stderr=True)
@@ -377,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cuda, cuda:N or cpu (default: cuda when a GPU is visible)")
     p.add_argument("--dtype", choices=list(DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--quant", default="none", help="quantize on the fly: a scheme from quantize.py (e.g. int8, "
+    p.add_argument("--quant", default="none", type=scheme_arg, help="quantize on the fly: a scheme from quantize.py (e.g. int8, "
                                                   "int4-g128-asym, int4-marlin), or none")
     p.add_argument("--quant-output", action="store_true", help="quantize the output head too")
     p.add_argument("--no-compile", action="store_true", help="run eagerly (the default on CPU)")
@@ -429,8 +430,6 @@ def main(argv=None) -> int:
     apply_pdl_flag(args)
     if args.batch < 1 or args.max_new_tokens < 1:
         raise ValueError(f"--batch and --max-new-tokens must be at least 1 (got {args.batch}, {args.max_new_tokens})")
-    from quantize import parse_scheme
-    parse_scheme(args.quant)  # an unknown scheme fails here, not after a model of many GB has loaded
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but no CUDA GPU is visible")

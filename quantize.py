@@ -339,6 +339,15 @@ def parse_scheme(name: str) -> tuple[type | None, dict]:
     raise ValueError(f"unknown quantization scheme {name!r}; known: {KNOWN}")
 
 
+def scheme_arg(name: str) -> str:
+    """argparse `type` of a one-scheme --quant flag: the name, or a usage error before any model is loaded."""
+    try:
+        parse_scheme(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
+
+
 def swap_linears(model: nn.Module, include_output: bool, make, desc: str | None = None) -> nn.Module:
     """Replace every nn.Linear (the head `output` only with include_output) by make(linear), in place;
     a progress bar when `desc` is given."""
@@ -372,7 +381,7 @@ def main(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=f"schemes: {KNOWN}")
     ap.add_argument("--model", required=True, help="model spec understood by checkpoint.load_model "
                     "(GGUF file, HF safetensors folder or our checkpoint)")
-    ap.add_argument("--quant", required=True, metavar="SCHEME", help="scheme name, e.g. int4-g128-asym")
+    ap.add_argument("--quant", required=True, metavar="SCHEME", type=scheme_arg, help="scheme name, e.g. int4-g128-asym")
     ap.add_argument("--out", required=True, help="path of the quantized checkpoint to write")
     ap.add_argument("--include-output", action="store_true", help="also quantize the output head "
                     "(a head tied to the embedding gets its own quantized copy)")

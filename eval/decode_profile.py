@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
 from generate import (Generator, add_step_flags, apply_pdl_flag, decode_attention_report, loading_label,  # noqa: E402
                       random_prompts, step)
+from quantize import scheme_arg  # noqa: E402
 
 KINDS = (  # (kind, pattern on the kernel or op name); the first match wins
     # Triton first: inductor names a kernel after every op it fused, e.g. an RMSNorm that feeds our op is
@@ -85,7 +86,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="llama-3-8b", help="preset name (random weights)")
     p.add_argument("--batch", type=int, default=1, help="rows decoded together")
-    p.add_argument("--quant", default="none", help="a scheme from quantize.py, or none")
+    p.add_argument("--quant", default="none", type=scheme_arg, help="a scheme from quantize.py, or none")
     p.add_argument("--quant-output", action="store_true", help="quantize the output head too")
     p.add_argument("--prompt-len", type=int, default=128, help="synthetic prompt tokens per row")
     p.add_argument("--steps", type=int, default=32, help="S: decode steps in the difference of the two runs")
