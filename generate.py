@@ -291,13 +291,10 @@ def add_step_flags(p: argparse.ArgumentParser):
     p.add_argument("--compile-once", action=argparse.BooleanOptionalAction, default=True,
                    help="(on by default) compile one transformer layer and call it for every layer "
                         "(torch.compiler.nested_compile_region; the prefill is then compiled for this prompt "
-                        "length only); --no-compile-once compiles the whole model as one graph. On an H200 "
-                        "the decode step compiles in about half the time at the same speed (Llama-3-8B bf16 "
-                        "and int4-marlin before the step op below, BENCHMARKS.md \"Compile time\"). On torch < 2.14.1 only the "
-                        "whole-model compile runs RoPE and the cache write inside our decode attention: +5%% "
-                        "decode tokens/s at batch 32, +4%% at 1 against the tree without that op in the same mode "
-                        "(H100, Llama-3-8B int4-marlin; BENCHMARKS.md \"RoPE and the cache write inside the decode "
-                        "attention\")")
+                        "length only): about half the compile time. --no-compile-once compiles the whole model "
+                        "as one graph, which on torch < 2.14.1 is the only way our decode attention also does "
+                        "RoPE and the cache write (+4-5%% decode tokens/s on an H100). Figures: BENCHMARKS.md "
+                        "\"Compile time\" and \"RoPE and the cache write inside the decode attention\"")
     p.add_argument("--pdl", action=argparse.BooleanOptionalAction, default=True,
                    help="(on by default; GPUs of compute capability 9.0+) programmatic dependent launch: each "
                         "kernel of the compiled step may start while the one before it finishes (inductor's "
@@ -378,8 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cuda, cuda:N or cpu (default: cuda when a GPU is visible)")
     p.add_argument("--dtype", choices=list(DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--quant", default="none", type=scheme_arg, help="quantize on the fly: a scheme from quantize.py (e.g. int8, "
-                                                  "int4-g128-asym, int4-marlin), or none")
+    p.add_argument("--quant", default="none", type=scheme_arg,
+                   help="quantize on the fly: a scheme from quantize.py (e.g. int8, int4-g128-asym, "
+                        "int4-marlin), or none")
     p.add_argument("--quant-output", action="store_true", help="quantize the output head too")
     p.add_argument("--no-compile", action="store_true", help="run eagerly (the default on CPU)")
     add_step_flags(p)

@@ -348,6 +348,13 @@ def scheme_arg(name: str) -> str:
     return name
 
 
+def schemes_arg(text: str) -> str:
+    """The same for a comma-separated list (eval/bench.py; eval/perplexity.py, whose entries may end in :DTYPE)."""
+    for entry in text.split(","):
+        scheme_arg(entry.partition(":")[0])
+    return text
+
+
 def swap_linears(model: nn.Module, include_output: bool, make, desc: str | None = None) -> nn.Module:
     """Replace every nn.Linear (the head `output` only with include_output) by make(linear), in place;
     a progress bar when `desc` is given."""
@@ -381,7 +388,8 @@ def main(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=f"schemes: {KNOWN}")
     ap.add_argument("--model", required=True, help="model spec understood by checkpoint.load_model "
                     "(GGUF file, HF safetensors folder or our checkpoint)")
-    ap.add_argument("--quant", required=True, metavar="SCHEME", type=scheme_arg, help="scheme name, e.g. int4-g128-asym")
+    ap.add_argument("--quant", required=True, metavar="SCHEME", type=scheme_arg,
+                    help="scheme name, e.g. int4-g128-asym")
     ap.add_argument("--out", required=True, help="path of the quantized checkpoint to write")
     ap.add_argument("--include-output", action="store_true", help="also quantize the output head "
                     "(a head tied to the embedding gets its own quantized copy)")
@@ -389,8 +397,7 @@ def main(argv=None):
                     help="device to quantize on (default: cuda if available)")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                     help="model dtype; scales are stored in it (default: bfloat16)")
-    args = ap.parse_args(argv)
-    parse_scheme(args.quant)  # fail before loading the model
+    args = ap.parse_args(argv)  # --quant is checked here (scheme_arg), before the model loads
 
     from checkpoint import load_model, save_checkpoint
     model, _, info = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
 from generate import (Generator, add_step_flags, apply_pdl_flag, console, decode_attention_report,  # noqa: E402
                       loading_label, make_report, measured_bandwidth, pdl_report, random_prompts, step)
-from quantize import parse_scheme  # noqa: E402
+from quantize import schemes_arg  # noqa: E402
 from tp import all_reduce_seconds, init_distributed, shard_model  # noqa: E402
 
 
@@ -156,7 +156,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="llama-3-8b", help="preset name (random weights)")
     p.add_argument("--batch", default="1,8,32,64", help="comma-separated batch sizes")
-    p.add_argument("--quant", default=None, help="comma-separated schemes from quantize.py (default: "
+    p.add_argument("--quant", default=None, type=schemes_arg, help="comma-separated schemes from quantize.py (default: "
                    f"{DEFAULT_QUANT}; with --smoke {SMOKE_QUANT})")
     p.add_argument("--quant-output", action="store_true", help="quantize the output head too")
     p.add_argument("--append", action="store_true",
@@ -182,11 +182,6 @@ def main(argv=None):
     args.batch = [int(b) for b in args.batch.split(",")]
     apply_pdl_flag(args)
     args.quant = (args.quant or (SMOKE_QUANT if args.smoke else DEFAULT_QUANT)).split(",")
-    for name in args.quant:  # every scheme checked before the first model is built
-        try:
-            parse_scheme(name)
-        except ValueError as e:
-            p.error(str(e))
     dev = torch.device(args.device)
     rank, world = init_distributed(dev.type)  # (0, 1) unless started by torchrun
     if world > 1 and dev.type == "cuda":

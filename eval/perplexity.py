@@ -117,9 +117,11 @@ def paired_difference(a: dict, b: dict) -> tuple[float, float | None]:
 
 
 def main(argv=None):
+    from quantize import quantize_, schemes_arg
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2", help="as generate.py --model (a model with a tokenizer)")
-    p.add_argument("--quant", default="none", help="comma-separated SCHEME[:DTYPE] entries, e.g. none:float32,int8")
+    p.add_argument("--quant", default="none", type=schemes_arg,
+                   help="comma-separated SCHEME[:DTYPE] entries, e.g. none:float32,int8")
     p.add_argument("--quant-output", action="store_true", help="quantize the output head too")
     p.add_argument("--corpus", type=Path, default=WIKITEXT, help="raw text file (default: WikiText-2 raw test)")
     p.add_argument("--window", type=int, default=2048, help="tokens per window (default: 2048)")
@@ -134,15 +136,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     from checkpoint import load_model
     from generate import resolve_model_spec
-    from quantize import parse_scheme, quantize_
     device = torch.device(args.device)
     default_dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     entries = [(e.split(":") + [default_dtype])[:2] for e in args.quant.split(",")]
-    for scheme, _ in entries:  # every scheme checked before the model loads
-        try:
-            parse_scheme(scheme)
-        except ValueError as e:
-            p.error(str(e))
     if args.smoke:
         args.model, args.corpus = "tiny", Path("random-ids")
         base, tok, info = load_model("tiny", device=device, dtype=torch.float32, random_weights=True)
