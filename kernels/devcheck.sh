@@ -84,12 +84,17 @@ sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')" $B --
   }
   # compile-once against the whole model, then combo kernels on (against the first run), then the pair again reversed;
   # RUNS picks and orders them (a second call runs what the first did not reach), TESTS=0 skips the tests above
-  for r in ${RUNS:-once whole combo_on whole_b once_b}; do
+  for r in ${RUNS:-once whole combo_on tcombo whole_b once_b}; do
     case $r in
       once*) run "$r" False ;;
       whole*) run "$r" False --no-compile-once ;;
       combo_on*) run "$r" True ;;
       combo_whole*) run "$r" True --no-compile-once ;;
+      tcombo)  # the same GPU tests with inductor's combo kernels on (process-wide: compile_kwargs does not set it)
+        before 470 tcombo && timeout 150 python -c "import sys, pytest; import torch._inductor.config as c
+c.combo_kernels = True; sys.exit(pytest.main(['-q', 'tests/test_attention.py', '-k', 'gpu']))" \
+          > "$OUT/t_attention_combo.log" 2>&1
+        echo "tests[attention, combo] rc=$? $(tail -1 "$OUT/t_attention_combo.log")" ;;
       prof32)  # where the batch-32 step goes with the step op (whole-model compile)
         before 470 prof32 && timeout 150 python eval/decode_profile.py --model llama-3-8b --batch 32 --quant int4-marlin \
           --quant-output --no-compile-once > "$OUT/prof32.log" 2>&1; echo "prof32 rc=$?"; tail -12 "$OUT/prof32.log" ;;
