@@ -8,8 +8,10 @@
 // (2026-12-06) keeps every wgmma group inside its k-block iteration while the next k-block is dequantized, and
 // adds 128-row m-blocks: on an H100, Llama-3-8B's four linears at M = 96 take 223 us (v11: 291; path 3: 242) and
 // at M = 128 226 us (v11: 299; dequantize + cuBLAS: 373; cuBLAS bf16: 181).  v13 (2026-12-06): 40 % fewer
-// instructions per k-block (NOTES.md v13).  choose_path (csrc/ops.cpp) takes it for M = 17..64 on compute capability
-// 9.0; from 65 rows path 6 (w4a16_wgmma_ws.cu, a producer warp) is faster.
+// instructions per k-block (NOTES.md v13).  v21 (2026-12-07): a k-tile pair's scales and zeros are loaded and
+// broadcast once (335 instead of 360 issued instructions per k-block at 32 rows with zeros; NOTES.md v21).
+// choose_path (csrc/ops.cpp) takes it for M = 17..64 on compute capability 9.0; from 65 rows path 6
+// (w4a16_wgmma_ws.cu, a producer warp) is faster.
 // LOWBIT_W4A16_PATH=5 or gemm_path(..., path=5) forces it at any M.
 //
 // Operands, x's swizzled shared-memory layout, dequantization and rounding: w4a16_wgmma.cuh (shared with path 6).
@@ -149,28 +151,39 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
   // wgmma (a branch there makes ptxas serialize every wgmma of the kernel: warning C7520).
   auto dequantize = [&](int st, AFrags& a) {
     const uint8_t* base = stage_ptr(st);
+    T2 s2[2][2], z2[2][2];  // [j][sub-tile 2w or 2w+1] of the k-tile pair being dequantized
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       // N % 128 == 64: the CTA's second n-tile does not exist and its slot was never filled; warps 2-3 still take
       // part in the warpgroup's wgmma, and what they read only reaches accumulator rows that are never stored.
       const uint2 wv = *reinterpret_cast<const uint2*>(base + w_lane + kk * 512);
-      // group of k-tile 4 wg + kk within the k-block (k-blocks start on a group boundary; 0 from group size 128)
-      const int soff = s_lane + ((((wg * 4 + kk) * 16) >> gsh) * kNBlk) * 2;
-      const uint2 sv = *reinterpret_cast<const uint2*>(base + soff);
-      uint2 zv = make_uint2(0, 0);
-      if (HAS_Z) zv = *reinterpret_cast<const uint2*>(base + kSBytes + soff);
-      const uint32_t words[2] = {wv.x, wv.y}, svals[2] = {sv.x, sv.y}, zvals[2] = {zv.x, zv.y};
+      if (kk % 2 == 0) {
+        // The group of k-tiles 4 wg + kk and + kk + 1: a group spans 32 k (two k-tiles) or more and k-blocks start
+        // on a group boundary, so a k-tile pair shares one (0 from group size 128).  Loaded and broadcast once per
+        // pair: per k-tile, those were 8 of the 22 prmt, 2 of the 6 shared loads of a warp's k-block (with zeros).
+        const int soff = s_lane + ((((wg * 4 + kk) * 16) >> gsh) * kNBlk) * 2;
+        const uint2 sv = *reinterpret_cast<const uint2*>(base + soff);
+        uint2 zv = make_uint2(0, 0);
+        if (HAS_Z) zv = *reinterpret_cast<const uint2*>(base + kSBytes + soff);
+        const uint32_t svals[2] = {sv.x, sv.y}, zvals[2] = {zv.x, zv.y};
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          // sub-tile 2w (rows 0-7) and 2w+1 (rows 8-15): the low and high half of the word, broadcast by one prmt
+          s2[j][0] = as_t2<T2>(__byte_perm(svals[j], 0, 0x1010));
+          s2[j][1] = as_t2<T2>(__byte_perm(svals[j], 0, 0x3232));
+          z2[j][0] = as_t2<T2>(__byte_perm(zvals[j], 0, 0x1010));
+          z2[j][1] = as_t2<T2>(__byte_perm(zvals[j], 0, 0x3232));
+        }
+      }
+      const uint32_t words[2] = {wv.x, wv.y};
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        // sub-tile 2w (rows 0-7) and 2w+1 (rows 8-15): the low and high half of the word, broadcast by one prmt
-        const T2 s2[2] = {as_t2<T2>(__byte_perm(svals[j], 0, 0x1010)), as_t2<T2>(__byte_perm(svals[j], 0, 0x3232))};
-        const T2 z2[2] = {as_t2<T2>(__byte_perm(zvals[j], 0, 0x1010)), as_t2<T2>(__byte_perm(zvals[j], 0, 0x3232))};
 #pragma unroll
         for (int pr = 0; pr < 4; ++pr) {
           const uint32_t v = and_or<0x000F000Fu, Tr::kMagic>(words[j] >> (4 * pr));  // 128+q exactly
           const T2 t = __hsub2(as_t2<T2>(v), magic);                                 // q (or q-8), exact
-          a[kk][j][kReg[pr]] = HAS_Z ? as_u32(__hfma2(t, s2[pr >> 1], z2[pr >> 1]))  // one rounding
-                                     : as_u32(__hmul2(t, s2[pr >> 1]));
+          a[kk][j][kReg[pr]] = HAS_Z ? as_u32(__hfma2(t, s2[j][pr >> 1], z2[j][pr >> 1]))  // one rounding
+                                     : as_u32(__hmul2(t, s2[j][pr >> 1]));
         }
       }
     }

@@ -4,7 +4,9 @@
 // History (kernels/NOTES.md v14-v15): written 2026-12-06 without device time as "v15" of path 5; its first run on an
 // H100 the same day was correct and, at 128-row m-blocks, 12-16 % faster than path 5 (Llama-3-8B's four linears:
 // 142.0 vs 161.0 us at M = 128, 223.5 vs 261.9 at 256); at 16-32 rows slower (91.1 vs 82.5 us at M = 17) and at
-// 48-64 even, so it became path 6 with 128-row m-blocks only, and path 5 keeps the smaller ones.
+// 48-64 even, so it became path 6 with 128-row m-blocks only, and path 5 keeps the smaller ones.  v21 (2026-12-07): a
+// k-tile pair's scales and zeros loaded and broadcast once (265 instead of 296 issued instructions per consumer warp
+// and k-block with zeros; NOTES.md v21).
 // LOWBIT_W4A16_PATH=6 or gemm_path(..., path=6) forces it at any M.
 //
 // Operands, x's swizzled shared-memory layout, dequantization and rounding: w4a16_wgmma.cuh (shared with path 5).
@@ -168,18 +170,24 @@ __global__ void __launch_bounds__(kCtaThreads) w4a16_wgmma_ws_kernel(const GemmP
   // between the wgmma (a branch there makes ptxas serialize every wgmma of the kernel: warning C7520).
   auto dequantize = [&](int st, AFrags& a) {
     const uint8_t* base = stage_ptr(st);
+    T2 s2[2], z2[2];  // sub-tile 2q, 2q + 1 of the k-tile pair being dequantized
 #pragma unroll
     for (int kt = 0; kt < 8; ++kt) {
       // N % 128 == 64: the CTA's second n-tile does not exist and its slot was never filled; warpgroup 1 still
       // runs, and what it reads only reaches accumulator rows (channels) that are never stored.
       const uint32_t word = *reinterpret_cast<const uint32_t*>(base + w_lane + kt * 512);
-      // group of k-tile kt within the k-block (k-blocks start on a group boundary; 0 from group size 128)
-      const int soff = s_lane + ((((kt * 16) >> gsh) * kNBlk) * 2);
-      const uint32_t sv = *reinterpret_cast<const uint32_t*>(base + soff);
-      const uint32_t zv = HAS_Z ? *reinterpret_cast<const uint32_t*>(base + kSBytes + soff) : 0u;
-      // sub-tile 2q (A rows 0-7) and 2q+1 (rows 8-15): the low and high half of the pair, broadcast by one prmt
-      const T2 s2[2] = {as_t2<T2>(__byte_perm(sv, 0, 0x1010)), as_t2<T2>(__byte_perm(sv, 0, 0x3232))};
-      const T2 z2[2] = {as_t2<T2>(__byte_perm(zv, 0, 0x1010)), as_t2<T2>(__byte_perm(zv, 0, 0x3232))};
+      if (kt % 2 == 0) {
+        // The group of k-tiles kt and kt + 1: a group spans 32 k (two k-tiles) or more and k-blocks start on a
+        // group boundary, so a k-tile pair shares one (0 from group size 128); loaded and broadcast once per pair.
+        const int soff = s_lane + ((((kt * 16) >> gsh) * kNBlk) * 2);
+        const uint32_t sv = *reinterpret_cast<const uint32_t*>(base + soff);
+        const uint32_t zv = HAS_Z ? *reinterpret_cast<const uint32_t*>(base + kSBytes + soff) : 0u;
+        // sub-tile 2q (A rows 0-7) and 2q+1 (rows 8-15): the low and high half of the pair, broadcast by one prmt
+        s2[0] = as_t2<T2>(__byte_perm(sv, 0, 0x1010));
+        s2[1] = as_t2<T2>(__byte_perm(sv, 0, 0x3232));
+        z2[0] = as_t2<T2>(__byte_perm(zv, 0, 0x1010));
+        z2[1] = as_t2<T2>(__byte_perm(zv, 0, 0x3232));
+      }
 #pragma unroll
       for (int pr = 0; pr < 4; ++pr) {
         const uint32_t v = and_or<0x000F000Fu, Tr::kMagic>(word >> (4 * pr));  // 128+q exactly
