@@ -12,6 +12,8 @@ export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR="$PWD/.torch_extensions"
 OUT=${OUT:-out}; mkdir -p "$OUT"
 MODE=${1:-full}
 T0=$(date +%s)
+# before SECONDS STEP: true while fewer than SECONDS have passed since the start (a device call's steps in priority order)
+before() { [ $(( $(date +%s) - T0 )) -lt "$1" ] || { echo "skipped (time): ${*:2}"; return 1; }; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader
 python kernels/build.py > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 tail -1 "$OUT/build.log"
@@ -70,7 +72,6 @@ if [ "$MODE" = compile_ab ]; then
   # against eager, through the step op where torch takes it), then Llama-3-8B int4-marlin (head quantized) end to end
   # with the default compile-once (torch 2.11: RoPE and the cache write outside our attention) against the whole-model
   # compile (the step op), and inductor's combo_kernels on against the first (off) run; one process each, medians of 3.
-  before() { [ $(( $(date +%s) - T0 )) -lt "$1" ] || { echo "skipped (time): ${*:2}"; return 1; }; }
   if [ "${TESTS:-1}" = 1 ]; then
     timeout 120 python -m pytest -q tests/test_attention.py -k gpu > "$OUT/t_attention.log" 2>&1
     echo "tests[attention] rc=$? $(tail -1 "$OUT/t_attention.log")"; grep -E "^E  |FAILED|Fatal" "$OUT/t_attention.log" | head -8
@@ -134,8 +135,7 @@ for path in (${2:-0, 1, 2, 3}):
   echo "sanitizer[$1] rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/san_$1.log" | tail -1)"
 }
 if [ "$MODE" = new ]; then
-  # In priority order; a step starts only while enough of the device call's 600 s is left (before <seconds>).
-  before() { [ $(( $(date +%s) - T0 )) -lt "$1" ] || { echo "skipped (time): ${*:2}"; return 1; }; }
+  # In priority order; a step starts only while enough of the device call's 600 s is left (before).
   t wgmma 200 "wgmma or bad_knobs or path_override"
   before 400 bench && timeout 150 python eval/kernels.py --bandwidth --ms 16,32,48,64,96,128 --reps 10 --tag _wgmma \
     --out "$OUT" --schemes "cublas,ours_sym,ours_sym[wgmma],ours_asym[wgmma],ours_sym[wgmma/mt2],ours_sym[wgmma/mt1],ours_sym[ws],ours_asym[ws]" \

@@ -160,7 +160,7 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
       if (kk % 2 == 0) {
         // The group of k-tiles 4 wg + kk and + kk + 1: a group spans 32 k (two k-tiles) or more and k-blocks start
         // on a group boundary, so a k-tile pair shares one (0 from group size 128).  Loaded and broadcast once per
-        // pair: per k-tile, those were 8 of the 22 prmt, 2 of the 6 shared loads of a warp's k-block (with zeros).
+        // pair: per k-tile, that was 2 of its 3 shared loads and its 8 prmt (with zeros).
         const int soff = s_lane + ((((wg * 4 + kk) * 16) >> gsh) * kNBlk) * 2;
         const uint2 sv = *reinterpret_cast<const uint2*>(base + soff);
         uint2 zv = make_uint2(0, 0);
