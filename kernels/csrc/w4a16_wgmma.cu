@@ -9,28 +9,33 @@
 // adds 128-row m-blocks: on an H100, Llama-3-8B's four linears at M = 96 take 223 us (v11: 291; path 3: 242) and
 // at M = 128 226 us (v11: 299; dequantize + cuBLAS: 373; cuBLAS bf16: 181).  v13 (2026-12-06): 40 % fewer
 // instructions per k-block (NOTES.md v13).  v21 (2026-12-07): a k-tile pair's scales and zeros are loaded and
-// broadcast once (335 instead of 360 issued instructions per k-block at 32 rows with zeros; NOTES.md v21).
+// broadcast once (335 instead of 360 issued instructions per k-block at 32 rows with zeros; NOTES.md v21).  v22
+// (2026-12-07): the weights' and scales' copies by the copy engine (278 for the warps that do not issue them).  v23
+// (2026-12-07): x through a tensor map too, no cp.async left (214 at every m-block size with zeros; on an H100
+// 73 instead of 82 us at M = 32, 98 instead of 107 at 64; NOTES.md v22-v23).
 // choose_path (csrc/ops.cpp) takes it for M = 17..64 on compute capability 9.0; from 65 rows path 6
 // (w4a16_wgmma_ws.cu, a producer warp) is faster.
 // LOWBIT_W4A16_PATH=5 or gemm_path(..., path=5) forces it at any M.
 //
 // Operands, x's swizzled shared-memory layout, dequantization and rounding: w4a16_wgmma.cuh (shared with path 6).
 //
-// A CTA owns 128 channels (2 n-tiles) like the fused mma kernel, whose stage copies (4-slot cp.async ring of
-// 128-deep k-blocks), split-K plan and workspace it shares (ops.cpp), with 8 warps = 2 warpgroups: warpgroup g
+// A CTA owns 128 channels (2 n-tiles) like the fused mma kernel, whose stage layout (a 4-slot ring of 128-deep
+// k-blocks), split-K plan and workspace it shares (ops.cpp), with 8 warps = 2 warpgroups: warpgroup g
 // takes k-tiles 4g..4g+3 of every k-block (two k-partials, summed at the end in a fixed order).  Warp q
 // of a warpgroup reads words 2(q%2), 2(q%2)+1 of n-tile q/2 (8 bytes per lane from shared memory) and
 // issues two wgmma per k-tile, j = 0, 1: A rows of wgmma j from warp q are channels 32q + 16j + 0..15 of
 // the CTA, so accumulator j of the warpgroup covers channels {32q + 16j + r}.
 //
-// x is staged by cp.async in the layout of w4a16_wgmma.cuh: consecutive threads stage consecutive chunks of one
-// row, so the writes hit 8 different bank groups.  Rows past M are zero-filled.
+// Every byte of a stage arrives by the copy engine, issued by lane 0 of 4-5 warps: the weights and scales (zeros)
+// as bulk copies (v22), x as two boxes of a 2-D tensor map whose 128-byte swizzle is the layout of
+// w4a16_wgmma.cuh (v23; rows past M and k past K arrive as zeros).
 //
 // Per k-block, warp by warp: the 8 wgmma of the k-block (2 per k-tile) issue from A registers dequantized the
 // iteration before, as one commit group; while the tensor core works, the warp dequantizes the next k-block
-// (its 4 k-tiles x 2 words) into a second register set and issues the copies 3 k-blocks ahead; then it waits
-// for its group (main pipeline, below, for why a group never outlives its iteration).  cp.async data becomes
-// visible to the tensor core's (async proxy) reads through fence.proxy.async before the barrier.
+// (its 4 k-tiles x 2 words) into a second register set (an issuing lane first issues the copies 3 k-blocks
+// ahead); then it waits for its group (main pipeline, below, for why a group never outlives its iteration).  The
+// copies complete on the slot's mbarrier, whose wait makes them visible to the warp's shared-memory reads and to
+// its wgmma.
 //
 // Accumulation fp32; the two warpgroups' partials are summed (g0 + g1) through shared memory, then y is written or,
 // with split-K, fp32 partials and the last CTA's fixed-order sum (split_k_finish).
@@ -62,7 +67,8 @@ struct WgSmem {
 };
 
 template <typename T, int NR, bool HAS_Z>
-__global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParams p) {
+__global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParams p,
+                                                                   const __grid_constant__ CUtensorMap x_map) {
 #if LOWBIT_HAS_WGMMA
   using Tr = Traits<T>;
   using T2 = typename Tr::T2;
@@ -71,58 +77,62 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
   extern __shared__ __align__(128) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);  // swizzle atoms: 1024-aligned
 
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tid = threadIdx.x, lane = tid & 31;
+  // The warp index as a broadcast, so that the compiler knows it is warp-uniform: the copy issue below then computes
+  // its addresses in uniform registers (with tid >> 5 ptxas wrapped each bulk copy in a loop over distinct operands).
+  const int warp = __shfl_sync(0xffffffffu, tid >> 5, 0);
   const int wg = warp >> 2, q = warp & 3;      // warpgroup (k half of each k-block), warp in it
   const int tile = q >> 1, half = q & 1;       // the warp's n-tile in the CTA, and which word pair of it
   const int mb = blockIdx.x, nb = blockIdx.y, split = blockIdx.z;
   const int K = p.K, N = p.N, M = p.M, gsh = p.group_shift;  // group size 2^gsh (31: one group per channel)
   const int kb_begin = split * p.kb_per_split, nkb = split_k_blocks(p, split);
   const int row0 = mb * NR;
-  const T* __restrict__ xg = reinterpret_cast<const T*>(p.x);
   auto stage_ptr = [&](int st) { return smem + st * S::kStage; };
 
-  // The copies of k-block kb into ring slot st, 11-15 cp.async per thread at 128 rows.  Everything but the k-block's
-  // offset is computed once here: the first build recomputed every address and predicate per k-block (263 issued
-  // instructions per warp for them at 128 rows, against 280 for the dequantization; NOTES.md v13).
-  //  * weights: 2 n-tiles x 8 k-tiles x 32 chunks of 16 bytes, 2 per thread (each n-tile's 8 k-tiles are 4 KB
-  //    contiguous in global memory), k-tile kt of n-tile nt at slot offset ((nt * 8 + kt) * 32 + lane) * 16.
-  //  * scales (threads 0-63) and zeros (64-127): 16 chunks of 8 channels for each group the k-block touches.
-  //  * x: NR rows x 16 chunks of 16 bytes; thread t copies chunk t % 16 of rows t / 16 + 16 i.
-  const int k_tiles = K >> 4;
-  const int4* __restrict__ w_src = reinterpret_cast<const int4*>(p.w) + (size_t)nb * 2 * k_tiles * 32 + tid;
-  const bool w_ok0 = nb * 2 < (N >> 6), w_ok1 = nb * 2 + 1 < (N >> 6);  // N % 128 == 64: the last n-tile is missing
-  const int sz_t = tid & 63, sz_gi = sz_t >> 4;  // the group of the k-block and the 8 channels this thread copies
-  const bool sz_thread = tid < (HAS_Z ? 128 : 64) && nb * kNBlk + (sz_t & 15) * 8 < N &&
-                         (gsh >= 7 ? sz_gi == 0 : sz_gi < (kKBlk >> gsh));
-  const int n_groups = gsh >= 31 ? 1 : K >> gsh;
-  const T* __restrict__ sz_src = reinterpret_cast<const T*>(HAS_Z && tid >= 64 ? p.z : p.s) + (size_t)sz_gi * N +
-                                 nb * kNBlk + (sz_t & 15) * 8;
-  const int sz_dst = kWBytes + S::kXBytes + (tid >> 6) * kSBytes + sz_t * 16;
-  const int x_r = tid >> 4, x_c = tid & 15;  // first row, and chunk of the row's k-block
-  const int x_rows = M - row0 - x_r;         // copy i (row x_r + 16 i) exists while 16 i < x_rows
-  const T* __restrict__ x_src = xg + (size_t)min(row0 + x_r, M - 1) * K + x_c * 8;
-  // half x_c / 8 of the stage's x, row x_r, chunk x_c % 8 swizzled by the row; rows 16 apart keep the swizzle
-  const int x_dst = kWBytes + (x_c >> 3) * (NR * 128) + x_r * 128 + (((x_c & 7) ^ (x_r & 7)) << 4);
-  auto load_stage = [&](int st, int kb) {
+  // The copies of k-block kb into ring slot st, all by the copy engine and counted on the slot's "full" mbarrier,
+  // each issued by lane 0 of one warp: warp w < 2 n-tile w's 8 k-tiles (4 KB contiguous in global memory), warp 2
+  // each group's scales for the CTA's 128 channels (256 bytes), warp 3 its zeros, warp 4 x's two halves through the
+  // tensor map (NR rows x 64 k each, in the 128-byte swizzle wgmma reads; rows past M and k past K arrive as
+  // zeros).  The other threads compute no address.  (Until v22 every thread issued 11-15 cp.async per k-block, and
+  // ptxas recomputed their 64-bit addresses and predicates every k-block at the 128-register cap: ~100 of the 335
+  // issued instructions per warp at 32 rows.  v17 had the copy engine too, issued by a rotating warp after "empty"
+  // barriers instead of the CTA barrier, and lost: NOTES.md v17; the CTA barrier stays here.)
+  __shared__ alignas(8) uint64_t full[kStagesWg];
+  constexpr int kIssuers = HAS_Z ? 5 : 4;  // warps whose lane 0 arrives on "full" (with its bytes) every k-block
+  constexpr int kXWarp = 4;
+  const bool issuer_warp = warp < (HAS_Z ? 4 : 3) || warp == kXWarp;
+  const int k_tiles = K >> 4, n_groups = gsh >= 31 ? 1 : K >> gsh, cols = min(kNBlk, N - nb * kNBlk);
+  const int groups_per_kb = gsh >= 7 ? 1 : kKBlk >> gsh;
+  auto load_stage = [&](int st, int kb) {  // lane 0 of an issuer warp
     uint8_t* base = stage_ptr(st);
-    const bool k_ok = kb * 8 + (tid >> 5) < k_tiles;  // false only in the partial last k-block (K % 128 == 64)
-    const int4* w = w_src + kb * 256;
-    // Weight tiles that do not exist are not copied: what their slots hold (any bits dequantize to finite values)
-    // reaches no stored output, or meets zero-filled x.  Groups past K in the partial last k-block are zero-filled,
-    // so its missing k-tiles dequantize to exact zeros whatever their weight slots hold.
-    if (w_ok0 && k_ok) cp_async16(base + tid * 16, w, true);
-    if (w_ok1 && k_ok) cp_async16(base + 4096 + tid * 16, w + k_tiles * 32, true);
-    const int g = (kb * kKBlk) >> gsh;  // the k-block's first group
-    if (sz_thread) {
-      const bool ok = g + sz_gi < n_groups;
-      cp_async16(base + sz_dst, ok ? sz_src + (size_t)g * N : sz_src, ok);
-    }
-    const bool xk_ok = kb * kKBlk + x_c * 8 < K;
-    const T* xs = x_src + kb * kKBlk;
+    if (warp < 2) {
+      // N % 128 == 64: n-tile 1 does not exist (what its slot holds reaches no stored output); the partial last
+      // k-block (K % 128 == 64) has 4 k-tiles, and its missing ones dequantize to finite values that meet zero x.
+      const uint32_t bytes = warp * 64 < cols ? min(8, k_tiles - kb * 8) * 512 : 0;
+      mbar_arrive_expect_tx(&full[st], bytes);
+      if (bytes)
+        bulk_g2s(base + warp * 4096,
+                 reinterpret_cast<const int4*>(p.w) + ((size_t)(nb * 2 + warp) * k_tiles + kb * 8) * 32, bytes,
+                 &full[st]);
+    } else if (warp == kXWarp) {
+      mbar_arrive_expect_tx(&full[st], NR * 256);
+      for (int h = 0; h < 2; ++h)  // the halves k 0-63 and 64-127, NR rows x 128 bytes each
+        tma_g2s_2d(base + kWBytes + h * (NR * 128), &x_map, kb * kKBlk + h * 64, row0, &full[st]);
+    } else {
+      const int g = (kb * kKBlk) >> gsh, g_here = min(groups_per_kb, n_groups - g);
+      uint8_t* dst = base + kWBytes + S::kXBytes + (warp - 2) * kSBytes;
+      // Groups past K (the partial last k-block at group 32 or 64) get zero scales (and zeros), so its missing
+      // k-tiles dequantize to exact zeros; stored before the arrival that releases them with the copies' bytes.
+      if (g_here < groups_per_kb) {
+        for (int c = g_here * kNBlk * 2; c < groups_per_kb * kNBlk * 2; c += 16)
+          *reinterpret_cast<uint4*>(dst + c) = uint4{};
+        fence_proxy_async();
+      }
+      mbar_arrive_expect_tx(&full[st], g_here * cols * 2);
+      const T* src = reinterpret_cast<const T*>(warp == 2 ? p.s : p.z) + (size_t)g * N + nb * kNBlk;
 #pragma unroll
-    for (int i = 0; i < NR / 16; ++i) {
-      const bool ok = xk_ok && 16 * i < x_rows;
-      cp_async16(base + x_dst + i * 2048, ok ? xs + (size_t)i * 16 * K : xg, ok);
+      for (int gi = 0; gi < kKBlk / 32; ++gi)  // up to 4 groups (of 32) per k-block, 1 from group size 128
+        if (gi < g_here) bulk_g2s(dst + gi * kNBlk * 2, src + (size_t)gi * N, cols * 2, &full[st]);
     }
   };
 
@@ -192,13 +202,16 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
   // The warpgroup's 8 wgmma of k-block kb (2 per k-tile), one commit group; no branch between them (a branch there
   // makes ptxas serialize every wgmma of the kernel: warning C7520).
   auto multiply = [&](int st, AFrags& a) {
-    const uint32_t xs = smem_addr(stage_ptr(st) + kWBytes);
+    // The warpgroup's 4 k-tiles are 32 bytes apart in one half of the stage's x: their descriptors are one base's
+    // plus offset / 16 in the low word (the 14-bit start-address field takes no carry: shared addresses stay under
+    // 256 KB), rather than 4 descriptors built from scratch (8 fewer issued instructions per k-block at 32 rows).
+    const uint64_t desc0 = kmajor_sw128_desc(smem_addr(stage_ptr(st) + kWBytes) + wg * (NR * 128));
+    const uint32_t lo0 = (uint32_t)desc0, hi = (uint32_t)(desc0 >> 32);
     fence_accumulators();  // keep the compiler from moving accumulator accesses into the asynchronous window
     wgmma_fence();         // the A registers (and the accumulators) are ready for the tensor core
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      const int kt = wg * 4 + kk;
-      const uint64_t desc = kmajor_sw128_desc(xs + (kt >> 2) * (NR * 128) + (kt & 3) * 32);
+      const uint64_t desc = ((uint64_t)hi << 32) | (lo0 + kk * (32 >> 4));
       wgmma_rs<T, NR>(acc[0], a[kk][0], desc);
       wgmma_rs<T, NR>(acc[1], a[kk][1], desc);
     }
@@ -207,8 +220,10 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
 
   // ---- main pipeline ------------------------------------------------------------
   // Iteration i: the wgmma of k-block i are issued from the A registers dequantized in iteration i - 1; while
-  // the tensor core works, the warp waits for k-block i + 1's copies, passes the barrier, issues the copies of
-  // k-block i + 3 and dequantizes k-block i + 1 into the other register set; then it waits for its wgmma.  Every
+  // the tensor core works, the warp waits for k-block i + 1's x copies, passes the barrier, issues the copies of
+  // k-block i + 3, waits for k-block i + 1's weights and scales (its slot's "full" barrier completes once per fill,
+  // so local k-block j is phase j / 4) and dequantizes them into the other register set; then it waits for its
+  // wgmma.  Every
   // wgmma group ends in the iteration that issued it (ptxas serializes wgmma whose input registers other code
   // may redefine while a group is pending across a loop's back edge: warning C7513), and the slot refilled at
   // iteration i last held k-block i - 1, done before every warp's barrier of iteration i.  So S = 4 slots hold
@@ -217,34 +232,36 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
   auto step = [&](int i, AFrags& cur, AFrags& nxt) {
     multiply(i % kStagesWg, cur);
     if (i + 1 < nkb) {
-      cp_async_wait<kAheadWg - 1>();
-      fence_proxy_async();
-      __syncthreads();  // k-block i + 1 visible to all; k-block i - 1's slot no longer read by anyone
+      __syncthreads();  // k-block i - 1's slot no longer read by anyone (its wgmma waited for, its dequantization done)
       const int ld = i + 1 + kAheadWg;
-      if (ld < nkb) load_stage(ld % kStagesWg, kb_begin + ld);
-      cp_async_commit();
+      if (ld < nkb && issuer_warp && lane == 0) load_stage(ld % kStagesWg, kb_begin + ld);
+      mbar_wait(&full[(i + 1) % kStagesWg], ((i + 1) / kStagesWg) & 1);
       dequantize((i + 1) % kStagesWg, nxt);
     }
     wgmma_wait<0>();
     fence_accumulators();
   };
-  pdl_wait();  // a stage copies x with the weights: nothing is read before the previous kernel ends
-#pragma unroll
-  for (int s = 0; s <= kAheadWg; ++s) {
-    if (s < nkb) load_stage(s, kb_begin + s);
-    cp_async_commit();
+  if (tid == 0) {
+    for (int s = 0; s < kStagesWg; ++s) mbar_init(&full[s], kIssuers);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  AFrags a0, a1;
-  cp_async_wait<kAheadWg>();
-  fence_proxy_async();
   __syncthreads();
+  // The first stages' weights and scales are copied while the previous kernel in the stream may still run: they are
+  // constants to the op (kernels/__init__.py, w4a16_gemm; the streaming kernels read theirs early too).  x only after
+  // pdl_wait: that kernel may be the one writing it.
+  if (issuer_warp && lane == 0 && warp != kXWarp)
+    for (int s = 0; s <= kAheadWg && s < nkb; ++s) load_stage(s, kb_begin + s);
+  pdl_wait();
+  if (warp == kXWarp && lane == 0)
+    for (int s = 0; s <= kAheadWg && s < nkb; ++s) load_stage(s, kb_begin + s);
+  AFrags a0, a1;
+  mbar_wait(&full[0], 0);
   dequantize(0, a0);
   for (int i = 0; i < nkb; i += 2) {  // two iterations per trip: the register sets swap roles at compile time
     step(i, a0, a1);
     if (i + 1 < nkb) step(i + 1, a1, a0);
   }
   pdl_launch_dependents();
-  cp_async_wait<0>();
   __syncthreads();  // every warp's wgmma and shared reads are done: the ring is reused for the partial sums
   // ---- the two warpgroups' partials, summed in a fixed order; y or the split's workspace slice ----
   float* red = reinterpret_cast<float*>(smem);  // [warpgroup][row of the m-block][channel of the CTA]
@@ -257,7 +274,7 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
       red[(wg * NR + row) * kRedPitch + ch] = acc[j][e];
     }
   __syncthreads();
-  const int rows = min(NR, M - row0), cols = min(kNBlk, N - nb * kNBlk);
+  const int rows = min(NR, M - row0);
   for (int e = tid; e < rows * (kNBlk / 4); e += kWgThreads) {
     const int r = e / (kNBlk / 4), c4 = (e % (kNBlk / 4)) * 4;
     if (c4 >= cols) continue;
@@ -309,9 +326,12 @@ cudaError_t launch_wgmma(const GemmParams& p, bool fp16, bool has_z, int mt, int
     constexpr int NR = decltype(nr)::value;
     constexpr bool HZ = decltype(z)::value;
     auto kern = w4a16_wgmma_kernel<T, NR, HZ>;
+    CUtensorMap x_map;  // boxes of the kernel's NR rows
+    if (const cudaError_t e = encode_x_map(&x_map, p, fp16, NR); e != cudaSuccess) return e;
     cudaError_t attr = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, WgSmem<NR, HZ>::kTotal);
     if (attr != cudaSuccess) return attr;
-    return launch(kern, dim3(m_blocks, n_blocks, p.k_splits), kWgThreads, WgSmem<NR, HZ>::kTotal, stream, pdl, p);
+    return launch(kern, dim3(m_blocks, n_blocks, p.k_splits), kWgThreads, WgSmem<NR, HZ>::kTotal, stream, pdl, p,
+                  x_map);
   });
 }
 

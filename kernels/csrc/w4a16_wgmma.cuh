@@ -23,6 +23,7 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cudaTypedefs.h>  // CUtensorMap, PFN_cuTensorMapEncodeTiled
 #include <stdint.h>
 
 #include "w4a16_device.cuh"
@@ -51,9 +52,38 @@ template <int N> __device__ __forceinline__ void wgmma_wait() {
 // reads and writes it asynchronously between fence and wait).
 __device__ __forceinline__ void reg_fence(float& r) { asm volatile("" : "+f"(r)::"memory"); }
 // Orders this thread's generic-proxy shared-memory accesses before later async-proxy ones (the tensor core's reads,
-// the copy engine's writes): path 5's cp.async data, path 6's zero scales.
+// the copy engine's writes): the zero scales (and zeros) both paths store for groups past K.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
+// mbarrier and bulk-copy wrappers: path 5 counts its weights' and scales' bulk copies on a "full" barrier per
+// ring slot, path 6 all its copies, with an "empty" barrier per slot as well.
+__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  asm volatile("{\n.reg .pred p;\nWAIT_%=:\n"
+               "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+               "@!p bra WAIT_%=;\n}\n" ::"r"(smem_addr(bar)), "r"(parity) : "memory");
+}
+// `bytes` contiguous bytes from global to shared memory by the copy engine, counted on bar
+__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+               ::"r"(smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar)) : "memory");
+}
+
+// the box at (c0, c1) of a 2-d tensor map to shared memory (with the map's swizzle), counted on bar
+__device__ __forceinline__ void tma_g2s_2d(void* dst, const CUtensorMap* map, int c0, int c1, uint64_t* bar) {
+  asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+               " [%0], [%1, {%2, %3}], [%4];\n"
+               ::"r"(smem_addr(dst)), "l"(map), "r"(c0), "r"(c1), "r"(smem_addr(bar)) : "memory");
+}
 // Shared-memory matrix descriptor of a K-major operand with the 128-byte swizzle: start address >> 4, leading
 // byte offset unused (1 by convention), stride byte offset 1024 (between 8-row atoms) >> 4, swizzle mode 1
 // (128 B) in bits 62-63; base offset 0 (the atoms are 1024-byte aligned).
@@ -167,6 +197,29 @@ __device__ __forceinline__ void store4(const GemmParams& p, int split, size_t of
   }
 }
 #endif  // LOWBIT_HAS_WGMMA
+
+// x (M, K) as a 2-d tensor map for the wgmma kernels' copies: boxes of 64 k x nr rows (an m-block; 128 bytes per
+// row, the 128-byte swizzle wgmma's descriptor expects), zeros outside the tensor.  Encoded on the host at every
+// launch (a CUDA graph keeps the encoded map: it is a kernel argument).
+inline cudaError_t encode_x_map(CUtensorMap* map, const GemmParams& p, bool fp16, int nr) {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess || found != cudaDriverEntryPointSuccess)
+      fn = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[2] = {(cuuint64_t)p.K, (cuuint64_t)p.M};
+  const cuuint64_t strides[1] = {(cuuint64_t)p.K * 2};  // bytes between rows
+  const cuuint32_t box[2] = {64, (cuuint32_t)nr}, elem_strides[2] = {1, 1};
+  const CUresult r = encode(map, fp16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
+                            const_cast<void*>(p.x), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
 
 }  // namespace
 }  // namespace lowbit

@@ -32,7 +32,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-#include <cudaTypedefs.h>  // CUtensorMap, PFN_cuTensorMapEncodeTiled
 #include <stdint.h>
 
 #include "launch.cuh"
@@ -58,37 +57,6 @@ struct WsSmem {
 };
 
 #if LOWBIT_HAS_WGMMA
-// mbarriers: per ring slot, "full" completes when the copy engine's bytes have landed, "empty" when every consumer
-// thread is done with the slot.  Every thread arrives on "empty" itself (256 arrivals): with one lane per warp
-// arriving after __syncwarp, compute-sanitizer's racecheck reported the copy engine's refill racing the other
-// lanes' reads (the ordering through the warp barrier is not one it tracks; NOTES.md v15); the per-thread arrival
-// cost 0-1.4 % in an A/B.
-__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
-  asm volatile("{\n.reg .pred p;\nWAIT_%=:\n"
-               "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-               "@!p bra WAIT_%=;\n}\n" ::"r"(smem_addr(bar)), "r"(parity) : "memory");
-}
-// `bytes` contiguous bytes from global to shared memory by the copy engine, counted on bar
-__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-               ::"r"(smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar)) : "memory");
-}
-// the box at (c0, c1) of a 2-d tensor map to shared memory (with the map's swizzle), counted on bar
-__device__ __forceinline__ void tma_g2s_2d(void* dst, const CUtensorMap* map, int c0, int c1, uint64_t* bar) {
-  asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
-               " [%0], [%1, {%2, %3}], [%4];\n"
-               ::"r"(smem_addr(dst)), "l"(map), "r"(c0), "r"(c1), "r"(smem_addr(bar)) : "memory");
-}
 #endif  // LOWBIT_HAS_WGMMA
 
 template <typename T, bool HAS_Z>
@@ -116,8 +84,13 @@ __global__ void __launch_bounds__(kCtaThreads) w4a16_wgmma_ws_kernel(const GemmP
   // swizzle wgmma reads; rows past M and k past K arrive as zeros).  Groups past K in the partial last k-block get
   // zero scales, stored by the producer itself, so its missing k-tiles dequantize to exact zeros whatever their
   // weight slots hold; weight tiles that do not exist are not copied (any bits dequantize to finite values, which
-  // meet zero x or reach no stored output).  (In path 5 every thread issues 11-15 cp.async per k-block and the CTA
-  // meets at a barrier every k-block.)
+  // meet zero x or reach no stored output).  (In path 5 lane 0 of 3-4 warps issues the weights' and scales' bulk
+  // copies, every thread its x cp.async, and the CTA meets at a barrier every k-block.)
+  // mbarriers (w4a16_wgmma.cuh): per ring slot, "full" completes when the copy engine's bytes have landed, "empty"
+  // when every consumer thread is done with the slot.  Every thread arrives on "empty" itself (256 arrivals): with
+  // one lane per warp arriving after __syncwarp, compute-sanitizer's racecheck reported the copy engine's refill
+  // racing the other lanes' reads (the ordering through the warp barrier is not one it tracks; NOTES.md v15); the
+  // per-thread arrival cost 0-1.4 % in an A/B.
   __shared__ alignas(8) uint64_t full[kStagesWg], empty[kStagesWg];
   const int k_tiles = K >> 4, n_groups = gsh >= 31 ? 1 : K >> gsh, cols = min(kNBlk, N - nb * kNBlk);
   const int groups_per_kb = gsh >= 7 ? 1 : kKBlk >> gsh;
@@ -300,29 +273,6 @@ int wgmma_ws_occupancy(bool fp16, bool has_z) {
       return occupancy(w4a16_wgmma_ws_kernel<T, HZ>, kCtaThreads, WsSmem<HZ>::kTotal);
     });
   });
-}
-
-// x (M, K) as a 2-d tensor map for the kernel's copies: boxes of 64 k x NR rows (128 bytes per row, the 128-byte
-// swizzle wgmma's descriptor expects), zeros outside the tensor.  Encoded on the host at every launch (a CUDA graph
-// keeps the encoded map: it is a kernel argument).
-static cudaError_t encode_x_map(CUtensorMap* map, const GemmParams& p, bool fp16, int nr) {
-  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
-    void* fn = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
-            cudaSuccess || found != cudaDriverEntryPointSuccess)
-      fn = nullptr;
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-  }();
-  if (encode == nullptr) return cudaErrorNotSupported;
-  const cuuint64_t dims[2] = {(cuuint64_t)p.K, (cuuint64_t)p.M};
-  const cuuint64_t strides[1] = {(cuuint64_t)p.K * 2};  // bytes between rows
-  const cuuint32_t box[2] = {64, (cuuint32_t)nr}, elem_strides[2] = {1, 1};
-  const CUresult r = encode(map, fp16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
-                            const_cast<void*>(p.x), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
-                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
 cudaError_t launch_wgmma_ws(const GemmParams& p, bool fp16, bool has_z, int m_blocks, int n_blocks, cudaStream_t stream,
