@@ -12,9 +12,10 @@ How: one iteration of the main loop issues one commit group of wgmma (HGMMA in S
 per trip, so the distance between the first HGMMA of one group and the next is one k-block's instructions.  Code
 that only the copy-issuing lanes run (path 5 since v22: a forward branch over bulk copies, UBLKCP or UTMALDG, and
 nothing that every thread runs: cp.async, barriers, wgmma) is left out of that count and reported beside it as
-"issuer code" (its static length: the issuing warps run part of it on top of the count).  The pipe classes are approximate (from the opcode alone): alu = integer/logic ops that
-run on the ALU pipe, fma = IMAD and the float/half arithmetic, shared = LDS/STS, global = cp.async and its waits,
-other = branches, barriers, uniform-register moves and constant loads.
+"issuer code" (its static length: the issuing warps run part of it on top of the count).  The pipe classes are
+approximate (from the opcode alone): alu = integer/logic ops that run on the ALU pipe, fma = IMAD and the
+float/half arithmetic, shared = LDS/STS, global = cp.async and its waits, other = branches, barriers (mbarrier
+waits included), uniform-register moves and constant loads.
 """
 from __future__ import annotations
 
@@ -103,9 +104,10 @@ def kblock_stats(insns: list[Insn]) -> dict | None:
     starts = [i for j, i in enumerate(hgmma) if j == 0 or i - hgmma[j - 1] > 32]  # first HGMMA of each group
     if len(starts) < 2:
         return None
-    window = insns[starts[0]:starts[1]]  # one k-block: the first group's issue up to the next group's
+    windows = [insns[a:b] for a, b in zip(starts, starts[1:])]  # k-blocks: one group's issue up to the next's
+    per_kblock = statistics.median(len(w) - len(issuer_only(w)) for w in windows)
+    window = windows[0]
     skipped = issuer_only(window)
-    per_kblock = statistics.median(b - a for a, b in zip(starts, starts[1:])) - len(skipped)
     ops = [ins.op for i, ins in enumerate(window) if i not in skipped]
     pipes = collections.Counter(_PIPE_OF.get(op, "other") for op in ops)
     return {"instructions": int(per_kblock), "window": len(ops), "issuer": len(skipped),

@@ -317,6 +317,8 @@ def test_sass_wgmma_kblock_instruction_budget():
     assert len(lines) == 20, lines  # 2 dtypes x with/without zeros x (path 5: 4 m-block sizes, path 6: one)
     counts = [int(line.split("|")[5]) for line in lines]
     assert max(counts) < 450, "\n".join(lines)
+    # path 5's copy-issuing branch was found (else its length would be in the count, or a parse broke silently)
+    assert all(int(line.split("|")[12]) > 0 for line in lines if line.split("|")[1].strip() == "5"), "\n".join(lines)
 
 
 @pytest.mark.skipif(kbuild.find_cuda_home() is None, reason="nvcc not found: cannot compile the CUDA extension")
@@ -822,8 +824,8 @@ def sweep_forced_path(path, ms, m_of_seed, sym, dtype, seed):
 def _emulate_wgmma(x, pw, sp, zp, gs, N, NR, dtype, path):
     """Path 5 or 6 (csrc/w4a16_wgmma.cu, w4a16_wgmma_ws.cu) in Python, as their threads compute it: per CTA (m-block
     of NR rows, n-block of 128 channels) and 128-deep k-block, x staged chunk by chunk where the kernel puts chunk c
-    of row r (half c / 8, 128-byte row r, chunk (c % 8) ^ (r % 8); path 5's cp.async and path 6's tensor map write
-    the same layout) and read back as wgmma's B through the descriptor (start: half kt / 4 plus 32 bytes per k-tile
+    of row r (half c / 8, 128-byte row r, chunk (c % 8) ^ (r % 8); both paths' tensor maps write this layout) and
+    read back as wgmma's B through the descriptor (start: half kt / 4 plus 32 bytes per k-tile
     kt % 4; stride byte offset 1024; the PTX ISA's 128-byte-swizzle K-major layout ((8, m), (8, 2)):((64 elements,
     SBO), (1, 8)) with address bits 4-6 XORed by bits 7-9).  Each wgmma's A: warp q of the warpgroup supplies A rows
     16q .. 16q + 15 from one word (sub-tiles 2w, 2w + 1) of one n-tile of the CTA: path 5 issues two wgmma per k-tile

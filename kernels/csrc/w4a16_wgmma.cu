@@ -10,8 +10,8 @@
 // at M = 128 226 us (v11: 299; dequantize + cuBLAS: 373; cuBLAS bf16: 181).  v13 (2026-12-06): 40 % fewer
 // instructions per k-block (NOTES.md v13).  v21 (2026-12-07): a k-tile pair's scales and zeros are loaded and
 // broadcast once (335 instead of 360 issued instructions per k-block at 32 rows with zeros; NOTES.md v21).  v22
-// (2026-12-07): the weights' and scales' copies by the copy engine (278 for the warps that do not issue them).  v23
-// (2026-12-07): x through a tensor map too, no cp.async left (214 at every m-block size with zeros; on an H100
+// (2026-12-07): the weights' and scales' copies by the copy engine (269 for the warps that do not issue them).  v23
+// (2026-12-07): x through a tensor map too, no cp.async left (215 at every m-block size with zeros; on an H100
 // 73 instead of 82 us at M = 32, 98 instead of 107 at 64; NOTES.md v22-v23).
 // choose_path (csrc/ops.cpp) takes it for M = 17..64 on compute capability 9.0; from 65 rows path 6
 // (w4a16_wgmma_ws.cu, a producer warp) is faster.
@@ -79,7 +79,8 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
 
   const int tid = threadIdx.x, lane = tid & 31;
   // The warp index as a broadcast, so that the compiler knows it is warp-uniform: the copy issue below then computes
-  // its addresses in uniform registers (with tid >> 5 ptxas wrapped each bulk copy in a loop over distinct operands).
+  // its addresses in uniform registers (with tid >> 5 ptxas wrapped each bulk copy in a loop over distinct operands
+  // that could run several times; now the loop ptxas still puts around each copy runs once).
   const int warp = __shfl_sync(0xffffffffu, tid >> 5, 0);
   const int wg = warp >> 2, q = warp & 3;      // warpgroup (k half of each k-block), warp in it
   const int tile = q >> 1, half = q & 1;       // the warp's n-tile in the CTA, and which word pair of it
@@ -123,6 +124,8 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
       uint8_t* dst = base + kWBytes + S::kXBytes + (warp - 2) * kSBytes;
       // Groups past K (the partial last k-block at group 32 or 64) get zero scales (and zeros), so its missing
       // k-tiles dequantize to exact zeros; stored before the arrival that releases them with the copies' bytes.
+      // (With one group per k-block or per channel there are none: the missing k-tiles dequantize whatever the slot
+      // holds to finite values, and x past K, which the tensor map fills with zeros, cancels them.)
       if (g_here < groups_per_kb) {
         for (int c = g_here * kNBlk * 2; c < groups_per_kb * kNBlk * 2; c += 16)
           *reinterpret_cast<uint4*>(dst + c) = uint4{};
@@ -156,9 +159,9 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
   const int w_lane = ((tile * 8 + wg * 4) * 32 + lane) * 16 + half * 8;
   // the scales of sub-tiles 4 half .. 4 half + 3 of the n-tile (channels 8 j + lane/4) in a group's row
   const int s_lane = kWBytes + S::kXBytes + (tile * 64 + (lane >> 2) * 8 + half * 4) * 2;
-  // The partial last k-block (K % 128 == 64) has no k-tiles for warpgroup 1; it dequantizes them all the same:
-  // zero scales (and zeros) give zero A, which meets zero-filled x, so there is no branch here, nor between the
-  // wgmma (a branch there makes ptxas serialize every wgmma of the kernel: warning C7520).
+  // The partial last k-block (K % 128 == 64) has no k-tiles for warpgroup 1; it dequantizes them all the same to
+  // finite values (zeros where groups past K got zero scales, load_stage) that meet zero-filled x, so there is no
+  // branch here, nor between the wgmma (a branch there makes ptxas serialize every wgmma of the kernel: C7520).
   auto dequantize = [&](int st, AFrags& a) {
     const uint8_t* base = stage_ptr(st);
     T2 s2[2][2], z2[2][2];  // [j][sub-tile 2w or 2w+1] of the k-tile pair being dequantized
@@ -220,10 +223,9 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
 
   // ---- main pipeline ------------------------------------------------------------
   // Iteration i: the wgmma of k-block i are issued from the A registers dequantized in iteration i - 1; while
-  // the tensor core works, the warp waits for k-block i + 1's x copies, passes the barrier, issues the copies of
-  // k-block i + 3, waits for k-block i + 1's weights and scales (its slot's "full" barrier completes once per fill,
-  // so local k-block j is phase j / 4) and dequantizes them into the other register set; then it waits for its
-  // wgmma.  Every
+  // the tensor core works, the warp passes the barrier, its issuing lane (if any) issues the copies of k-block
+  // i + 3, it waits for all of k-block i + 1's bytes (its slot's "full" barrier completes once per fill, so local
+  // k-block j is phase j / 4) and dequantizes them into the other register set; then it waits for its wgmma.  Every
   // wgmma group ends in the iteration that issued it (ptxas serializes wgmma whose input registers other code
   // may redefine while a group is pending across a loop's back edge: warning C7513), and the slot refilled at
   // iteration i last held k-block i - 1, done before every warp's barrier of iteration i.  So S = 4 slots hold
@@ -255,7 +257,7 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
   if (warp == kXWarp && lane == 0)
     for (int s = 0; s <= kAheadWg && s < nkb; ++s) load_stage(s, kb_begin + s);
   AFrags a0, a1;
-  mbar_wait(&full[0], 0);
+  mbar_wait(&full[0], 0);  // nkb >= 1: ops.cpp never launches an empty split (else this wait would never complete)
   dequantize(0, a0);
   for (int i = 0; i < nkb; i += 2) {  // two iterations per trip: the register sets swap roles at compile time
     step(i, a0, a1);

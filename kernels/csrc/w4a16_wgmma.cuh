@@ -1,6 +1,6 @@
-// Shared by the two wgmma kernels, w4a16_wgmma.cu (path 5: every warp copies and computes) and w4a16_wgmma_ws.cu
-// (path 6: a producer warp and the copy engine, 128-row m-blocks): the operand identity, x's shared-memory layout
-// and the PTX wrappers.
+// Shared by the two wgmma kernels, w4a16_wgmma.cu (path 5: every warp computes, lane 0 of 4-5 of them issues the
+// copies) and w4a16_wgmma_ws.cu (path 6: a producer warp and the copy engine, 128-row m-blocks): the operand
+// identity, x's shared-memory layout and the PTX wrappers.
 //
 // Operands: the weights are wgmma's A, from registers; x is its B, from shared memory.  wgmma.mma_async m64nNk16
 // multiplies a 64 x 16 A by a 16 x N B for a warpgroup (4 warps); A may come from registers, where warp q holds
@@ -55,8 +55,8 @@ __device__ __forceinline__ void reg_fence(float& r) { asm volatile("" : "+f"(r):
 // the copy engine's writes): the zero scales (and zeros) both paths store for groups past K.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-// mbarrier and bulk-copy wrappers: path 5 counts its weights' and scales' bulk copies on a "full" barrier per
-// ring slot, path 6 all its copies, with an "empty" barrier per slot as well.
+// mbarrier and bulk-copy wrappers: both paths count all their copies on a "full" barrier per ring slot; path 6
+// has an "empty" barrier per slot as well (path 5 meets at a CTA barrier instead).
 __device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
 }

@@ -18,8 +18,8 @@
 // channels 64g + 16q + 0..15.  (Path 5's warpgroups split each k-block instead, each with accumulators for all
 // 128 channels, summed at the end: twice the accumulator registers, too many for a ninth warp at 128 rows.)
 //
-// x arrives through a tensor map whose SWIZZLE_128B writes exactly the layout the wgmma descriptor reads (path 5's
-// threads write it with cp.async), zeros outside M and K.
+// x arrives through a tensor map whose SWIZZLE_128B writes exactly the layout the wgmma descriptor reads (as in
+// path 5 since its v23), zeros outside M and K.
 //
 // Per k-block, warp by warp: the 8 wgmma of the k-block (1 per k-tile) issue from A registers dequantized the
 // iteration before, as one commit group; while the tensor core works, the warp waits for the next k-block's bytes
@@ -84,8 +84,8 @@ __global__ void __launch_bounds__(kCtaThreads) w4a16_wgmma_ws_kernel(const GemmP
   // swizzle wgmma reads; rows past M and k past K arrive as zeros).  Groups past K in the partial last k-block get
   // zero scales, stored by the producer itself, so its missing k-tiles dequantize to exact zeros whatever their
   // weight slots hold; weight tiles that do not exist are not copied (any bits dequantize to finite values, which
-  // meet zero x or reach no stored output).  (In path 5 lane 0 of 3-4 warps issues the weights' and scales' bulk
-  // copies, every thread its x cp.async, and the CTA meets at a barrier every k-block.)
+  // meet zero x or reach no stored output).  (In path 5 lane 0 of 4-5 warps issues the copies, x's through the
+  // same kind of tensor map, and the CTA meets at a barrier every k-block.)
   // mbarriers (w4a16_wgmma.cuh): per ring slot, "full" completes when the copy engine's bytes have landed, "empty"
   // when every consumer thread is done with the slot.  Every thread arrives on "empty" itself (256 arrivals): with
   // one lane per warp arriving after __syncwarp, compute-sanitizer's racecheck reported the copy engine's refill
