@@ -1,12 +1,13 @@
 #!/bin/bash
-# Session 48, call 8: path 5 instrumented (eval/results/h100_2026-12-07_s48/trace/w4a16_wgmma_trace.cu: clock64 per k-block of up to 8 CTAs -- when warp 0's
+# Session 48, call 8: path 5 instrumented (trace/w4a16_wgmma_trace.patch: clock64 per k-block of up to 8 CTAs -- when warp 0's
 # lane 0 issues the stage, when thread 0 starts and ends its wait on the stage's mbarrier, when each iteration
 # starts -- kept in a __device__ buffer and printed by a separate one-thread kernel after each launch when P5_TRACE
 # is set).  Gate_up (28672 x 4096) and o (4096 x 4096) at M = 32 with zeros, g128, path 5; the fourth launch of each.
 set -o pipefail
 export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR="$PWD/.torch_extensions/trace"
 OUT=${OUT:-out}; mkdir -p "$OUT"
-cp eval/results/h100_2026-12-07_s48/trace/w4a16_wgmma_trace.cu kernels/csrc/w4a16_wgmma.cu  # overwrites the tree's path 5
+P=eval/results/h100_2026-12-07_s48/trace/w4a16_wgmma_trace.patch  # changes the tree's path 5 (lines marked TRACE)
+git apply "$P" 2>/dev/null || patch -p1 < "$P" || exit 1
 python kernels/build.py > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 tail -1 "$OUT/build.log"
 P5_TRACE=1 timeout 60 python -c "
