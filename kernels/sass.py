@@ -105,9 +105,9 @@ def kblock_stats(insns: list[Insn]) -> dict | None:
     if len(starts) < 2:
         return None
     windows = [insns[a:b] for a, b in zip(starts, starts[1:])]  # k-blocks: one group's issue up to the next's
-    per_kblock = statistics.median(len(w) - len(issuer_only(w)) for w in windows)
-    window = windows[0]
-    skipped = issuer_only(window)
+    skips = [issuer_only(w) for w in windows]
+    per_kblock = statistics.median(len(w) - len(s) for w, s in zip(windows, skips))
+    window, skipped = windows[0], skips[0]
     ops = [ins.op for i, ins in enumerate(window) if i not in skipped]
     pipes = collections.Counter(_PIPE_OF.get(op, "other") for op in ops)
     return {"instructions": int(per_kblock), "window": len(ops), "issuer": len(skipped),

@@ -112,13 +112,10 @@ __global__ void __launch_bounds__(kWgThreads) w4a16_wgmma_kernel(const GemmParam
       const uint32_t bytes = warp * 64 < cols ? min(8, k_tiles - kb * 8) * 512 : 0;
       mbar_arrive_expect_tx(&full[st], bytes);
       if (bytes)
-        bulk_g2s(base + warp * 4096,
-                 reinterpret_cast<const int4*>(p.w) + ((size_t)(nb * 2 + warp) * k_tiles + kb * 8) * 32, bytes,
-                 &full[st]);
+        bulk_g2s(base + warp * 4096, w_kblock_src(p, nb, warp, k_tiles, kb), bytes, &full[st]);
     } else if (warp == kXWarp) {
       mbar_arrive_expect_tx(&full[st], NR * 256);
-      for (int h = 0; h < 2; ++h)  // the halves k 0-63 and 64-127, NR rows x 128 bytes each
-        tma_g2s_2d(base + kWBytes + h * (NR * 128), &x_map, kb * kKBlk + h * 64, row0, &full[st]);
+      x_kblock_g2s(base, &x_map, kb, row0, NR, &full[st]);
     } else {
       const int g = (kb * kKBlk) >> gsh, g_here = min(groups_per_kb, n_groups - g);
       uint8_t* dst = base + kWBytes + S::kXBytes + (warp - 2) * kSBytes;

@@ -84,6 +84,18 @@ __device__ __forceinline__ void tma_g2s_2d(void* dst, const CUtensorMap* map, in
                " [%0], [%1, {%2, %3}], [%4];\n"
                ::"r"(smem_addr(dst)), "l"(map), "r"(c0), "r"(c1), "r"(smem_addr(bar)) : "memory");
 }
+
+// The stage copies both wgmma kernels make, counted on bar (the caller announces the bytes).  The packed weights of
+// the CTA's n-tile nt (n-block nb) in k-block kb: its 8 k-tiles of 512 bytes, contiguous in global memory.
+__device__ __forceinline__ const int4* w_kblock_src(const GemmParams& p, int nb, int nt, int k_tiles, int kb) {
+  return reinterpret_cast<const int4*>(p.w) + ((size_t)(nb * 2 + nt) * k_tiles + kb * 8) * 32;
+}
+// x's k-block kb for the m-block at row0 into a stage (x after the stage's weights): its halves k 0-63 and 64-127,
+// nr rows x 128 bytes each (nr * 256 bytes in all), through the tensor map of encode_x_map.
+__device__ __forceinline__ void x_kblock_g2s(uint8_t* stage, const CUtensorMap* map, int kb, int row0, int nr,
+                                             uint64_t* bar) {
+  for (int h = 0; h < 2; ++h) tma_g2s_2d(stage + kWBytes + h * (nr * 128), map, kb * kMmaKBlock + h * 64, row0, bar);
+}
 // Shared-memory matrix descriptor of a K-major operand with the 128-byte swizzle: start address >> 4, leading
 // byte offset unused (1 by convention), stride byte offset 1024 (between 8-row atoms) >> 4, swizzle mode 1
 // (128 B) in bits 62-63; base offset 0 (the atoms are 1024-byte aligned).

@@ -109,16 +109,14 @@ __global__ void __launch_bounds__(kCtaThreads) w4a16_wgmma_ws_kernel(const GemmP
     }
     mbar_arrive_expect_tx(&full[st], n_tiles_here * kts * 512 + g_here * cols * 2 * (HAS_Z ? 2 : 1) + NR * 256);
     for (int nt = 0; nt < n_tiles_here; ++nt)
-      bulk_g2s(base + nt * 4096, reinterpret_cast<const int4*>(p.w) + ((size_t)(nb * 2 + nt) * k_tiles + kb * 8) * 32,
-               kts * 512, &full[st]);
+      bulk_g2s(base + nt * 4096, w_kblock_src(p, nb, nt, k_tiles, kb), kts * 512, &full[st]);
     for (int z = 0; z < (HAS_Z ? 2 : 1); ++z) {
       const T* src = reinterpret_cast<const T*>(z ? p.z : p.s) + nb * kNBlk;
       for (int gi = 0; gi < g_here; ++gi)
         bulk_g2s(base + kWBytes + S::kXBytes + z * kSBytes + gi * kNBlk * 2, src + (size_t)(g + gi) * N, cols * 2,
                  &full[st]);
     }
-    for (int h = 0; h < 2; ++h)
-      tma_g2s_2d(base + kWBytes + h * (NR * 128), &x_map, kb * kKBlk + h * 64, row0, &full[st]);
+    x_kblock_g2s(base, &x_map, kb, row0, NR, &full[st]);
   };
 
   float acc[NR / 2];  // element 4i + 2v + u: channel 64 wg + 16q + lane/4 + 8v, row 8i + 2(lane%4) + u
