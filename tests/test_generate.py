@@ -153,6 +153,27 @@ def test_sampling_respects_top_k_and_top_p():
     assert len(set(sample(logits, 1.0, 0, 1.0).tolist())) >= 4
 
 
+@pytest.mark.parametrize("V", [5, 1024, 1025, 3000, 49152, 128256])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_argmax_rows_is_torch_argmax(V, dtype):
+    """The two-stage argmax of greedy decoding picks what torch.argmax picks: the first maximum, ties across
+    chunks included; NaN wins; an all -inf row gives 0 (the padding of the last chunk never wins)."""
+    torch.manual_seed(V)
+    x = torch.randn(8, V).to(dtype)
+    x[1] = 0.0
+    x[2, V // 2] = x[2, -1] = 100.0
+    x[3] = float("-inf")
+    x[4, -1] = x[4, V // 3] = float("nan")
+    x[5, -1] = float("nan")
+    x[6] = float("-inf")
+    x[6, -1] = -1e30
+    x[7, 0] = 50.0
+    assert torch.equal(generate.argmax_rows(x), x.argmax(-1))
+    if V == 128256 and dtype == torch.float32:
+        compiled = torch.compile(generate.argmax_rows, backend="aot_eager", fullgraph=True)
+        assert torch.equal(compiled(x), x.argmax(-1))
+
+
 def test_prompt_longer_than_cache_is_a_clear_error():
     gen = Generator(tiny_model(), compile=False)
     with pytest.raises(ValueError, match="needs 13 cache positions, but the cache holds 8"):
