@@ -21,4 +21,5 @@ e2e argmax_mk2 360 TORCHINDUCTOR_MULTI_KERNEL=2; e2e argmax_coop 440 TORCHINDUCT
 e2e base2 500 X=1; e2e argmax2 560 X=1
 before 560 profile && { timeout 40 python eval/decode_profile.py --model llama-3-8b --batch 32 --quant int4-marlin --quant-output \
   --steps 16 --top 12 --json "$OUT/prof32.json" > "$OUT/prof32.log" 2>&1; el "profile rc=$?"; sed -n '/Top/,$p' "$OUT/prof32.log" | head -16; }
+before 520 tests && { timeout 75 python -m pytest -q tests/test_attention.py -k "gpu_generator or gpu_model_decode" > "$OUT/t_gen.log" 2>&1; el "tests rc=$? $(tail -1 "$OUT/t_gen.log")"; }
 el done
