@@ -156,11 +156,12 @@ class Attention(nn.Module):
         else:
             k = apply_rope(k.view(B, T, Hkv, D), cos, sin)
             k_all, v_all = self.kv_cache.update(input_pos, k.transpose(1, 2), v.view(B, T, Hkv, D).transpose(1, 2))
-            q = apply_rope(q.view(B, T, H, D), cos, sin)
-            q = q.view(B, T, Hkv, rep, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, rep * T, D)
-            if T == 1 and self.decode_kernel:  # one query column: mask row 0 holds it for every row (B, S)
-                y = kernels.kv16_decode_attention(q, k_all, v_all, mask[:, 0, 0])  # (B, Hkv, rep, D)
+            if T == 1 and self.decode_kernel:  # q's RoPE in the kernel; mask row 0 holds every row's (B, S)
+                y = kernels.kv16_decode_attention(q.view(B, Hkv, rep, D), k_all, v_all, mask[:, 0, 0], cos[:, 0, 0],
+                                                  sin[:, 0, 0])  # (B, Hkv, rep, D)
             else:
+                q = apply_rope(q.view(B, T, H, D), cos, sin)
+                q = q.view(B, T, Hkv, rep, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, rep * T, D)
                 y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # (B, Hkv, rep*T, D)
         y = y.view(B, Hkv, rep, T, D).permute(0, 3, 1, 2, 4).reshape(B, T, H * D)
         return self.wo(y)
