@@ -19,9 +19,9 @@ B="python eval/bench.py --model llama-3-8b --prompt-len 128 --max-new-tokens 256
 e2e() { local n=$1 dir=$2 t=$3; shift 3; before "$t" "$n" || return
   (cd "$dir" && env "$@" timeout 100 $B --out "$OUT/e2e_$n" > "$OUT/e2e_$n.log" 2>&1)
   el "$n rc=$? $(grep -m1 "^| int4-marlin" "$OUT/e2e_$n/bench.md" 2>/dev/null)"; }
-timeout 90 python -m pytest -q tests/test_attention.py -k "gpu_rope or gpu_generator or gpu_model_decode or gpu_step_kernel" > "$OUT/t_att.log" 2>&1
+timeout 80 python -m pytest -q tests/test_attention.py -k "gpu_rope or gpu_generator or gpu_model_decode or gpu_step_kernel" > "$OUT/t_att.log" 2>&1
 el "tests rc=$? $(tail -1 "$OUT/t_att.log")"; grep -E "^E  |FAILED" "$OUT/t_att.log" | head -5
-e2e base /tmp/base 230 X=1; e2e tree "$PWD" 300 X=1; e2e tree_mk2 "$PWD" 360 TORCHINDUCTOR_MULTI_KERNEL=2
+e2e base /tmp/base 200 X=1; e2e tree "$PWD" 270 X=1; e2e tree_mk2 "$PWD" 330 TORCHINDUCTOR_MULTI_KERNEL=2
 e2e argmax /tmp/argmax 400 X=1
 before 400 profile && { timeout 70 python eval/decode_profile.py --model llama-3-8b --batch 32 --quant int4-marlin --quant-output \
   --steps 16 --top 12 --json "$OUT/prof32.json" > "$OUT/prof32.log" 2>&1; el "profile rc=$?"; sed -n '/^| kind/,/^$/p;/Top/,$p' "$OUT/prof32.log" | head -30; }
