@@ -190,7 +190,7 @@ def _block(block: "Block", x, r, cos, sin, mask, input_pos):
 # A custom op that writes into an input of a nested compile region (the step op's cache write) fails to
 # functionalize before torch 2.14.1 ("Found a custom (non-ATen) operator whose output has alias annotations" on 2.11
 # and 2.13; 2.14.0 not tried; pytorch/pytorch#186807 and #189523, fixed by #189543).  There, layers compiled once
-# keep RoPE and the cache write out of the decode kernel (Attention.forward).
+# keep k's RoPE and the cache write out of the decode kernel, q's RoPE in it (Attention.forward).
 REGION_TAKES_MUTATING_OPS = torch.torch_version.TorchVersion(torch.__version__) >= "2.14.1"
 
 # One function for every layer, so torch.compile can trace and compile it once and call it n_layers

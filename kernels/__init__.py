@@ -3,6 +3,7 @@
     y = w4a16_gemm(x, packed_w, scales, zeros, group_size)      # x (M, K) bf16/fp16 -> y (M, N)
     packed_w, scales_p, zeros_p = pack_w4(q, scales, zeros, group_size)
     y = kv16_decode_attention(q, k_cache, v_cache, mask)        # q (B, H, R, D) -> y (B, H, R, D)
+    y = kv16_decode_attention(q, k_cache, v_cache, mask, rope_cos, rope_sin)  # q rotated (RoPE) first
     y = kv16_decode_step_attention(q, k_new, v_new, kv_cache, mask, cos, sin, input_pos)  # + RoPE, cache write
 
 Operators torch.ops.lowbit.w4a16_gemm, kv16_decode_attention and kv16_decode_step_attention (kernels/attention.py):

@@ -234,7 +234,7 @@ def test_compiled_decode_writes_the_cache_in_place_cpu(monkeypatch, region_ok):
         depth0_commas = [sum(ch == "," and not a[:i].count("(") - a[:i].count(")") for i, ch in enumerate(a))
                          for a in calls]
         assert calls and depth0_commas == [5] * len(calls), calls
-        assert all(re.match(r"reinterpret_tensor\(\w+, \(2, 2, 4, 64\), \(768, 256, 64, 1\)", a) for a in calls), calls
+        assert all(re.match(r"reinterpret_tensor\(\w+, \(2, 2, 4, 64\), \(768, 256, 64, 1\), 0\)", a) for a in calls), calls
         return
     # the op's 4th argument (the cache) is a graph input itself (argN_1), not a buffer copied from it
     calls = [m for c in codes for m in re.findall(r"kv16_decode_step_attention\.default\((.*)\)", c)]
