@@ -156,11 +156,12 @@ class Attention(nn.Module):
         else:
             k = apply_rope(k.view(B, T, Hkv, D), cos, sin)
             k_all, v_all = self.kv_cache.update(input_pos, k.transpose(1, 2), v.view(B, T, Hkv, D).transpose(1, 2))
-            q = apply_rope(q.view(B, T, H, D), cos, sin)
-            q = q.view(B, T, Hkv, rep, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, rep * T, D)
-            if T == 1 and self.decode_kernel:  # one query column: mask row 0 holds it for every row (B, S)
-                y = kernels.kv16_decode_attention(q, k_all, v_all, mask[:, 0, 0])  # (B, Hkv, rep, D)
+            if T == 1 and self.decode_kernel:  # q's RoPE in the kernel; mask row 0 holds every row's (B, S)
+                y = kernels.kv16_decode_attention(q.view(B, Hkv, rep, D), k_all, v_all, mask[:, 0, 0], cos[:, 0, 0],
+                                                  sin[:, 0, 0])  # (B, Hkv, rep, D)
             else:
+                q = apply_rope(q.view(B, T, H, D), cos, sin)
+                q = q.view(B, T, Hkv, rep, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, rep * T, D)
                 y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # (B, Hkv, rep*T, D)
         y = y.view(B, Hkv, rep, T, D).permute(0, 3, 1, 2, 4).reshape(B, T, H * D)
         return self.wo(y)
@@ -189,7 +190,7 @@ def _block(block: "Block", x, r, cos, sin, mask, input_pos):
 # A custom op that writes into an input of a nested compile region (the step op's cache write) fails to
 # functionalize before torch 2.14.1 ("Found a custom (non-ATen) operator whose output has alias annotations" on 2.11
 # and 2.13; 2.14.0 not tried; pytorch/pytorch#186807 and #189523, fixed by #189543).  There, layers compiled once
-# keep RoPE and the cache write out of the decode kernel (Attention.forward).
+# keep k's RoPE and the cache write out of the decode kernel, q's RoPE in it (Attention.forward).
 REGION_TAKES_MUTATING_OPS = torch.torch_version.TorchVersion(torch.__version__) >= "2.14.1"
 
 # One function for every layer, so torch.compile can trace and compile it once and call it n_layers

@@ -3,6 +3,7 @@
     y = w4a16_gemm(x, packed_w, scales, zeros, group_size)      # x (M, K) bf16/fp16 -> y (M, N)
     packed_w, scales_p, zeros_p = pack_w4(q, scales, zeros, group_size)
     y = kv16_decode_attention(q, k_cache, v_cache, mask)        # q (B, H, R, D) -> y (B, H, R, D)
+    y = kv16_decode_attention(q, k_cache, v_cache, mask, rope_cos, rope_sin)  # q rotated (RoPE) first
     y = kv16_decode_step_attention(q, k_new, v_new, kv_cache, mask, cos, sin, input_pos)  # + RoPE, cache write
 
 Operators torch.ops.lowbit.w4a16_gemm, kv16_decode_attention and kv16_decode_step_attention (kernels/attention.py):
@@ -24,8 +25,8 @@ import os
 import torch
 
 from . import attention
-from .attention import (check_attention_inputs, check_step_inputs, reference_kv16_decode_attention,
-                        reference_kv16_decode_step_attention)
+from .attention import (check_attention_inputs, check_rope_inputs, check_step_inputs,
+                        reference_kv16_decode_attention, reference_kv16_decode_step_attention)
 from .build import find_cuda_home, load_extension as _load_extension
 from .reference import check_inputs, dequantize, pack_w4, reference_w4a16_gemm, unpack_w4
 
@@ -38,7 +39,8 @@ __all__ = [
 
 _SCHEMA = "w4a16_gemm(Tensor x, Tensor packed_w, Tensor scales, Tensor? zeros, int group_size) -> Tensor"
 
-_ATTN_SCHEMA = "kv16_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor mask) -> Tensor"
+_ATTN_SCHEMA = ("kv16_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor mask, Tensor? rope_cos=None, "
+                "Tensor? rope_sin=None) -> Tensor")
 _STEP_SCHEMA = ("kv16_decode_step_attention(Tensor q, Tensor k_new, Tensor v_new, Tensor(a!) kv_cache, Tensor mask, "
                 "Tensor rope_cos, Tensor rope_sin, Tensor input_pos) -> Tensor")
 
@@ -58,8 +60,9 @@ _lib.impl("kv16_decode_step_attention", reference_kv16_decode_step_attention, "C
 
 
 @torch.library.register_fake("lowbit::kv16_decode_attention")
-def _attention_fake(q, k_cache, v_cache, mask):
+def _attention_fake(q, k_cache, v_cache, mask, rope_cos=None, rope_sin=None):
     check_attention_inputs(q, k_cache, v_cache, mask)
+    check_rope_inputs(q, rope_cos, rope_sin)
     if q.device.type == "cuda":
         load_extension()  # the compiled graph will call the CUDA kernel at run time
     return torch.empty(q.shape, dtype=q.dtype, device=q.device)  # contiguous (B, H, R, D), as the kernel writes
@@ -210,9 +213,10 @@ def gemm_path(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor, zer
     return load_extension().gemm_path(x, packed_w, scales, zeros, group_size, path, splits, m_tiles)
 
 
-def kv16_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                          mask: torch.Tensor) -> torch.Tensor:
-    """Attention of one query position per sequence over a 16-bit KV cache (a decode step): y (B, H, R, D).
+def kv16_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, mask: torch.Tensor,
+                          rope_cos: torch.Tensor | None = None, rope_sin: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of one query position per sequence over a 16-bit KV cache (a decode step): y (B, H, R, D); with
+    rope_cos and rope_sin, of q rotated by RoPE first (in the kernel, as q is loaded).
 
     Shapes and semantics in kernels/attention.py.  On CUDA (compute capability 8.0+, head_dim 64 or 128, at most
     8 query rows per KV head) one kernel that splits the cache's columns over the SMs (csrc/attention_kernel.cu);
@@ -220,12 +224,13 @@ def kv16_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     """
     if not torch.compiler.is_compiling():
         check_attention_inputs(q, k_cache, v_cache, mask)
+        check_rope_inputs(q, rope_cos, rope_sin)
         if q.is_cuda:
             for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
                 if t.data_ptr() % (q.shape[-1] // 16):  # the kernel loads D/32 16-bit values at a time
                     raise ValueError(f"kv16_decode_attention: {name} must be {q.shape[-1] // 16}-byte aligned")
             load_extension()
-    return torch.ops.lowbit.kv16_decode_attention(q, k_cache, v_cache, mask)
+    return torch.ops.lowbit.kv16_decode_attention(q, k_cache, v_cache, mask, rope_cos, rope_sin)
 
 
 def kv16_decode_step_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, kv_cache: torch.Tensor,

@@ -467,13 +467,13 @@ int64_t decode_attention_splits(int64_t heads, int64_t S, int sms) {
 struct StepArgs {
   const at::Tensor& k_new;  // (B, H, D), last dim contiguous
   const at::Tensor& v_new;
-  const at::Tensor& rope_cos;  // (B, D/2) float32, last dim contiguous
-  const at::Tensor& rope_sin;
   const at::Tensor& input_pos;  // (1,) int64
 };
 
-// step: nullptr for kv16_decode_attention (the cache is only read).
+// rope_cos, rope_sin: both or neither, (B, D/2) float32 with a contiguous last dim (q's RoPE; the step op's k_new
+// too).  step: nullptr for kv16_decode_attention (the cache is only read).
 at::Tensor decode_attention_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                                 const std::optional<at::Tensor>& rope_cos, const std::optional<at::Tensor>& rope_sin,
                                  int64_t want_splits, const StepArgs* step) {
   const char* op = step ? "kv16_decode_step_attention" : "kv16_decode_attention";
   TORCH_CHECK(q.is_cuda() && k.device() == q.device() && v.device() == q.device() && mask.device() == q.device(),
@@ -506,14 +506,18 @@ at::Tensor decode_attention_impl(const at::Tensor& q, const at::Tensor& k, const
               op, ": k_cache and v_cache must be ", 2 * epl, "-byte aligned (the kernel loads ", epl, " values at once)");
   TORCH_CHECK(mask.stride(1) == 1, op, ": mask needs a contiguous last dim, got strides ", mask.strides());
   TORCH_CHECK(B * H * S <= INT32_MAX, op, ": problem too large: B=", B, " H=", H, " S=", S);
+  TORCH_CHECK(rope_cos.has_value() == rope_sin.has_value() && (rope_cos.has_value() || !step), op,
+              step ? ": rope_cos and rope_sin are required" : ": rope_cos and rope_sin come together, got only one");
+  for (const std::optional<at::Tensor>* o : {&rope_cos, &rope_sin}) {
+    if (!o->has_value()) continue;
+    const at::Tensor& t = o->value();
+    TORCH_CHECK(t.device() == q.device() && t.scalar_type() == at::kFloat && t.dim() == 2 && t.size(0) == B &&
+                    t.size(1) == D / 2 && t.stride(1) == 1,
+                op, ": rope_cos and rope_sin must be float32 (B, D/2) = (", B, ", ", D / 2,
+                ") on q's device with a contiguous last dim, got ", t.scalar_type(), " ", t.sizes(), " strides ",
+                t.strides(), " on ", t.device());
+  }
   if (step) {
-    for (const at::Tensor* t : {&step->rope_cos, &step->rope_sin}) {
-      TORCH_CHECK(t->device() == q.device() && t->scalar_type() == at::kFloat && t->dim() == 2 && t->size(0) == B &&
-                      t->size(1) == D / 2 && t->stride(1) == 1,
-                  op, ": rope_cos and rope_sin must be float32 (B, D/2) = (", B, ", ", D / 2,
-                  ") on q's device with a contiguous last dim, got ", t->scalar_type(), " ", t->sizes(), " strides ",
-                  t->strides(), " on ", t->device());
-    }
     for (const at::Tensor* t : {&step->k_new, &step->v_new}) {
       TORCH_CHECK(t->device() == q.device() && t->scalar_type() == q.scalar_type() && t->dim() == 3 &&
                       t->size(0) == B && t->size(1) == H && t->size(2) == D && t->stride(2) == 1 &&
@@ -550,11 +554,13 @@ at::Tensor decode_attention_impl(const at::Tensor& q, const at::Tensor& k, const
   p.q_sh = q.stride(1);
   p.q_sr = q.stride(2);
   p.mask_sb = mask.stride(0);
+  if (rope_cos.has_value()) {
+    p.rope_cos = rope_cos->data_ptr<float>();
+    p.rope_sin = rope_sin->data_ptr<float>();
+    p.rope_cos_sb = rope_cos->stride(0);
+    p.rope_sin_sb = rope_sin->stride(0);
+  }
   if (step) {
-    p.rope_cos = step->rope_cos.data_ptr<float>();
-    p.rope_sin = step->rope_sin.data_ptr<float>();
-    p.rope_cos_sb = step->rope_cos.stride(0);
-    p.rope_sin_sb = step->rope_sin.stride(0);
     p.k_new = step->k_new.data_ptr();
     p.v_new = step->v_new.data_ptr();
     p.new_sb = step->k_new.stride(0);
@@ -573,8 +579,9 @@ at::Tensor decode_attention_impl(const at::Tensor& q, const at::Tensor& k, const
 }
 
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                            const std::optional<at::Tensor>& rope_cos, const std::optional<at::Tensor>& rope_sin,
                             int64_t want_splits) {
-  return decode_attention_impl(q, k, v, mask, want_splits, nullptr);
+  return decode_attention_impl(q, k, v, mask, rope_cos, rope_sin, want_splits, nullptr);
 }
 
 // kv_cache (2, B, H, S, D) contiguous: keys kv_cache[0], values kv_cache[1], written in place.
@@ -583,13 +590,14 @@ at::Tensor decode_step_attention(const at::Tensor& q, const at::Tensor& k_new, c
                                  const at::Tensor& rope_sin, const at::Tensor& input_pos, int64_t want_splits) {
   TORCH_CHECK(kv_cache.dim() == 5 && kv_cache.size(0) == 2 && kv_cache.is_contiguous(),
               "kv16_decode_step_attention: kv_cache must be a contiguous (2, B, H, S, D), got ", kv_cache.sizes());
-  const StepArgs step{k_new, v_new, rope_cos, rope_sin, input_pos};
-  return decode_attention_impl(q, kv_cache[0], kv_cache[1], mask, want_splits, &step);
+  const StepArgs step{k_new, v_new, input_pos};
+  return decode_attention_impl(q, kv_cache[0], kv_cache[1], mask, rope_cos, rope_sin, want_splits, &step);
 }
 
 at::Tensor kv16_decode_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                      const at::Tensor& mask) {
-  return decode_attention(q, k, v, mask, -1);
+                                      const at::Tensor& mask, const std::optional<at::Tensor>& rope_cos,
+                                      const std::optional<at::Tensor>& rope_sin) {
+  return decode_attention(q, k, v, mask, rope_cos, rope_sin, -1);
 }
 
 at::Tensor kv16_decode_step_attention_cuda(const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new,
@@ -641,7 +649,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("M"), py::arg("N"), py::arg("K"), py::arg("wgmma") = false);
   m.def("decode_attention", &lowbit::decode_attention,
         "kv16_decode_attention with a forced number of column splits (-1: decode_attention_splits)",
-        py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("mask"), py::arg("splits") = -1);
+        py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("mask"), py::arg("rope_cos") = py::none(),
+        py::arg("rope_sin") = py::none(), py::arg("splits") = -1);
   m.def("decode_step_attention", &lowbit::decode_step_attention,
         "kv16_decode_step_attention with a forced number of column splits (-1: decode_attention_splits)",
         py::arg("q"), py::arg("k_new"), py::arg("v_new"), py::arg("kv_cache"), py::arg("mask"), py::arg("rope_cos"),
