@@ -1,5 +1,5 @@
-// Host glue for lowbit::w4a16_gemm and lowbit::kv16_decode_attention: argument checks, path choice,
-// split sizing, workspace/counter management and the CUDA dispatcher registrations.
+// Host glue for lowbit::w4a16_gemm, lowbit::kv16_decode_attention and lowbit::add_rms_norm: argument checks,
+// path choice, split sizing, workspace/counter management and the CUDA dispatcher registrations.
 //
 // The op's schema is defined from Python (kernels/__init__.py), not here:
 // the CPU (reference) and fake implementations must exist on machines where
@@ -14,10 +14,12 @@
 
 #include <cstdlib>
 #include <mutex>
+#include <tuple>
 #include <string>
 #include <vector>
 
 #include "attention.h"
+#include "norm.h"
 #include "w4a16.h"
 
 namespace lowbit {
@@ -607,6 +609,58 @@ at::Tensor kv16_decode_step_attention_cuda(const at::Tensor& q, const at::Tensor
   return decode_step_attention(q, k_new, v_new, kv_cache, mask, rope_cos, rope_sin, input_pos, -1);
 }
 
+// lowbit::add_rms_norm (kernels/norm.py, csrc/norm_kernel.cu): h = x + r and y = RMSNorm(h) * weight, new
+// contiguous tensors of x's shape.
+std::tuple<at::Tensor, at::Tensor> add_rms_norm_cuda(const at::Tensor& x, const at::Tensor& r,
+                                                     const at::Tensor& weight, double eps) {
+  const char* op = "add_rms_norm";
+  TORCH_CHECK(x.is_cuda() && r.device() == x.device() && weight.device() == x.device(), op,
+              ": x, r and weight must be on one CUDA device, got ", x.device(), ", ", r.device(), ", ",
+              weight.device());
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf, op,
+              ": x must be bfloat16 or float16, got ", x.scalar_type());
+  TORCH_CHECK(r.scalar_type() == x.scalar_type() && weight.scalar_type() == x.scalar_type(), op,
+              ": r and weight must have x's dtype ", x.scalar_type(), ", got ", r.scalar_type(), " and ",
+              weight.scalar_type());
+  TORCH_CHECK(x.dim() >= 1 && r.sizes() == x.sizes(), op, ": x and r must have one shape (..., D), got ", x.sizes(),
+              " and ", r.sizes());
+  const int64_t D = x.size(-1);
+  TORCH_CHECK(D >= kNormVec && D % kNormVec == 0 && D <= kNormMaxD, op, ": D must be a multiple of ", kNormVec,
+              " up to ", kNormMaxD, ", got ", D);
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == D && weight.stride(0) == 1, op, ": weight must be (D,) = (", D,
+              ") with stride 1, got ", weight.sizes(), " strides ", weight.strides());
+  TORCH_CHECK(x.stride(-1) == 1 && r.stride(-1) == 1, op, ": x and r need a contiguous last dim, got strides ",
+              x.strides(), " and ", r.strides());
+  const int64_t rows = x.numel() / D;
+  TORCH_CHECK(rows <= INT32_MAX, op, ": at most ", INT32_MAX, " rows (grid.x), got ", rows);
+  c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor h = at::empty(x.sizes(), x.options());
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  if (rows == 0) return {h, y};
+  // (rows, D) views where the leading dims collapse into one stride (model.py's tensors and slices), else copies.
+  const at::Tensor x2 = x.reshape({rows, D}), r2 = r.reshape({rows, D});
+  const int64_t xs = rows > 1 ? x2.stride(0) : D, rs = rows > 1 ? r2.stride(0) : D;
+  auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
+  TORCH_CHECK(xs % kNormVec == 0 && rs % kNormVec == 0 && aligned(x2) && aligned(r2) && aligned(weight), op,
+              ": x, r and weight must be 16-byte aligned with row strides that are multiples of ", kNormVec,
+              ", got row strides ", xs, " and ", rs, " at ", x2.data_ptr(), ", ", r2.data_ptr(), ", ",
+              weight.data_ptr());
+  NormParams p{};
+  p.x = x2.data_ptr();
+  p.r = r2.data_ptr();
+  p.weight = weight.data_ptr();
+  p.h = h.data_ptr();
+  p.y = y.data_ptr();
+  p.x_stride = xs;
+  p.r_stride = rs;
+  p.D = (int)D;
+  p.eps = (float)eps;
+  const DeviceInfo& d = device_info(x.get_device());
+  C10_CUDA_CHECK(launch_add_rms_norm(p, rows, x.scalar_type() == at::kHalf, c10::cuda::getCurrentCUDAStream(),
+                                     use_pdl(d)));
+  return {h, y};
+}
+
 }  // namespace
 }  // namespace lowbit
 
@@ -614,6 +668,7 @@ TORCH_LIBRARY_IMPL(lowbit, CUDA, m) {
   m.impl("w4a16_gemm", &lowbit::w4a16_gemm_cuda);
   m.impl("kv16_decode_attention", &lowbit::kv16_decode_attention_cuda);
   m.impl("kv16_decode_step_attention", &lowbit::kv16_decode_step_attention_cuda);
+  m.impl("add_rms_norm", &lowbit::add_rms_norm_cuda);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
