@@ -288,8 +288,8 @@ def add_step_flags(p: argparse.ArgumentParser):
     p.add_argument("--decode-attention", choices=DECODE_ATTENTION, default=DECODE_ATTENTION[0],
                    help="attention of the one-token decode steps: 'kernel' (default) = our split-KV CUDA kernel "
                         "(kernels.kv16_decode_step_attention, which also does the step's RoPE and cache write; "
-                        "kernels.kv16_decode_attention for layers compiled once on torch < 2.14.1, whose compiler "
-                        "cannot take that op there) where it takes the model (CUDA, head_dim 64 or 128, at most "
+                        "kernels.kv16_decode_attention, which does q's RoPE, for layers compiled once on torch < "
+                        "2.14.1, whose compiler cannot take that op there) where it takes the model (CUDA, head_dim 64 or 128, at most "
                         "8 query heads per KV head) and is expected to be the faster one (batch x KV heads <= 512 on "
                         "compute capability 9.0+: Llama-3-8B up to batch 64), F.scaled_dot_product_attention "
                         "elsewhere; 'sdpa' = always F.scaled_dot_product_attention. The prefill always uses SDPA. "
@@ -308,9 +308,12 @@ def apply_pdl_flag(args):
 
 def decode_attention_report(model: Transformer) -> str:
     """Which attention the decode steps of the last setup_caches run: "kernel+rope" (kv16_decode_step_attention,
-    RoPE and the cache write inside, in every layer), "kernel" (kv16_decode_attention in every layer) or "sdpa"."""
+    RoPE and the cache write inside, in every layer), "kernel+qrope" (kv16_decode_attention with q's RoPE inside, in
+    every layer) or "sdpa".  ("kernel", kv16_decode_attention with RoPE outside, is what earlier trees ran.)"""
     att = [layer.attention for layer in model.layers]
-    return "kernel+rope" if all(a.step_op for a in att) else "kernel" if all(a.decode_kernel for a in att) else "sdpa"
+    if all(a.step_op for a in att):
+        return "kernel+rope"
+    return "kernel+qrope" if all(a.decode_kernel for a in att) else "sdpa"
 
 
 def pdl_report(pdl: bool, device: torch.device, compiled: bool) -> str:

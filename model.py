@@ -106,11 +106,19 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        self.fused = False  # setup_caches: add_forward through kernels.add_rms_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return xf.type_as(x) * self.weight
+
+    def add_forward(self, x: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + r, self(x + r)); one kernel where setup_caches found the op takes this norm (the same bits on CPU)."""
+        if self.fused:
+            return kernels.add_rms_norm(x, r, self.weight, self.eps)
+        h = x + r
+        return h, self(h)
 
 
 class KVCache(nn.Module):
@@ -156,11 +164,12 @@ class Attention(nn.Module):
         else:
             k = apply_rope(k.view(B, T, Hkv, D), cos, sin)
             k_all, v_all = self.kv_cache.update(input_pos, k.transpose(1, 2), v.view(B, T, Hkv, D).transpose(1, 2))
-            q = apply_rope(q.view(B, T, H, D), cos, sin)
-            q = q.view(B, T, Hkv, rep, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, rep * T, D)
-            if T == 1 and self.decode_kernel:  # one query column: mask row 0 holds it for every row (B, S)
-                y = kernels.kv16_decode_attention(q, k_all, v_all, mask[:, 0, 0])  # (B, Hkv, rep, D)
+            if T == 1 and self.decode_kernel:  # q's RoPE in the kernel; mask row 0 holds every row's (B, S)
+                y = kernels.kv16_decode_attention(q.view(B, Hkv, rep, D), k_all, v_all, mask[:, 0, 0], cos[:, 0, 0],
+                                                  sin[:, 0, 0])  # (B, Hkv, rep, D)
             else:
+                q = apply_rope(q.view(B, T, H, D), cos, sin)
+                q = q.view(B, T, Hkv, rep, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, rep * T, D)
                 y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # (B, Hkv, rep*T, D)
         y = y.view(B, Hkv, rep, T, D).permute(0, 3, 1, 2, 4).reshape(B, T, H * D)
         return self.wo(y)
@@ -180,16 +189,16 @@ class FeedForward(nn.Module):
 def _block(block: "Block", x, r, cos, sin, mask, input_pos):
     # The layer's input is x + r: the layer before returns its residual and its feed-forward output
     # unsummed, so the sum fuses with this layer's first norm (one kernel per layer fewer when
-    # each layer is compiled on its own, as under compile_once).
-    x = x + r
-    h = x + block.attention(block.attention_norm(x), cos, sin, mask, input_pos)
-    return h, block.feed_forward(block.ffn_norm(h))
+    # each layer is compiled on its own, as under compile_once); so does the second add with the ffn norm.
+    x, n = block.attention_norm.add_forward(x, r)
+    h, n = block.ffn_norm.add_forward(x, block.attention(n, cos, sin, mask, input_pos))
+    return h, block.feed_forward(n)
 
 
 # A custom op that writes into an input of a nested compile region (the step op's cache write) fails to
 # functionalize before torch 2.14.1 ("Found a custom (non-ATen) operator whose output has alias annotations" on 2.11
 # and 2.13; 2.14.0 not tried; pytorch/pytorch#186807 and #189523, fixed by #189543).  There, layers compiled once
-# keep RoPE and the cache write out of the decode kernel (Attention.forward).
+# keep k's RoPE and the cache write out of the decode kernel, q's RoPE in it (Attention.forward).
 REGION_TAKES_MUTATING_OPS = torch.torch_version.TorchVersion(torch.__version__) >= "2.14.1"
 
 # One function for every layer, so torch.compile can trace and compile it once and call it n_layers
@@ -241,7 +250,8 @@ class Transformer(nn.Module):
         prefer_kernel picks it (batch x KV heads <= 512 on compute capability 9.0+), else
         F.scaled_dot_product_attention.  The kernel also does their RoPE and cache write
         (kernels.kv16_decode_step_attention) unless the layer is compiled once on torch < 2.14.1
-        (REGION_TAKES_MUTATING_OPS).
+        (REGION_TAKES_MUTATING_OPS).  Each residual add and the norm after it become kernels.add_rms_norm where
+        kernels.add_rms_norm_supported takes the norm (16-bit weights; on CUDA, D and the extension).
         """
         max_seq = -(-max_seq // 16) * 16
         if max_seq > self.args.max_seq_len:
@@ -252,6 +262,8 @@ class Transformer(nn.Module):
             att.kv_cache = KVCache(max_batch, att.n_kv_heads, max_seq, att.head_dim, emb.dtype, emb.device)
             att.decode_kernel = decode_kernel and kernels.decode_attention_supported(
                 att.n_heads // att.n_kv_heads, att.head_dim, emb.dtype, emb.device, max_batch * att.n_kv_heads)
+        for norm in (m for m in self.modules() if isinstance(m, RMSNorm)):
+            norm.fused = kernels.add_rms_norm_supported(norm.weight)
         self.max_batch, self.max_seq, self.decode_kernel = max_batch, max_seq, decode_kernel
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, pad: torch.Tensor,
@@ -284,5 +296,4 @@ class Transformer(nn.Module):
             x, r = layer(x, r, cos, sin, mask, input_pos)
         if last_only:
             x, r = x[:, -1:], r[:, -1:]
-        x = x + r
-        return self.output(self.norm(x)).float()
+        return self.output(self.norm.add_forward(x, r)[1]).float()

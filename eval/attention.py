@@ -82,7 +82,7 @@ def bench(B, S, args, bw, device):
         elif name.startswith("step"):
             fn = lambda c, s=splits: ext.decode_step_attention(*steps[c], s)  # noqa: E731
         else:
-            fn = lambda c, s=splits: ext.decode_attention(*probs[c], s)  # noqa: E731
+            fn = lambda c, s=splits: ext.decode_attention(*probs[c], splits=s)  # noqa: E731
         if name.startswith("step"):  # against the reference attention of the rotated q over the written cache
             q, k_new, v_new, kv, mask, cos, sin, _ = steps[0]
             y = fn(0)

@@ -110,6 +110,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     for r in rows:
         ran.setdefault(r.get("decode_attention", "sdpa"), []).append(f"{r['quant']} batch {r['batch']}")
     names = {"kernel+rope": "our split-KV kernel with RoPE and the cache write (kv16_decode_step_attention)",
+             "kernel+qrope": "our split-KV kernel with q's RoPE (kv16_decode_attention)",
              "kernel": "our split-KV kernel (kv16_decode_attention)", "sdpa": "F.scaled_dot_product_attention"}
     where = ["every cell"] if len(ran) == 1 else [", ".join(c) for c in ran.values()]
     out += ["", "Decode attention: " + "; ".join(f"{names.get(a, a)} in {w}" for a, w in zip(ran, where)) + "."]

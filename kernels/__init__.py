@@ -1,11 +1,14 @@
-"""lowbit kernels: int4 weight-only (w4a16) GEMM, and decode attention over a 16-bit KV cache.
+"""lowbit kernels: int4 weight-only (w4a16) GEMM, decode attention over a 16-bit KV cache, residual add + RMSNorm.
 
     y = w4a16_gemm(x, packed_w, scales, zeros, group_size)      # x (M, K) bf16/fp16 -> y (M, N)
     packed_w, scales_p, zeros_p = pack_w4(q, scales, zeros, group_size)
     y = kv16_decode_attention(q, k_cache, v_cache, mask)        # q (B, H, R, D) -> y (B, H, R, D)
+    y = kv16_decode_attention(q, k_cache, v_cache, mask, rope_cos, rope_sin)  # q rotated (RoPE) first
     y = kv16_decode_step_attention(q, k_new, v_new, kv_cache, mask, cos, sin, input_pos)  # + RoPE, cache write
+    h, y = add_rms_norm(x, r, weight, eps)                      # h = x + r, y = RMSNorm(h) (kernels/norm.py)
 
-Operators torch.ops.lowbit.w4a16_gemm, kv16_decode_attention and kv16_decode_step_attention (kernels/attention.py):
+Operators torch.ops.lowbit.w4a16_gemm, kv16_decode_attention, kv16_decode_step_attention (kernels/attention.py) and
+add_rms_norm (kernels/norm.py):
   * schema, CPU implementation (the pure-PyTorch reference) and fake/meta
     implementation are registered here, in Python, so the op exists, traces
     under torch.compile(fullgraph=True) and runs on CPU on machines where the
@@ -23,29 +26,34 @@ import os
 
 import torch
 
-from . import attention
-from .attention import (check_attention_inputs, check_step_inputs, reference_kv16_decode_attention,
-                        reference_kv16_decode_step_attention)
+from . import attention, norm
+from .attention import (check_attention_inputs, check_rope_inputs, check_step_inputs,
+                        reference_kv16_decode_attention, reference_kv16_decode_step_attention)
 from .build import find_cuda_home, load_extension as _load_extension
+from .norm import check_norm_inputs, reference_add_rms_norm
 from .reference import check_inputs, dequantize, pack_w4, reference_w4a16_gemm, unpack_w4
 
 __all__ = [
     "w4a16_gemm", "pack_w4", "unpack_w4", "reference_w4a16_gemm", "dequantize",
     "load_extension", "extension_available", "choose_path", "gemm_path", "PATHS",
     "kv16_decode_attention", "reference_kv16_decode_attention", "kv16_decode_step_attention",
-    "reference_kv16_decode_step_attention",
+    "reference_kv16_decode_step_attention", "add_rms_norm", "reference_add_rms_norm", "add_rms_norm_supported",
 ]
 
 _SCHEMA = "w4a16_gemm(Tensor x, Tensor packed_w, Tensor scales, Tensor? zeros, int group_size) -> Tensor"
 
-_ATTN_SCHEMA = "kv16_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor mask) -> Tensor"
+_ATTN_SCHEMA = ("kv16_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor mask, Tensor? rope_cos=None, "
+                "Tensor? rope_sin=None) -> Tensor")
 _STEP_SCHEMA = ("kv16_decode_step_attention(Tensor q, Tensor k_new, Tensor v_new, Tensor(a!) kv_cache, Tensor mask, "
                 "Tensor rope_cos, Tensor rope_sin, Tensor input_pos) -> Tensor")
+
+_NORM_SCHEMA = "add_rms_norm(Tensor x, Tensor r, Tensor weight, float eps) -> (Tensor, Tensor)"
 
 _lib = torch.library.Library("lowbit", "FRAGMENT")
 _lib.define(_SCHEMA)
 _lib.define(_ATTN_SCHEMA)
 _lib.define(_STEP_SCHEMA)
+_lib.define(_NORM_SCHEMA)
 
 
 def _cpu_impl(x, packed_w, scales, zeros, group_size):
@@ -55,11 +63,13 @@ def _cpu_impl(x, packed_w, scales, zeros, group_size):
 _lib.impl("w4a16_gemm", _cpu_impl, "CPU")
 _lib.impl("kv16_decode_attention", reference_kv16_decode_attention, "CPU")
 _lib.impl("kv16_decode_step_attention", reference_kv16_decode_step_attention, "CPU")
+_lib.impl("add_rms_norm", reference_add_rms_norm, "CPU")
 
 
 @torch.library.register_fake("lowbit::kv16_decode_attention")
-def _attention_fake(q, k_cache, v_cache, mask):
+def _attention_fake(q, k_cache, v_cache, mask, rope_cos=None, rope_sin=None):
     check_attention_inputs(q, k_cache, v_cache, mask)
+    check_rope_inputs(q, rope_cos, rope_sin)
     if q.device.type == "cuda":
         load_extension()  # the compiled graph will call the CUDA kernel at run time
     return torch.empty(q.shape, dtype=q.dtype, device=q.device)  # contiguous (B, H, R, D), as the kernel writes
@@ -71,6 +81,15 @@ def _step_attention_fake(q, k_new, v_new, kv_cache, mask, rope_cos, rope_sin, in
     if q.device.type == "cuda":
         load_extension()
     return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+
+
+@torch.library.register_fake("lowbit::add_rms_norm")
+def _add_rms_norm_fake(x, r, weight, eps):
+    check_norm_inputs(x, r, weight)
+    if x.device.type == "cuda":
+        load_extension()
+    return (torch.empty(x.shape, dtype=x.dtype, device=x.device),  # contiguous, as the kernel writes them
+            torch.empty(x.shape, dtype=x.dtype, device=x.device))
 
 
 @torch.library.register_fake("lowbit::w4a16_gemm")
@@ -210,9 +229,10 @@ def gemm_path(x: torch.Tensor, packed_w: torch.Tensor, scales: torch.Tensor, zer
     return load_extension().gemm_path(x, packed_w, scales, zeros, group_size, path, splits, m_tiles)
 
 
-def kv16_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                          mask: torch.Tensor) -> torch.Tensor:
-    """Attention of one query position per sequence over a 16-bit KV cache (a decode step): y (B, H, R, D).
+def kv16_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, mask: torch.Tensor,
+                          rope_cos: torch.Tensor | None = None, rope_sin: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of one query position per sequence over a 16-bit KV cache (a decode step): y (B, H, R, D); with
+    rope_cos and rope_sin, of q rotated by RoPE first (in the kernel, as q is loaded).
 
     Shapes and semantics in kernels/attention.py.  On CUDA (compute capability 8.0+, head_dim 64 or 128, at most
     8 query rows per KV head) one kernel that splits the cache's columns over the SMs (csrc/attention_kernel.cu);
@@ -220,12 +240,13 @@ def kv16_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     """
     if not torch.compiler.is_compiling():
         check_attention_inputs(q, k_cache, v_cache, mask)
+        check_rope_inputs(q, rope_cos, rope_sin)
         if q.is_cuda:
             for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
                 if t.data_ptr() % (q.shape[-1] // 16):  # the kernel loads D/32 16-bit values at a time
                     raise ValueError(f"kv16_decode_attention: {name} must be {q.shape[-1] // 16}-byte aligned")
             load_extension()
-    return torch.ops.lowbit.kv16_decode_attention(q, k_cache, v_cache, mask)
+    return torch.ops.lowbit.kv16_decode_attention(q, k_cache, v_cache, mask, rope_cos, rope_sin)
 
 
 def kv16_decode_step_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, kv_cache: torch.Tensor,
@@ -253,3 +274,28 @@ def decode_attention_supported(rows: int, head_dim: int, dtype: torch.dtype, dev
     return (device.type == "cuda" and attention.supported(rows, head_dim, dtype)
             and attention.prefer_kernel(batch_heads, torch.cuda.get_device_capability(device))
             and extension_available())
+
+
+def add_rms_norm(x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """h = x + r and y = RMSNorm(h) * weight in one pass: (h, y), both new contiguous tensors of x's shape.
+
+    Shapes and semantics in kernels/norm.py.  On CUDA one kernel, one CTA per row (csrc/norm_kernel.cu; bfloat16 or
+    float16, D a multiple of 8 up to norm.MAX_D); on CPU the reference, model.py's arithmetic bit for bit.  Validated
+    here in eager mode, by the fake implementation under torch.compile.
+    """
+    if not torch.compiler.is_compiling():
+        check_norm_inputs(x, r, weight)
+        if x.is_cuda:
+            for name, t in (("x", x), ("r", r), ("weight", weight)):
+                if t.data_ptr() % 16:
+                    raise ValueError(f"add_rms_norm: {name} must be 16-byte aligned (the kernel loads 8 values at "
+                                     f"once), got address {t.data_ptr():#x}")
+            load_extension()
+    return torch.ops.lowbit.add_rms_norm(x, r, weight, eps)
+
+
+def add_rms_norm_supported(weight: torch.Tensor) -> bool:
+    """Whether model.py's norm with this weight takes add_rms_norm (activations in weight's dtype): a 16-bit dtype,
+    and on CUDA a D the kernel takes and an extension that loads (building it if needed)."""
+    return norm.supported(weight) and (weight.device.type != "cuda" or extension_available())

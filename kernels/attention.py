@@ -1,21 +1,21 @@
 """Pure-PyTorch reference and input checks for lowbit::kv16_decode_attention (csrc/attention_kernel.cu).
 
-    y = kv16_decode_attention(q, k_cache, v_cache, mask)
+    y = kv16_decode_attention(q, k_cache, v_cache, mask, rope_cos=None, rope_sin=None)
 
 q (B, H, R, D): the R query heads that share KV head h, as R rows of that head (model.py's GQA layout),
 one query position per sequence (a decode step); k_cache, v_cache (B, H, S, D) contiguous; mask (B, S),
 additive, the same for every head and row (-inf hides a column); all bfloat16 or all float16.
 y (B, H, R, D) = softmax(q k^T / sqrt(D) + mask) v, in q's dtype; a row with no visible column is NaN
 (model.py never makes one; SDPA's answer there differs by backend and torch version).  The CUDA kernel takes
-D = 64 or 128 and R <= 8.
+D = 64 or 128 and R <= 8.  With rope_cos and rope_sin (B, D/2) float32, the cos and sin of row b's angles, q's
+interleaved pairs (2i, 2i+1) are rotated first (RoPE), in float32 and rounded to q's dtype (model.py's
+apply_rope), so a decode step can hand the op the qkv projection's output as it is.
 
     y = kv16_decode_step_attention(q, k_new, v_new, kv_cache, mask, rope_cos, rope_sin, input_pos)
 
 A whole decode step's attention from the qkv projection's output: k_new, v_new (B, H, D) this step's keys and
 values; kv_cache (2, B, H, S, D) contiguous (keys, values), written in place at column input_pos (a (1,) int64
-tensor) with v_new and with k_new rotated (RoPE); rope_cos, rope_sin (B, D/2) float32, the cos and sin of row b's
-angles, rotate q's and k_new's interleaved pairs (2i, 2i+1) in float32, rounded to q's dtype (model.py's
-apply_rope); then y as above over the whole cache with the rotated q.
+tensor) with v_new and with k_new rotated as q; then y as above over the whole cache with the rotated q.
 """
 from __future__ import annotations
 
@@ -65,6 +65,19 @@ def check_attention_inputs(q, k_cache, v_cache, mask, op="kv16_decode_attention"
     return B, H, R, S, D
 
 
+def check_rope_inputs(q, rope_cos, rope_sin, op="kv16_decode_attention") -> None:
+    """rope_cos and rope_sin: both or neither; float32 (B, D/2) on q's device, last dim contiguous."""
+    if (rope_cos is None) != (rope_sin is None):
+        raise ValueError(f"{op}: rope_cos and rope_sin come together, got only one")
+    B, D = q.shape[0], q.shape[-1]
+    for name, t in (("rope_cos", rope_cos), ("rope_sin", rope_sin)):
+        if t is not None and (t.dtype != torch.float32 or tuple(t.shape) != (B, D // 2) or t.device != q.device
+                              or t.stride(1) != 1):
+            raise ValueError(f"{op}: {name} must be float32 (B, D/2) = ({B}, {D // 2}) on {q.device} with a "
+                             f"contiguous last dim, got {t.dtype} {tuple(t.shape)} strides {t.stride()} on "
+                             f"{t.device}")
+
+
 def check_step_inputs(q, k_new, v_new, kv_cache, mask, rope_cos, rope_sin, input_pos) -> None:
     """kv16_decode_step_attention's arguments beyond kv16_decode_attention's (checked on the cache's halves)."""
     if kv_cache.dim() != 5 or kv_cache.shape[0] != 2:
@@ -78,11 +91,9 @@ def check_step_inputs(q, k_new, v_new, kv_cache, mask, rope_cos, rope_sin, input
     if k_new.stride() != v_new.stride():
         raise ValueError(f"kv16_decode_step_attention: k_new and v_new need the same strides, got {k_new.stride()} "
                          f"and {v_new.stride()}")
-    for name, t in (("rope_cos", rope_cos), ("rope_sin", rope_sin)):
-        if t.dtype != torch.float32 or tuple(t.shape) != (B, D // 2) or t.device != q.device or t.stride(1) != 1:
-            raise ValueError(f"kv16_decode_step_attention: {name} must be float32 (B, D/2) = ({B}, {D // 2}) on "
-                             f"{q.device} with a contiguous last dim, got {t.dtype} {tuple(t.shape)} strides "
-                             f"{t.stride()} on {t.device}")
+    if rope_cos is None or rope_sin is None:
+        raise ValueError("kv16_decode_step_attention: rope_cos and rope_sin are required")
+    check_rope_inputs(q, rope_cos, rope_sin, "kv16_decode_step_attention")
     if input_pos.dtype != torch.int64 or tuple(input_pos.shape) != (1,) or input_pos.device != q.device:
         raise ValueError(f"kv16_decode_step_attention: input_pos must be one int64 cache column on {q.device}, got "
                          f"{input_pos.dtype} {tuple(input_pos.shape)} on {input_pos.device}")
@@ -110,11 +121,14 @@ def reference_kv16_decode_step_attention(q, k_new, v_new, kv_cache, mask, rope_c
         raise IndexError(f"kv16_decode_step_attention: input_pos {int(input_pos[0])} outside the cache's "
                          f"{kv_cache.shape[3]} columns")
     kv_cache[:, :, :, input_pos] = torch.stack((rotate(k_new, rope_cos, rope_sin), v_new))[:, :, :, None]
-    return reference_kv16_decode_attention(rotate(q, rope_cos, rope_sin), kv_cache[0], kv_cache[1], mask)
+    return reference_kv16_decode_attention(q, kv_cache[0], kv_cache[1], mask, rope_cos, rope_sin)
 
 
-def reference_kv16_decode_attention(q, k_cache, v_cache, mask) -> torch.Tensor:
-    """The op in float32 (the CUDA kernel's arithmetic is fp32 too, in another order), rounded once."""
+def reference_kv16_decode_attention(q, k_cache, v_cache, mask, rope_cos=None, rope_sin=None) -> torch.Tensor:
+    """The op in float32 (the CUDA kernel's arithmetic is fp32 too, in another order), rounded once; q rotated
+    first where rope_cos and rope_sin are given."""
+    if rope_cos is not None:
+        q = rotate(q, rope_cos, rope_sin)
     D = q.shape[-1]
     scores = q.float() @ k_cache.float().transpose(-1, -2) / math.sqrt(D)  # (B, H, R, S)
     scores = scores + mask.float()[:, None, None, :]

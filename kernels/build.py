@@ -18,7 +18,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(_HERE)
 CSRC = os.path.join(_HERE, "csrc")
 SOURCES = [os.path.join(CSRC, n) for n in ("ops.cpp", "w4a16_kernel.cu", "w4a16_wgmma.cu", "w4a16_wgmma_ws.cu",
-                                                    "attention_kernel.cu")]
+                                                    "attention_kernel.cu", "norm_kernel.cu")]
 EXT_NAME = "lowbit_w4a16"
 
 _lock = threading.Lock()

@@ -124,11 +124,25 @@ def test_opcheck_and_compile_cpu():
     f = torch.compile(kernels.kv16_decode_attention, fullgraph=True, backend="aot_eager")
     assert torch.equal(f(q, k, v, mask), kernels.kv16_decode_attention(q, k, v, mask))
     args = step_problem(2, 2, 3, 24, 64, torch.bfloat16, "cpu", 3, pad=[0, 5], upto=20)
+    q_view, kv, cos, sin = args[0], args[3], args[5], args[6]  # q as the model hands it: a view of the projection
+    rope = (q_view, kv[0], kv[1], args[4], cos, sin)
+    torch.library.opcheck(torch.ops.lowbit.kv16_decode_attention, rope)
+    rotated = attention.rotate(q_view, cos, sin)
+    assert torch.equal(f(*rope), kernels.kv16_decode_attention(rotated, kv[0], kv[1], args[4]))
     torch.library.opcheck(torch.ops.lowbit.kv16_decode_step_attention, args)  # the declared cache mutation
     g = torch.compile(kernels.kv16_decode_step_attention, fullgraph=True, backend="aot_eager")
     kv2 = args[3].clone()
     assert torch.equal(g(*args), kernels.kv16_decode_step_attention(*args[:3], kv2, *args[4:]))
     assert torch.equal(args[3], kv2)
+
+
+def test_rope_inputs_are_checked():
+    q, k, v, mask = problem(2, 2, 4, 16, 64, torch.bfloat16, "cpu", 0)
+    cos, sin = rope_angles(2, 64, "cpu", 0)
+    with pytest.raises(ValueError, match="rope_cos and rope_sin come together, got only one"):
+        kernels.kv16_decode_attention(q, k, v, mask, cos, None)
+    with pytest.raises(ValueError, match=r"rope_sin must be float32 \(B, D/2\) = \(2, 32\) .* got torch.float32 \(2, 64\)"):
+        kernels.kv16_decode_attention(q, k, v, mask, cos, torch.zeros(2, 64))
 
 
 @pytest.mark.parametrize("case", range(5))
@@ -214,7 +228,13 @@ def test_compiled_decode_writes_the_cache_in_place_cpu(monkeypatch, region_ok):
     assert got["tokens"] == want
     if not region_ok:
         assert not any("kv16_decode_step_attention" in c for c in codes)
-        assert any("kv16_decode_attention.default(" in c for c in codes)
+        calls = [a for c in codes for a in re.findall(r"kv16_decode_attention\.default\((.*)\)", c)]
+        # q's RoPE in the op: its 6 arguments, q a view of the projection's output itself (row stride = the qkv
+        # width, (8 + 2 x 2) x 64), not a buffer a generated kernel rotated it into
+        depth0_commas = [sum(ch == "," and not a[:i].count("(") - a[:i].count(")") for i, ch in enumerate(a))
+                         for a in calls]
+        assert calls and depth0_commas == [5] * len(calls), calls
+        assert all(re.match(r"reinterpret_tensor\(\w+, \(2, 2, 4, 64\), \(768, 256, 64, 1\), 0\)", a) for a in calls), calls
         return
     # the op's 4th argument (the cache) is a graph input itself (argN_1), not a buffer copied from it
     calls = [m for c in codes for m in re.findall(r"kv16_decode_step_attention\.default\((.*)\)", c)]
@@ -254,8 +274,8 @@ def run_poisoned(fn, shape, dtype):
 def check_gpu(B, H, R, S, D, dtype, seed, splits=-1, pad=None, upto=None):
     q, k, v, mask = problem(B, H, R, S, D, dtype, "cuda", seed, pad, upto)
     ext = kernels.load_extension()
-    y1 = run_poisoned(lambda: ext.decode_attention(q, k, v, mask, splits), q.shape, dtype)
-    y2 = run_poisoned(lambda: ext.decode_attention(q, k, v, mask, splits), q.shape, dtype)
+    y1 = run_poisoned(lambda: ext.decode_attention(q, k, v, mask, splits=splits), q.shape, dtype)
+    y2 = run_poisoned(lambda: ext.decode_attention(q, k, v, mask, splits=splits), q.shape, dtype)
     torch.cuda.synchronize()
     what = f"B={B} H={H} R={R} S={S} D={D} {dtype} splits={splits} pad={pad} upto={upto}"
     err = ulp_error(y1, q, k, v, mask)
@@ -294,7 +314,7 @@ def check_step_gpu(B, H, R, S, D, dtype, seed, splits=-1, pad=None, upto=None):
         assert torch.equal(kv2, want_kv), f"{what}: the cache differs from the reference's"
     q_rot = attention.rotate(q, cos, sin)
     assert torch.equal(ys[0], ys[1]), f"{what}: two identical runs differ"
-    assert torch.equal(ys[0], ext.decode_attention(q_rot, want_kv[0], want_kv[1], mask, splits)), what
+    assert torch.equal(ys[0], ext.decode_attention(q_rot, want_kv[0], want_kv[1], mask, splits=splits)), what
     assert ulp_error(ys[0], q_rot, want_kv[0], want_kv[1], mask) <= ULP_BAR, what
     assert ulp_error(reference_step, q_rot, want_kv[0], want_kv[1], mask) <= ULP_BAR, what
 
@@ -312,6 +332,28 @@ def test_gpu_step_kernel(dtype):
         for splits in (-1, 1, 5, 8):
             seed += 1
             check_step_gpu(B, H, R, S, D, dtype, seed, splits, pad, upto)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_rope_of_q(dtype):
+    """kv16_decode_attention with rope_cos/rope_sin, q a view of the qkv projection as model.py passes it (compile-once
+    layers on torch < 2.14.1): the same bits as the kernel on the reference's rotated q, split and unsplit, every RM;
+    opcheck on CUDA with the rope arguments."""
+    ext = kernels.load_extension()
+    seed = 400
+    for B, H, R, S, D in ((1, 8, 4, 384, 128), (3, 3, 3, 33, 64), (2, 1, 8, 100, 128), (32, 8, 4, 200, 128),
+                          (2, 4, 1, 70, 128), (3, 2, 2, 50, 64)):
+        q, _, _, kv, mask, cos, sin, _ = step_problem(B, H, R, S, D, dtype, "cuda", seed, upto=S - 3)
+        q_rot = attention.rotate(q, cos, sin)
+        for splits in (-1, 1, 5, 8):
+            seed += 1
+            what = f"B={B} H={H} R={R} S={S} D={D} {dtype} splits={splits}"
+            y = run_poisoned(lambda: ext.decode_attention(q, kv[0], kv[1], mask, cos, sin, splits=splits), q.shape,
+                             dtype)
+            assert torch.equal(y, ext.decode_attention(q_rot, kv[0], kv[1], mask, splits=splits)), what
+            assert ulp_error(y, q_rot, kv[0], kv[1], mask) <= ULP_BAR, what
+    torch.library.opcheck(torch.ops.lowbit.kv16_decode_attention, (q, kv[0], kv[1], mask, cos, sin))
 
 
 @needs_cuda
@@ -361,7 +403,7 @@ def test_gpu_lowest_finite_mask_is_not_minus_infinity():
     mask[0] = torch.finfo(torch.bfloat16).min
     mask[1, 40:] = torch.finfo(torch.bfloat16).min
     for splits in (1, 4):
-        y = kernels.load_extension().decode_attention(q, k, v, mask, splits)
+        y = kernels.load_extension().decode_attention(q, k, v, mask, splits=splits)
         assert torch.isfinite(y).all() and ulp_error(y, q, k, v, mask) <= ULP_BAR
 
 
@@ -443,7 +485,7 @@ def test_gpu_generator_compiled_with_kernel_matches_sdpa(compile_once):
     assert m.decode_kernel and all(layer.attention.decode_kernel for layer in m.layers)
     from generate import decode_attention_report
     assert decode_attention_report(m) == ("kernel+rope" if model.REGION_TAKES_MUTATING_OPS or not compile_once
-                                          else "kernel")
+                                          else "kernel+qrope")
     # Greedy tokens may part where two logits nearly tie: the kernel's and SDPA's rounding differ (eager logits differ
     # by up to 0.023 on this model; on an H100 the compiled runs parted at a step whose top two logits were 0.023
     # apart).  So the tokens must agree up to the first step where they part, and there the kernel's pick must be

@@ -277,6 +277,8 @@ def test_bench_markdown_says_which_decode_attention_each_cell_ran():
     mixed = markdown([dict(row, batch=1, decode_attention="kernel"), dict(row, batch=32, decode_attention="sdpa")], meta)
     assert ("Decode attention: our split-KV kernel (kv16_decode_attention) in int4-marlin batch 1; "
             "F.scaled_dot_product_attention in int4-marlin batch 32.") in mixed
+    qrope = markdown([dict(row, batch=1, decode_attention="kernel+qrope")], meta)
+    assert "Decode attention: our split-KV kernel with q's RoPE (kv16_decode_attention) in every cell." in qrope
     fused = markdown([dict(row, batch=1, decode_attention="kernel+rope")], meta)
     assert ("Decode attention: our split-KV kernel with RoPE and the cache write (kv16_decode_step_attention) in "
             "every cell.") in fused

@@ -4,9 +4,10 @@
 //   y[b,h,r,:] = softmax_j( q[b,h,r,:]·k[b,h,j,:] / sqrt(D) + mask[b,j] ) · v[b,h,j,:]
 //
 // q (B, H, R, D): the R query heads that share KV head h are R rows of that head, so each cached
-// K/V byte is read once for all of them.  As kv16_decode_step_attention the kernel also rotates q
-// (RoPE) as it loads it and writes this step's k (rotated) and v into cache column *input_pos
-// before any read of it, so a decode step hands it the qkv projection's output directly.  mask (B, S) is the same for every head and row (one query
+// K/V byte is read once for all of them.  Given rope_cos/rope_sin the kernel rotates q (RoPE) as it loads
+// it; as kv16_decode_step_attention it also writes this step's k (rotated) and v into cache column
+// *input_pos before any read of it, so a decode step hands it the qkv projection's output directly.
+// mask (B, S) is the same for every head and row (one query
 // position); a split's columns after its last visible one (mask != -inf) are not read beyond its first
 // turn of loads; hidden columns before it are read and weigh zero (so a NaN or Inf stored in V there
 // propagates, as in the reference; one stored in K there does not: its score is -inf before the dot

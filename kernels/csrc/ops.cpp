@@ -1,5 +1,5 @@
-// Host glue for lowbit::w4a16_gemm and lowbit::kv16_decode_attention: argument checks, path choice,
-// split sizing, workspace/counter management and the CUDA dispatcher registrations.
+// Host glue for lowbit::w4a16_gemm, lowbit::kv16_decode_attention and lowbit::add_rms_norm: argument checks,
+// path choice, split sizing, workspace/counter management and the CUDA dispatcher registrations.
 //
 // The op's schema is defined from Python (kernels/__init__.py), not here:
 // the CPU (reference) and fake implementations must exist on machines where
@@ -14,10 +14,12 @@
 
 #include <cstdlib>
 #include <mutex>
+#include <tuple>
 #include <string>
 #include <vector>
 
 #include "attention.h"
+#include "norm.h"
 #include "w4a16.h"
 
 namespace lowbit {
@@ -467,13 +469,13 @@ int64_t decode_attention_splits(int64_t heads, int64_t S, int sms) {
 struct StepArgs {
   const at::Tensor& k_new;  // (B, H, D), last dim contiguous
   const at::Tensor& v_new;
-  const at::Tensor& rope_cos;  // (B, D/2) float32, last dim contiguous
-  const at::Tensor& rope_sin;
   const at::Tensor& input_pos;  // (1,) int64
 };
 
-// step: nullptr for kv16_decode_attention (the cache is only read).
+// rope_cos, rope_sin: both or neither, (B, D/2) float32 with a contiguous last dim (q's RoPE; the step op's k_new
+// too).  step: nullptr for kv16_decode_attention (the cache is only read).
 at::Tensor decode_attention_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                                 const std::optional<at::Tensor>& rope_cos, const std::optional<at::Tensor>& rope_sin,
                                  int64_t want_splits, const StepArgs* step) {
   const char* op = step ? "kv16_decode_step_attention" : "kv16_decode_attention";
   TORCH_CHECK(q.is_cuda() && k.device() == q.device() && v.device() == q.device() && mask.device() == q.device(),
@@ -506,14 +508,18 @@ at::Tensor decode_attention_impl(const at::Tensor& q, const at::Tensor& k, const
               op, ": k_cache and v_cache must be ", 2 * epl, "-byte aligned (the kernel loads ", epl, " values at once)");
   TORCH_CHECK(mask.stride(1) == 1, op, ": mask needs a contiguous last dim, got strides ", mask.strides());
   TORCH_CHECK(B * H * S <= INT32_MAX, op, ": problem too large: B=", B, " H=", H, " S=", S);
+  TORCH_CHECK(rope_cos.has_value() == rope_sin.has_value() && (rope_cos.has_value() || !step), op,
+              step ? ": rope_cos and rope_sin are required" : ": rope_cos and rope_sin come together, got only one");
+  for (const std::optional<at::Tensor>* o : {&rope_cos, &rope_sin}) {
+    if (!o->has_value()) continue;
+    const at::Tensor& t = o->value();
+    TORCH_CHECK(t.device() == q.device() && t.scalar_type() == at::kFloat && t.dim() == 2 && t.size(0) == B &&
+                    t.size(1) == D / 2 && t.stride(1) == 1,
+                op, ": rope_cos and rope_sin must be float32 (B, D/2) = (", B, ", ", D / 2,
+                ") on q's device with a contiguous last dim, got ", t.scalar_type(), " ", t.sizes(), " strides ",
+                t.strides(), " on ", t.device());
+  }
   if (step) {
-    for (const at::Tensor* t : {&step->rope_cos, &step->rope_sin}) {
-      TORCH_CHECK(t->device() == q.device() && t->scalar_type() == at::kFloat && t->dim() == 2 && t->size(0) == B &&
-                      t->size(1) == D / 2 && t->stride(1) == 1,
-                  op, ": rope_cos and rope_sin must be float32 (B, D/2) = (", B, ", ", D / 2,
-                  ") on q's device with a contiguous last dim, got ", t->scalar_type(), " ", t->sizes(), " strides ",
-                  t->strides(), " on ", t->device());
-    }
     for (const at::Tensor* t : {&step->k_new, &step->v_new}) {
       TORCH_CHECK(t->device() == q.device() && t->scalar_type() == q.scalar_type() && t->dim() == 3 &&
                       t->size(0) == B && t->size(1) == H && t->size(2) == D && t->stride(2) == 1 &&
@@ -550,11 +556,13 @@ at::Tensor decode_attention_impl(const at::Tensor& q, const at::Tensor& k, const
   p.q_sh = q.stride(1);
   p.q_sr = q.stride(2);
   p.mask_sb = mask.stride(0);
+  if (rope_cos.has_value()) {
+    p.rope_cos = rope_cos->data_ptr<float>();
+    p.rope_sin = rope_sin->data_ptr<float>();
+    p.rope_cos_sb = rope_cos->stride(0);
+    p.rope_sin_sb = rope_sin->stride(0);
+  }
   if (step) {
-    p.rope_cos = step->rope_cos.data_ptr<float>();
-    p.rope_sin = step->rope_sin.data_ptr<float>();
-    p.rope_cos_sb = step->rope_cos.stride(0);
-    p.rope_sin_sb = step->rope_sin.stride(0);
     p.k_new = step->k_new.data_ptr();
     p.v_new = step->v_new.data_ptr();
     p.new_sb = step->k_new.stride(0);
@@ -573,8 +581,9 @@ at::Tensor decode_attention_impl(const at::Tensor& q, const at::Tensor& k, const
 }
 
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                            const std::optional<at::Tensor>& rope_cos, const std::optional<at::Tensor>& rope_sin,
                             int64_t want_splits) {
-  return decode_attention_impl(q, k, v, mask, want_splits, nullptr);
+  return decode_attention_impl(q, k, v, mask, rope_cos, rope_sin, want_splits, nullptr);
 }
 
 // kv_cache (2, B, H, S, D) contiguous: keys kv_cache[0], values kv_cache[1], written in place.
@@ -583,13 +592,14 @@ at::Tensor decode_step_attention(const at::Tensor& q, const at::Tensor& k_new, c
                                  const at::Tensor& rope_sin, const at::Tensor& input_pos, int64_t want_splits) {
   TORCH_CHECK(kv_cache.dim() == 5 && kv_cache.size(0) == 2 && kv_cache.is_contiguous(),
               "kv16_decode_step_attention: kv_cache must be a contiguous (2, B, H, S, D), got ", kv_cache.sizes());
-  const StepArgs step{k_new, v_new, rope_cos, rope_sin, input_pos};
-  return decode_attention_impl(q, kv_cache[0], kv_cache[1], mask, want_splits, &step);
+  const StepArgs step{k_new, v_new, input_pos};
+  return decode_attention_impl(q, kv_cache[0], kv_cache[1], mask, rope_cos, rope_sin, want_splits, &step);
 }
 
 at::Tensor kv16_decode_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                      const at::Tensor& mask) {
-  return decode_attention(q, k, v, mask, -1);
+                                      const at::Tensor& mask, const std::optional<at::Tensor>& rope_cos,
+                                      const std::optional<at::Tensor>& rope_sin) {
+  return decode_attention(q, k, v, mask, rope_cos, rope_sin, -1);
 }
 
 at::Tensor kv16_decode_step_attention_cuda(const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new,
@@ -599,6 +609,58 @@ at::Tensor kv16_decode_step_attention_cuda(const at::Tensor& q, const at::Tensor
   return decode_step_attention(q, k_new, v_new, kv_cache, mask, rope_cos, rope_sin, input_pos, -1);
 }
 
+// lowbit::add_rms_norm (kernels/norm.py, csrc/norm_kernel.cu): h = x + r and y = RMSNorm(h) * weight, new
+// contiguous tensors of x's shape.
+std::tuple<at::Tensor, at::Tensor> add_rms_norm_cuda(const at::Tensor& x, const at::Tensor& r,
+                                                     const at::Tensor& weight, double eps) {
+  const char* op = "add_rms_norm";
+  TORCH_CHECK(x.is_cuda() && r.device() == x.device() && weight.device() == x.device(), op,
+              ": x, r and weight must be on one CUDA device, got ", x.device(), ", ", r.device(), ", ",
+              weight.device());
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf, op,
+              ": x must be bfloat16 or float16, got ", x.scalar_type());
+  TORCH_CHECK(r.scalar_type() == x.scalar_type() && weight.scalar_type() == x.scalar_type(), op,
+              ": r and weight must have x's dtype ", x.scalar_type(), ", got ", r.scalar_type(), " and ",
+              weight.scalar_type());
+  TORCH_CHECK(x.dim() >= 1 && r.sizes() == x.sizes(), op, ": x and r must have one shape (..., D), got ", x.sizes(),
+              " and ", r.sizes());
+  const int64_t D = x.size(-1);
+  TORCH_CHECK(D >= kNormVec && D % kNormVec == 0 && D <= kNormMaxD, op, ": D must be a multiple of ", kNormVec,
+              " up to ", kNormMaxD, ", got ", D);
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == D && weight.stride(0) == 1, op, ": weight must be (D,) = (", D,
+              ") with stride 1, got ", weight.sizes(), " strides ", weight.strides());
+  TORCH_CHECK(x.stride(-1) == 1 && r.stride(-1) == 1, op, ": x and r need a contiguous last dim, got strides ",
+              x.strides(), " and ", r.strides());
+  const int64_t rows = x.numel() / D;
+  TORCH_CHECK(rows <= INT32_MAX, op, ": at most ", INT32_MAX, " rows (grid.x), got ", rows);
+  c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor h = at::empty(x.sizes(), x.options());
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  if (rows == 0) return {h, y};
+  // (rows, D) views where the leading dims collapse into one stride (model.py's tensors and slices), else copies.
+  const at::Tensor x2 = x.reshape({rows, D}), r2 = r.reshape({rows, D});
+  const int64_t xs = rows > 1 ? x2.stride(0) : D, rs = rows > 1 ? r2.stride(0) : D;
+  auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
+  TORCH_CHECK(xs % kNormVec == 0 && rs % kNormVec == 0 && aligned(x2) && aligned(r2) && aligned(weight), op,
+              ": x, r and weight must be 16-byte aligned with row strides that are multiples of ", kNormVec,
+              ", got row strides ", xs, " and ", rs, " at ", x2.data_ptr(), ", ", r2.data_ptr(), ", ",
+              weight.data_ptr());
+  NormParams p{};
+  p.x = x2.data_ptr();
+  p.r = r2.data_ptr();
+  p.weight = weight.data_ptr();
+  p.h = h.data_ptr();
+  p.y = y.data_ptr();
+  p.x_stride = xs;
+  p.r_stride = rs;
+  p.D = (int)D;
+  p.eps = (float)eps;
+  const DeviceInfo& d = device_info(x.get_device());
+  C10_CUDA_CHECK(launch_add_rms_norm(p, rows, x.scalar_type() == at::kHalf, c10::cuda::getCurrentCUDAStream(),
+                                     use_pdl(d)));
+  return {h, y};
+}
+
 }  // namespace
 }  // namespace lowbit
 
@@ -606,6 +668,7 @@ TORCH_LIBRARY_IMPL(lowbit, CUDA, m) {
   m.impl("w4a16_gemm", &lowbit::w4a16_gemm_cuda);
   m.impl("kv16_decode_attention", &lowbit::kv16_decode_attention_cuda);
   m.impl("kv16_decode_step_attention", &lowbit::kv16_decode_step_attention_cuda);
+  m.impl("add_rms_norm", &lowbit::add_rms_norm_cuda);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -641,7 +704,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("M"), py::arg("N"), py::arg("K"), py::arg("wgmma") = false);
   m.def("decode_attention", &lowbit::decode_attention,
         "kv16_decode_attention with a forced number of column splits (-1: decode_attention_splits)",
-        py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("mask"), py::arg("splits") = -1);
+        py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("mask"), py::arg("rope_cos") = py::none(),
+        py::arg("rope_sin") = py::none(), py::arg("splits") = -1);
   m.def("decode_step_attention", &lowbit::decode_step_attention,
         "kv16_decode_step_attention with a forced number of column splits (-1: decode_attention_splits)",
         py::arg("q"), py::arg("k_new"), py::arg("v_new"), py::arg("kv_cache"), py::arg("mask"), py::arg("rope_cos"),
