@@ -29,6 +29,7 @@ KINDS = (  # (kind, pattern on the kernel or op name); the first match wins
     # `triton_red_fused_..._w4a16_gemm_12`, and an attention mask `triton_poi_fused__scaled_dot_product_...`
     ("generated (Triton)", r"^triton_"),
     ("ours (attention)", r"kv16_decode_attention"),
+    ("ours (norm)", r"add_rms_norm"),
     ("ours (w4a16)", r"w4a16|lowbit"),
     ("GEMM (cuBLAS/CUTLASS, PyTorch quantized)", r"gemm|gemv|xmma|cutlass|nvjet|cublas|aten::mm|aten::addmm|aten::bmm"
                                                  r"|_int_mm|scaled_mm|int4pack"),

@@ -182,6 +182,7 @@ def test_decode_profile_kinds():
              "ours (w4a16)", "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize64x64x64": "GEMM",
              "void lowbit::(anonymous namespace)::kv16_decode_attention_kernel<__nv_bfloat16, 4>(lowbit::AttnParams)":
              "ours (attention)",
+             "void lowbit::(anonymous namespace)::add_rms_norm_kernel<__nv_bfloat16, 1>(lowbit::NormParams)": "ours (norm)",
              "aten::mm": "GEMM", "flash_fwd_splitkv_kernel": "attention", "triton_poi_fused_add_mul_0": "generated",
              "void at::native::elementwise_kernel<128, 4>": "other",
              "triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_view_w4a16_gemm_12": "generated"}

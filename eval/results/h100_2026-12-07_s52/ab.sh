@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader; python -
 R="$PWD"; declare -A REF=([both]=wip/both [qrope]=wip/attn-qrope [norm]=wip/add-rmsnorm)
 declare -A DIR=([main]="$R" [both]=/tmp/both [qrope]=/tmp/qrope [norm]=/tmp/norm)
 if [ "$PHASE" = 1 ]; then TREES="main both"; else TREES="main qrope norm"; fi
-for v in $TREES; do [ $v = main ] || { rm -rf /tmp/$v && mkdir /tmp/$v && git archive "${REF[$v]}" | tar -xf - -C /tmp/$v; }; done
+for v in $TREES; do [ $v = main ] || { rm -rf /tmp/$v && mkdir /tmp/$v && { [ -d .carry/$v ] && cp -r .carry/$v/. /tmp/$v || git archive "${REF[$v]}" | tar -xf - -C /tmp/$v; }; }; done
 in_v() { local v=$1; shift; (cd "${DIR[$v]}" && TORCH_EXTENSIONS_DIR="$R/.torch_extensions/$v" "$@"); }
 for v in $TREES; do in_v $v python kernels/build.py > "$OUT/build_$v.log" 2>&1 & done; wait
 el "builds: $(for v in $TREES; do echo -n "$v $(tail -1 $OUT/build_$v.log) | "; done)"
