@@ -34,8 +34,8 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix reaching top_p
+        p = sorted_logits.softmax(-1)
+        drop = p.cumsum(-1) - p > top_p  # keep the smallest prefix reaching top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     probs = logits.softmax(-1)
     # Exponential-race sampling: argmax(p / E), E ~ Exp(1), draws from p without torch.multinomial's sync.

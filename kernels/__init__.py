@@ -184,10 +184,16 @@ def _check_eager(x, packed_w, scales, zeros, group_size) -> None:
     check_inputs(x, packed_w, scales, zeros, group_size)
     if x.is_cuda:
         _check_forced_path(x.device)
-        for name, t in (("x", x), ("packed_w", packed_w), ("scales", scales), ("zeros", zeros)):
-            if t is not None and t.data_ptr() % 16:
-                raise ValueError(f"w4a16_gemm: {name} must be 16-byte aligned (the kernel uses 16-byte loads)")
+        _check_aligned("w4a16_gemm", x=x, packed_w=packed_w, scales=scales, zeros=zeros)
         load_extension()
+
+
+def _check_aligned(op: str, **tensors) -> None:
+    """The CUDA kernels load 16 bytes at once: every tensor given (None skipped) must start on a 16-byte boundary."""
+    for name, t in tensors.items():
+        if t is not None and t.data_ptr() % 16:
+            raise ValueError(f"{op}: {name} must be 16-byte aligned (the kernel uses 16-byte loads), got address "
+                             f"{t.data_ptr():#x}")
 
 
 def check_m_tiles(path: int, m_tiles: int, which: str = "") -> None:
@@ -287,10 +293,7 @@ def add_rms_norm(x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor,
     if not torch.compiler.is_compiling():
         check_norm_inputs(x, r, weight)
         if x.is_cuda:
-            for name, t in (("x", x), ("r", r), ("weight", weight)):
-                if t.data_ptr() % 16:
-                    raise ValueError(f"add_rms_norm: {name} must be 16-byte aligned (the kernel loads 8 values at "
-                                     f"once), got address {t.data_ptr():#x}")
+            _check_aligned("add_rms_norm", x=x, r=r, weight=weight)
             load_extension()
     return torch.ops.lowbit.add_rms_norm(x, r, weight, eps)
 
