@@ -1,8 +1,10 @@
 #!/bin/bash
-# next2.sh (s52) reordered for a shorter call (session of 2026-12-07 from 21:30 UTC: ten failed machine starts left
-# little device time): main against the combined branch first (main, both, main, both), then w4a16_glu_gemm under
-# compute-sanitizer memcheck (glu_memcheck.py), the branches alone (glu, split-region), then the combined branch's
-# decode profile without PDL; every step guarded against LIMIT seconds.
+# s52's next2.sh (git show e6b7fd7:eval/results/h100_2026-12-07_s52/next2.sh) reordered for a shorter call (session
+# of 2026-12-07 from 21:30 UTC: eleven failed machine starts left little device time): main against the combined
+# branch first (main, both, main, both), then w4a16_glu_gemm under compute-sanitizer memcheck (glu_memcheck.py), the
+# branches alone (glu, split-region), then the combined branch's decode profile without PDL; every step guarded
+# against LIMIT seconds.  The trees: main with the s52 patches applied (../h100_2026-12-07_s52/glu/, split/; both),
+# each put in .carry/<name> with `git archive <branch> | tar -x -C .carry/<name>` and named in the call's carry.
 #   OUT=... LIMIT=520 bash eval/results/h100_2026-12-07_s53/next3.sh   (trees carried in .carry/<name>)
 set -o pipefail; export PYTHONUNBUFFERED=1
 OUT=${OUT:-out}; LIMIT=${LIMIT:-560}; mkdir -p "$OUT"; T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
