@@ -291,8 +291,8 @@ def add_step_flags(p: argparse.ArgumentParser):
                         "kernels.kv16_decode_attention, which does q's RoPE, for layers compiled once on torch < "
                         "2.14.1, whose compiler cannot take that op there) where it takes the model (CUDA, head_dim "
                         "64 or 128, at most 8 query heads per KV head) and is expected to be the faster one (batch x "
-                        "KV heads <= 512 on "
-                        "compute capability 9.0+: Llama-3-8B up to batch 64), F.scaled_dot_product_attention "
+                        "KV heads <= 512 on compute capability 9.0+: Llama-3-8B up to batch 64), "
+                        "F.scaled_dot_product_attention "
                         "elsewhere; 'sdpa' = always F.scaled_dot_product_attention. The prefill always uses SDPA. "
                         "BENCHMARKS.md \"Decode attention\"")
 

@@ -188,12 +188,13 @@ def _check_eager(x, packed_w, scales, zeros, group_size) -> None:
         load_extension()
 
 
-def _check_aligned(op: str, **tensors) -> None:
-    """The CUDA kernels load 16 bytes at once: every tensor given (None skipped) must start on a 16-byte boundary."""
+def _check_aligned(op: str, align: int = 16, **tensors) -> None:
+    """The CUDA kernels load `align` bytes at once (16 unless said): every tensor given (None skipped) must start on
+    such a boundary."""
     for name, t in tensors.items():
-        if t is not None and t.data_ptr() % 16:
-            raise ValueError(f"{op}: {name} must be 16-byte aligned (the kernel uses 16-byte loads), got address "
-                             f"{t.data_ptr():#x}")
+        if t is not None and t.data_ptr() % align:
+            raise ValueError(f"{op}: {name} must be {align}-byte aligned (the kernel uses {align}-byte loads), got "
+                             f"address {t.data_ptr():#x}")
 
 
 def check_m_tiles(path: int, m_tiles: int, which: str = "") -> None:
@@ -247,10 +248,8 @@ def kv16_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     if not torch.compiler.is_compiling():
         check_attention_inputs(q, k_cache, v_cache, mask)
         check_rope_inputs(q, rope_cos, rope_sin)
-        if q.is_cuda:
-            for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
-                if t.data_ptr() % (q.shape[-1] // 16):  # the kernel loads D/32 16-bit values at a time
-                    raise ValueError(f"kv16_decode_attention: {name} must be {q.shape[-1] // 16}-byte aligned")
+        if q.is_cuda:  # the kernel loads D/32 16-bit values at a time
+            _check_aligned("kv16_decode_attention", q.shape[-1] // 16, q=q, k_cache=k_cache, v_cache=v_cache)
             load_extension()
     return torch.ops.lowbit.kv16_decode_attention(q, k_cache, v_cache, mask, rope_cos, rope_sin)
 
