@@ -4,6 +4,7 @@
 #   int4-marlin (head quantized) at batch 32 twice, bf16 at 32 (the 2.3x ratio's denominator; v28 and v29 speed it
 #   too), int4-marlin at batch 1 and 64, batch 32 with the whole model compiled (--no-compile-once: the step op takes
 #   k's RoPE and the cache write too on torch 2.11), then the full kernel microbenchmark (default M list).
+# All but the microbenchmark ran inside ../h100_2026-12-07_s54/call1.sh (2026-12-08).
 # Guards sized for one 600-second call.
 set -o pipefail; export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR="$PWD/.torch_extensions/main"
 OUT=${OUT:-out}; mkdir -p "$OUT"; T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 ))s] $*"; }

@@ -1,6 +1,7 @@
 #!/bin/bash
-# For the next session (written 2026-12-07 from 21:30 UTC, not run): path 5's split-K count for Llama-3-8B's o and
-# qkv at 17-32 rows, the one miss of the one-wave rule (kernels/NOTES.md v24 and "v30-v31 outcome"): s48's sweep
+# For the next session (written 2026-12-07 from 21:30 UTC; its probe ran inside ../h100_2026-12-07_s54/call1.sh):
+# path 5's split-K count for Llama-3-8B's o and qkv at 17-32 rows, the one miss of the one-wave rule
+# (kernels/NOTES.md v24 and "v30-v31 outcome"): s48's sweep
 # (eval/results/h100_2026-12-07_s48/call6) gave o at M = 32 9.9-10.1 µs at 4 splits (8 k-blocks each) against
 # 10.8-11.0 at the rule's 8 (4 k-blocks each), while qkv was best at the rule's 5 (12.4-12.6; 12.9-13.4 at 4).  5
 # splits of o were not timed.  If o's best is 4 or 5 and qkv's stays 5, a rule "no split shorter than N k-blocks"
