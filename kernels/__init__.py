@@ -262,11 +262,9 @@ def kv16_decode_step_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torc
     kernel on CUDA, the reference on CPU.  Shapes and semantics in kernels/attention.py."""
     if not torch.compiler.is_compiling():
         check_step_inputs(q, k_new, v_new, kv_cache, mask, rope_cos, rope_sin, input_pos)
-        if q.is_cuda:
-            align = 2 * (q.shape[-1] // 32)  # the kernel loads D/32 16-bit values at a time
-            for name, t in (("q", q), ("k_new", k_new), ("v_new", v_new), ("kv_cache", kv_cache)):
-                if t.data_ptr() % align:
-                    raise ValueError(f"kv16_decode_step_attention: {name} must be {align}-byte aligned")
+        if q.is_cuda:  # the kernel loads D/32 16-bit values at a time
+            _check_aligned("kv16_decode_step_attention", q.shape[-1] // 16, q=q, k_new=k_new, v_new=v_new,
+                           kv_cache=kv_cache)
             load_extension()
     return torch.ops.lowbit.kv16_decode_step_attention(q, k_new, v_new, kv_cache, mask, rope_cos, rope_sin, input_pos)
 
