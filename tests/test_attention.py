@@ -416,6 +416,15 @@ def test_gpu_misaligned_cache_is_a_clear_error():
 
 
 @needs_cuda
+def test_gpu_step_misaligned_input_is_a_clear_error():
+    """The step op loads D/16 bytes at a time from q, k_new, v_new and the cache: a view 2 bytes off is refused."""
+    q, k_new, v_new, kv, mask, cos, sin, pos = step_problem(1, 2, 4, 16, 128, torch.bfloat16, "cuda", 13)
+    k_odd = torch.empty(k_new.numel() + 1, dtype=k_new.dtype, device="cuda")[1:].view(k_new.shape).copy_(k_new)
+    with pytest.raises(ValueError, match="k_new must be 8-byte aligned"):  # v_new with k_odd's strides
+        kernels.kv16_decode_step_attention(q, k_odd, v_new.contiguous(), kv, mask, cos, sin, pos)
+
+
+@needs_cuda
 def test_gpu_fully_masked_row_is_nan():
     q, k, v, mask = problem(2, 2, 4, 64, 128, torch.bfloat16, "cuda", 9)
     mask[0] = float("-inf")
