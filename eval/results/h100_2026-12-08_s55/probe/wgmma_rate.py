@@ -71,11 +71,14 @@ __global__ void __launch_bounds__(256) rate_kernel(long long* out, float* sink, 
 #endif
 }
 torch::Tensor run(int64_t nr, int64_t mode, int64_t ctas, int64_t iters) {
-  auto out = torch::zeros({ctas}, torch::dtype(torch::kInt64).device(torch::kCUDA));
+  auto out = torch::zeros({ctas + 1}, torch::dtype(torch::kInt64).device(torch::kCUDA));  // + CTAs per SM that fit
   auto sink = torch::zeros({ctas * 256}, torch::dtype(torch::kFloat32).device(torch::kCUDA));
   const int smem = 20 * 1024 + 1024;
   auto go = [&](auto kern) {
     cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    int fit = 0;
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kern, 256, smem);
+    out[ctas].fill_(fit);
     kern<<<ctas, 256, smem>>>(reinterpret_cast<long long*>(out.data_ptr<int64_t>()), sink.data_ptr<float>(), (int)iters);
   };
   if (mode == 2) go(rate_kernel<32, 2>);
@@ -96,7 +99,7 @@ for nr, mode in [(16, 0), (32, 0), (64, 0), (16, 1), (32, 1), (64, 1), (32, 2)]:
     for per_sm in (1, 2):
         ext.run(nr, mode, sms * per_sm, 64)
         torch.cuda.synchronize()
-        cyc = ext.run(nr, mode, sms * per_sm, 2000).tolist()
+        *cyc, fit = ext.run(nr, mode, sms * per_sm, 2000).tolist()
         torch.cuda.synchronize()
-        print(f"| {nr} | {['wait0', 'wait1', 'ss'][mode]} | {per_sm} | {statistics.median(cyc) / 2000:.0f} "
-              f"({min(cyc) / 2000:.0f}, {max(cyc) / 2000:.0f}) |", flush=True)
+        print(f"| {nr} | {['wait0', 'wait1', 'ss'][mode]} | {per_sm}{'' if fit >= per_sm else f' (only {fit} fit)'} | "
+              f"{statistics.median(cyc) / 2000:.0f} ({min(cyc) / 2000:.0f}, {max(cyc) / 2000:.0f}) |", flush=True)
