@@ -7,21 +7,16 @@ with the v34 patch (wip_wg_pipes.patch):
 import torch
 
 import kernels
+from eval.kernels import make_quant, rel_err
 
 cases = [(20, 256, 512, 128, True, -1), (32, 192, 320, 64, False, -1), (17, 256, 384, 32, False, 2),
          (24, 192, 448, 32, True, -1), (40, 128, 576, -1, False, -1), (64, 256, 1024, 128, False, 4)]
 for M, N, K, gs, sym, splits in cases:
-    g = torch.Generator(device="cuda").manual_seed(M + N + K)
-    groups = 1 if gs < 0 else K // gs
-    q = torch.randint(0, 16, (N, K), generator=g, device="cuda", dtype=torch.uint8)
-    s = (torch.rand(N, groups, generator=g, device="cuda") * 0.02 + 0.005).to(torch.bfloat16)
-    z = None if sym else (-(torch.rand(N, groups, generator=g, device="cuda") * 8 + 4) * s.float()).to(torch.bfloat16)
-    x = torch.randn(M, K, generator=g, device="cuda").to(torch.bfloat16)
-    gsz = K if gs < 0 else gs
-    pw, sp, zp = kernels.pack_w4(q, s, z, gsz)
-    y = kernels.gemm_path(x, pw, sp, zp, gsz, 5, splits)
-    w = kernels.dequantize(q, s, z, gsz, dtype=torch.bfloat16).float()
-    ref = x.float() @ w.t()
-    err = ((y.float() - ref).norm() / ref.norm()).item()
+    gsz = K if gs < 0 else gs  # -1: one group per channel
+    q, s, m = make_quant(N, K, gsz, "cuda", M + N + K)
+    z = None if sym else m
+    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    y = kernels.gemm_path(x, *kernels.pack_w4(q, s, z, gsz), gsz, 5, splits)
+    err = rel_err(y, x.float() @ kernels.dequantize(q, s, z, gsz, dtype=torch.bfloat16).float().t())
     print(f"M={M} N={N} K={K} group={gs} {'sym' if sym else 'zeros'} splits={splits}: rel err {err:.1e} "
           f"{'ok' if err < 1e-2 else 'FAILED'}", flush=True)
