@@ -8,7 +8,9 @@
 #   2. compute-sanitizer memcheck, racecheck and synccheck on ws256_sanitize.py's seven shapes;
 #   3. the microbenchmark at M = 128-1,024: main's path 6 against v35's at 128 and 256 rows, cuBLAS and path 1 beside
 #      them, alternated (main, v35, main, v35);
-#   4. large_m.sh on the v35 tree (MT16=1): ncu's full set on path 6 at 128 and 256 rows and on cuBLAS, M = 1,024.
+#   4. large_m.sh on the v35 tree (MT16=1): ncu's full set on path 6 at 128 and 256 rows and on cuBLAS, M = 1,024;
+#   5. on main, path 5 at 48-64 rows as two 32-row m-blocks (two CTAs per SM, each weight dequantized twice) against
+#      its one 64-row m-block (158-162 registers: one CTA per SM), last timed at the v11 stage.
 # Steps 1-2 take up to ~400 s on the GPU, 3-4 ~340 s: PART=a runs 1-2, PART=b 3-4 (each builds first, cached).
 #   OUT=... LIMIT=560 [PART=a|b] bash eval/results/h100_2026-12-08_s56/next.sh
 set -o pipefail; export PYTHONUNBUFFERED=1
@@ -41,5 +43,10 @@ kb() { local n=$1 dir=$2 ext=$3 schemes=$4; before 70 "kb $n" || return
 done
 if [[ $PART == *b* ]] && before 110 large_m; then
   MT16=1 OUT=$OUT LIMIT=$(( LIMIT - $(date +%s) + T0 )) bash large_m.sh 2>&1 | tail -60
+fi
+if [[ $PART == *b* ]] && before 40 mt2; then
+  (cd "$ROOT" && TORCH_EXTENSIONS_DIR=$EXT/main timeout 35 python eval/kernels.py --ms 48,64 --reps 8 \
+    --schemes "ours_sym,ours_sym[wgmma/mt2],ours_asym,ours_asym[wgmma/mt2]" --out "$OUT/kb_mt2" > "$OUT/kb_mt2.log" 2>&1)
+  el "kb mt2 rc=$?"; sed -n '/## Sum/,/^$/p' "$OUT/kb_mt2.log" | grep -E "^\| [0-9]"
 fi
 el done
